@@ -1,0 +1,136 @@
+"""The ASGI application: every face mounted on one FastAPI app, one error shape for all."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobmill import __version__
+from jobmill.api import native, ocps
+from jobmill.api.auth import Authenticator
+from jobmill.domain.errors import JobmillError
+from jobmill.factory import Jobmill
+
+log = logging.getLogger(__name__)
+
+
+def error_body(exc: JobmillError) -> dict[str, Any]:
+    return {"error": exc.to_dict()}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
+    """The app for a built jobmill; the lifespan starts and stops its engine."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if start_engine:
+            jobmill.start()
+        try:
+            yield
+        finally:
+            if start_engine:
+                jobmill.engine.stop()
+
+    app = FastAPI(
+        title="jobmill",
+        version=__version__,
+        description="A job manager for scientific data pipelines.",
+        lifespan=lifespan,
+    )
+    app.state.jobmill = jobmill
+    app.state.auth = Authenticator(
+        jobmill.store, local_user=jobmill.settings.local_user, loopback=jobmill.settings.loopback
+    )
+
+    @app.exception_handler(JobmillError)
+    async def _jobmill_error(_request: Request, exc: JobmillError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = _field(tuple(first.get("loc", ())))
+        message = f"{field}: {first.get('msg', 'invalid')}"
+        return JSONResponse(
+            {"error": {"code": "invalid", "message": message, "field": field}}, status_code=422
+        )
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        jobmill.store.count()
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(native.router)
+    app.include_router(ocps.make_router(jobmill.settings.ocps_basepath))
+    app.add_middleware(
+        BodyLimit,
+        limit=jobmill.settings.max_request_bytes,
+        batch_limit=jobmill.settings.max_batch_request_bytes,
+    )
+    return app
+
+
+class BodyLimit:
+    """Refuses request bodies over a limit with 413 (DESIGN rule 10), streamed or not."""
+
+    def __init__(self, app: ASGIApp, limit: int, batch_limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.batch_limit = batch_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.batch_limit if scope["path"].endswith("/batch") else self.limit
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _too_large(send, limit)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = (
+        b'{"error":{"code":"too_large","message":"request body over '
+        + str(limit).encode()
+        + b' bytes","field":"body"}}'
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

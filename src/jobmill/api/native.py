@@ -1,0 +1,186 @@
+"""The native JSON API under ``/api/v1``: a thin face over ``JobService``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from jobmill.api.auth import current_user
+from jobmill.api.schemas import (
+    EventOut,
+    JobBatchCreate,
+    JobCreate,
+    JobOut,
+    JobPage,
+    event_out,
+    job_out,
+)
+from jobmill.domain.errors import ValidationError
+from jobmill.domain.lifecycle import Phase
+from jobmill.service.jobs import JobRequest, JobService, User, parse_time
+from jobmill.storage.jobs import JobFilter
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+UserDep = Annotated[User, Depends(current_user)]
+
+
+def service(request: Request) -> JobService:
+    return request.app.state.jobmill.jobs  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[JobService, Depends(service)]
+
+
+def _request(body: JobCreate) -> JobRequest:
+    return JobRequest(
+        type=body.type,
+        parameters=body.parameters,
+        run_id=body.run_id,
+        executor=body.executor,
+        execution_duration=body.execution_duration,
+        log_dir=body.log_dir,
+        start=body.phase == "QUEUED",
+    )
+
+
+@router.get("/jobtypes", tags=["job types"])
+def list_jobtypes(jobs: ServiceDep, _user: UserDep) -> list[dict[str, Any]]:
+    """Every job type with its typed parameters."""
+    return [jt.schema_dict() for _, jt in sorted(jobs.jobtypes.items())]
+
+
+@router.get("/jobtypes/{name}", tags=["job types"])
+def get_jobtype(name: str, jobs: ServiceDep, _user: UserDep) -> dict[str, Any]:
+    """One job type: the full typed parameter schema."""
+    return jobs.jobtype(name).schema_dict()
+
+
+@router.post("/jobs", status_code=201, response_model=JobOut)
+def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
+    """Create a job; it is validated against its job type (422 names the bad field)."""
+    job = jobs.create(user, _request(body))
+    return JSONResponse(job_out(job), status_code=201, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+@router.post("/jobs/batch", status_code=201)
+def create_jobs(body: JobBatchCreate, jobs: ServiceDep, user: UserDep) -> dict[str, Any]:
+    """Create many jobs in one request and one transaction: all or nothing."""
+    created = jobs.create_many(user, [_request(j) for j in body.jobs])
+    return {"count": len(created), "ids": [job.id for job in created]}
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    jobs: ServiceDep,
+    user: UserDep,
+    phase: Annotated[list[str] | None, Query(description="repeatable")] = None,
+    type: str | None = None,
+    owner: str | None = None,
+    run_id: str | None = None,
+    created_after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> Response:
+    """Jobs, newest first, with filters and cursor pagination."""
+    phases = []
+    for value in phase or []:
+        try:
+            phases.append(Phase(value.upper()))
+        except ValueError:
+            raise ValidationError(f"unknown phase '{value}'", field="phase") from None
+    flt = JobFilter(
+        phases=phases,
+        type=type,
+        owner=owner,
+        run_id=run_id,
+        created_after=parse_time(created_after, "created_after") if created_after else None,
+    )
+    page = jobs.list(user, flt, limit=limit, cursor=cursor)
+    return JSONResponse({"jobs": [job_out(j) for j in page.jobs], "next_cursor": page.next_cursor})
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    return JSONResponse(job_out(jobs.get(user, job_id)))
+
+
+@router.post("/jobs/{job_id}/abort", response_model=JobOut)
+def abort_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """Abort a job: a running one gets SIGTERM, then SIGKILL after the grace period."""
+    return JSONResponse(job_out(jobs.abort(user, job_id)))
+
+
+@router.post("/jobs/{job_id}/run", response_model=JobOut)
+def run_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """Queue a PENDING job."""
+    return JSONResponse(job_out(jobs.run(user, job_id)))
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """Delete a job, its events and its files (a running job is aborted first)."""
+    jobs.delete(user, job_id)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{job_id}/events", response_model=list[EventOut])
+def job_events(
+    job_id: str,
+    jobs: ServiceDep,
+    user: UserDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> Response:
+    """The job's history, oldest first."""
+    return JSONResponse([event_out(e) for e in jobs.events(user, job_id, after=after, limit=limit)])
+
+
+@router.get("/jobs/{job_id}/logs/{stream}", response_class=Response)
+def job_log(
+    job_id: str,
+    stream: str,
+    jobs: ServiceDep,
+    user: UserDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    tail: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=0, le=8 << 20)] = 1 << 20,
+) -> Response:
+    """``stdout`` or ``stderr``: bytes from ``offset`` or the last ``tail`` bytes.
+
+    Headers: ``X-Log-Offset`` (where this slice starts), ``X-Log-Size`` (the file's size) and
+    ``X-Log-Exists`` (``false`` while the job has written nothing yet).
+    """
+    chunk = jobs.read_log(user, job_id, stream, offset=offset, tail=tail, limit=limit)
+    return Response(
+        chunk.text,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Log-Offset": str(chunk.offset),
+            "X-Log-Size": str(chunk.size),
+            "X-Log-Exists": "true" if chunk.exists else "false",
+        },
+    )
+
+
+@router.post("/jobs/{job_id}/report", tags=["reports"])
+async def post_report(job_id: str, request: Request) -> Response:
+    """Merge a progress report into the job's report, authorised by the job's own token.
+
+    The token comes as ``?token=`` (so ``BATCH_UPDATE_URL`` works unchanged), as
+    ``Authorization: Bearer``, or as ``X-Jobmill-Token``.
+    """
+    token = request.query_params.get("token") or request.headers.get("x-jobmill-token")
+    auth = request.headers.get("authorization", "")
+    if not token and auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise ValidationError("the body must be JSON", field="body") from None
+    jobs: JobService = request.app.state.jobmill.jobs
+    from starlette.concurrency import run_in_threadpool
+
+    job = await run_in_threadpool(jobs.report, job_id, token, payload)
+    return JSONResponse({"id": job.id, "report": job.report})

@@ -1,0 +1,115 @@
+"""Request and response shapes of the native JSON API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobmill.domain.jobs import Event, Job, iso
+
+
+class JobCreate(BaseModel):
+    """``POST /api/v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=64, description="job type name")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = Field(default=None, max_length=256)
+    executor: str | None = Field(default=None, max_length=32)
+    execution_duration: int | None = Field(default=None, ge=0, description="seconds; 0 = none")
+    log_dir: str | None = Field(default=None, max_length=4096)
+    phase: Literal["PENDING", "QUEUED"] = Field(
+        default="QUEUED", description="PENDING keeps the job until it is run"
+    )
+
+
+class JobBatchCreate(BaseModel):
+    """``POST /api/v1/jobs/batch``: many jobs, all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1)
+
+
+class JobOut(BaseModel):
+    """A job as the native API shows it."""
+
+    id: str
+    type: str
+    owner: str
+    run_id: str | None
+    phase: str
+    reason: str | None
+    parameters: dict[str, Any]
+    extra_parameters: dict[str, Any]
+    executor: str
+    native_id: str | None
+    exit_code: int | None
+    error: str | None
+    report: dict[str, Any]
+    created: str | None
+    started: str | None
+    ended: str | None
+    destruction: str | None
+    execution_duration: int
+    parent: str | None
+    log_dir: str | None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    n: int
+    at: str | None
+    name: str
+    from_phase: str | None
+    to_phase: str | None
+    actor: str
+    data: dict[str, Any]
+
+
+def job_out(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "type": job.type,
+        "owner": job.owner,
+        "run_id": job.run_id,
+        "phase": job.phase.value,
+        "reason": job.reason,
+        "parameters": job.parameters,
+        "extra_parameters": job.extra_parameters,
+        "executor": job.executor,
+        "native_id": job.native_id,
+        "exit_code": job.exit_code,
+        "error": job.error,
+        "report": job.report,
+        "created": iso(job.created_at),
+        "started": iso(job.started_at),
+        "ended": iso(job.ended_at),
+        "destruction": iso(job.destruction_at),
+        "execution_duration": job.execution_duration,
+        "parent": job.parent_id,
+        "log_dir": job.log_dir,
+    }
+
+
+def event_out(event: Event) -> dict[str, Any]:
+    return {
+        "n": event.n,
+        "at": iso(event.at),
+        "name": event.name,
+        "from_phase": event.from_phase.value if event.from_phase else None,
+        "to_phase": event.to_phase.value if event.to_phase else None,
+        "actor": event.actor,
+        "data": event.data,
+    }
+
+
+def hex_id(job_id: str) -> str:
+    return uuid.UUID(job_id).hex

@@ -1,0 +1,102 @@
+"""The job and event domain objects, independent of storage and protocols."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jobmill.domain.lifecycle import TERMINAL, Phase
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC ISO 8601 with a ``Z`` and millisecond precision (DESIGN rule 8)."""
+    if value is None:
+        return None
+    value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_job_id(text: str) -> str | None:
+    """Accept a UUID with or without dashes (OCPS uses 32 hex digits); None if it is not one."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except (ValueError, AttributeError):
+        return None
+
+
+@dataclass
+class Job:
+    """One instance of a job type."""
+
+    id: str
+    type: str
+    owner: str
+    phase: Phase
+    parameters: dict[str, Any]
+    created_at: datetime
+    run_id: str | None = None
+    reason: str | None = None
+    extra_parameters: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    executor: str = "local"
+    native_id: str | None = None
+    node: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    updated_at: datetime | None = None
+    destruction_at: datetime | None = None
+    execution_duration: int = 0
+    parent_id: str | None = None
+    log_dir: str | None = None
+    event_count: int = 0
+    seq: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+
+@dataclass
+class NewJob:
+    """A validated job about to be stored."""
+
+    type: str
+    owner: str
+    parameters: dict[str, Any]
+    executor: str
+    execution_duration: int
+    destruction_at: datetime
+    phase: Phase = Phase.QUEUED
+    reason: str | None = None
+    run_id: str | None = None
+    extra_parameters: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    log_dir: str | None = None
+    id: str = field(default_factory=new_id)
+
+
+@dataclass
+class Event:
+    """One append-only entry of a job's history."""
+
+    seq: int
+    job_id: str
+    n: int
+    at: datetime
+    name: str
+    from_phase: Phase | None
+    to_phase: Phase | None
+    actor: str
+    data: dict[str, Any]

@@ -1,0 +1,145 @@
+"""Loading job types from YAML files, with errors that name the file, the line and the problem.
+
+Two formats are read:
+
+* jobmill's own: one job type per YAML document (several documents per file allowed), with the
+  fields of ``JobType``;
+* the OCPS ``job_specs.yaml`` format: ``type: {<name>: {script: ..., env: [VAR, ...]}}``, where every
+  listed environment variable becomes a required string parameter delivered by environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from jobmill.domain.errors import JobTypeFileError
+from jobmill.domain.jobtypes import JobType, resolve_command
+
+SUFFIXES = (".yaml", ".yml")
+
+
+def load_jobtypes(sources: Iterable[str | os.PathLike[str]]) -> dict[str, JobType]:
+    """Load every job type from files and directories (``*.yaml``/``*.yml``, not recursive)."""
+    types: dict[str, JobType] = {}
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            raise JobTypeFileError(str(path), None, "no such file or directory")
+        for file in files:
+            for jobtype in load_file(file):
+                if jobtype.name in types:
+                    raise JobTypeFileError(
+                        str(file),
+                        None,
+                        f"job type '{jobtype.name}' is already defined in "
+                        f"{types[jobtype.name].source}",
+                    )
+                types[jobtype.name] = jobtype
+    return types
+
+
+def load_file(path: Path) -> list[JobType]:
+    """Every job type in one file."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobTypeFileError(name, None, f"cannot read: {exc}") from None
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise JobTypeFileError(name, line, f"invalid YAML: {problem}") from None
+    result: list[JobType] = []
+    for node, document in zip(nodes, documents, strict=True):
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            raise JobTypeFileError(name, _line(node, ()), "a job type must be a mapping")
+        if "type" in document and isinstance(document["type"], dict) and "command" not in document:
+            result.extend(_load_ocps(path, node, document))
+        else:
+            result.append(_build(path, node, document, ()))
+    return result
+
+
+def _load_ocps(path: Path, node: yaml.Node, document: dict[str, Any]) -> list[JobType]:
+    types = []
+    for type_name, spec in document["type"].items():
+        loc: tuple[Any, ...] = ("type", type_name)
+        if not isinstance(spec, dict) or "script" not in spec:
+            raise JobTypeFileError(str(path), _line(node, loc), f"type '{type_name}' needs a 'script'")
+        env_vars = spec.get("env") or []
+        if not isinstance(env_vars, list) or not all(isinstance(v, str) for v in env_vars):
+            raise JobTypeFileError(
+                str(path), _line(node, (*loc, "env")), "'env' must be a list of variable names"
+            )
+        script = str(spec["script"])
+        command = [script] if os.access(_beside(path, script), os.X_OK) else ["/bin/sh", script]
+        if command[0] == "/bin/sh":
+            command[1] = str(_beside(path, script))
+        data = {
+            "name": type_name,
+            "description": spec.get("description", f"OCPS job type '{type_name}'"),
+            "command": command,
+            "parameters": {
+                var: {"type": "string", "required": True, "deliver": "env", "env": var}
+                for var in env_vars
+            },
+        }
+        types.append(_build(path, node, data, loc, ocps=True))
+    return types
+
+
+def _beside(path: Path, script: str) -> Path:
+    candidate = Path(script)
+    return candidate if candidate.is_absolute() else (path.parent / candidate).resolve()
+
+
+def _build(
+    path: Path, node: yaml.Node, data: dict[str, Any], base: tuple[Any, ...], ocps: bool = False
+) -> JobType:
+    try:
+        jobtype = JobType.model_validate(
+            data | {"source": str(path), "directory": str(path.parent.resolve())}
+        )
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        where = ".".join(str(p) for p in loc) or "job type"
+        line = _line(node, base if ocps else base + loc)
+        message = error["msg"].removeprefix("Value error, ")
+        raise JobTypeFileError(str(path), line, f"{where}: {message}") from None
+    return resolve_command(jobtype)
+
+
+def _line(node: yaml.Node, loc: tuple[Any, ...]) -> int:
+    """The 1-based line of the deepest node along ``loc`` that exists in the YAML tree."""
+    current = node
+    for key in loc:
+        child = None
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                if key_node.value == str(key):
+                    child = value_node
+                    break
+        elif isinstance(current, yaml.SequenceNode) and isinstance(key, int):
+            if 0 <= key < len(current.value):
+                child = current.value[key]
+        if child is None:
+            break
+        current = child
+    return int(current.start_mark.line) + 1

@@ -1,0 +1,206 @@
+"""The local executor: each job is a process group on this machine.
+
+A job runs as ``/bin/sh -c WRAPPER jobmill-job ARGV...``: the wrapper is a constant string and
+the job's argv reaches it only as positional arguments (``"$@"``), so user values are never
+parsed by a shell. The wrapper writes the job's pid and, when the job ends, its exit status
+into the working directory: that is how a restarted jobmill learns the true result of a job
+that finished while it was down. Exits are noticed at once through pidfds, not by polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobmill.domain.lifecycle import Phase
+from jobmill.executors.base import LaunchSpec, NativeStatus
+
+WRAPPER = 'echo $$ > .jobmill-pid; "$@"; c=$?; echo $c > .jobmill-exit; exit $c'
+PID_FILE = ".jobmill-pid"
+EXIT_FILE = ".jobmill-exit"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (guards against a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields and fields[0] == "Z":
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def native_id_of(pid: int) -> str:
+    return f"{pid}@{_start_time(pid) or 0}"
+
+
+def split_native_id(native_id: str) -> tuple[int, str]:
+    pid, _, start = native_id.partition("@")
+    return int(pid), start
+
+
+@dataclass
+class _Proc:
+    popen: subprocess.Popen[bytes] | None
+    workdir: Path
+    pidfd: int | None
+    kill_at: float | None = None
+
+
+class LocalExecutor:
+    """Runs jobs as local process groups."""
+
+    name = "local"
+
+    def __init__(self, grace: float = 5.0) -> None:
+        self.grace = grace
+        self._procs: dict[str, _Proc] = {}
+
+    def render(self, spec: LaunchSpec) -> str:
+        env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(spec.env.items()))
+        argv = " ".join(_quote(a) for a in spec.argv)
+        return (
+            f"# local process group, working directory {spec.workdir}\n"
+            f"# stdout > {spec.stdout}\n# stderr > {spec.stderr}\n"
+            f"env -i {env} {argv}\n"
+        )
+
+    def submit(self, spec: LaunchSpec) -> str:
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        for stale in (PID_FILE, EXIT_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (spec.workdir / stale).unlink()
+        spec.stdout.parent.mkdir(parents=True, exist_ok=True)
+        spec.stderr.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+            popen = subprocess.Popen(  # noqa: S603 - constant wrapper, argv passed as "$@"
+                ["/bin/sh", "-c", WRAPPER, "jobmill-job", *spec.argv],
+                cwd=spec.workdir,
+                env=dict(spec.env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+        native_id = native_id_of(popen.pid)
+        self._procs[native_id] = _Proc(popen, spec.workdir, _pidfd(popen.pid))
+        return native_id
+
+    def adopt(self, native_id: str, workdir: Path) -> None:
+        """Track a job started by an earlier jobmill process (after a restart)."""
+        pid, _ = split_native_id(native_id)
+        self._procs[native_id] = _Proc(None, workdir, _pidfd(pid))
+
+    def find_started(self, workdir: Path) -> str | None:
+        """The native id of a job whose wrapper started but was never recorded, if alive."""
+        try:
+            pid = int((workdir / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        start = _start_time(pid)
+        return f"{pid}@{start}" if start else f"{pid}@gone"
+
+    def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        return {native_id: self._status(native_id) for native_id in native_ids}
+
+    def _status(self, native_id: str) -> NativeStatus:
+        proc = self._procs.get(native_id)
+        pid, start = split_native_id(native_id)
+        if proc is not None and proc.popen is not None:
+            code = proc.popen.poll()
+            if code is None:
+                return NativeStatus(Phase.EXECUTING, "running")
+            self._forget(native_id)
+            return _finished(code)
+        if _start_time(pid) == start:
+            return NativeStatus(Phase.EXECUTING, "running")
+        workdir = proc.workdir if proc else None
+        self._forget(native_id)
+        if workdir is not None:
+            try:
+                return _finished(int((workdir / EXIT_FILE).read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        return NativeStatus(
+            Phase.ERROR, "lost", error="lost: the process vanished without an exit status"
+        )
+
+    def status_after_restart(self, native_id: str, workdir: Path) -> NativeStatus:
+        """Like ``poll`` for a job this process did not start."""
+        self.adopt(native_id, workdir)
+        return self._status(native_id)
+
+    def cancel(self, native_id: str) -> None:
+        pid, start = split_native_id(native_id)
+        if _start_time(pid) != start:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        proc = self._procs.get(native_id)
+        if proc is not None:
+            proc.kill_at = time.monotonic() + self.grace
+
+    def tick(self) -> float | None:
+        now = time.monotonic()
+        soonest: float | None = None
+        for native_id, proc in list(self._procs.items()):
+            if proc.kill_at is None:
+                continue
+            if now >= proc.kill_at:
+                pid, start = split_native_id(native_id)
+                if _start_time(pid) == start or proc.popen is not None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
+                proc.kill_at = None
+            else:
+                wait = proc.kill_at - now
+                soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
+
+    def watch_fds(self) -> dict[int, str]:
+        return {p.pidfd: nid for nid, p in self._procs.items() if p.pidfd is not None}
+
+    def running(self) -> int:
+        return len(self._procs)
+
+    def _forget(self, native_id: str) -> None:
+        proc = self._procs.pop(native_id, None)
+        if proc is not None and proc.pidfd is not None:
+            os.close(proc.pidfd)
+
+    def close(self) -> None:
+        for native_id in list(self._procs):
+            self._forget(native_id)
+
+
+def _finished(code: int) -> NativeStatus:
+    if code == 0:
+        return NativeStatus(Phase.COMPLETED, "exited", exit_code=0)
+    if code < 0:
+        return NativeStatus(
+            Phase.ERROR, "killed", exit_code=128 - code, error=f"killed by signal {-code}"
+        )
+    return NativeStatus(Phase.ERROR, "exited", exit_code=code, error=f"exit code {code}")
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)

@@ -1,0 +1,117 @@
+"""Dispatch: turn a queued job into a running one on its executor.
+
+A job is claimed with a checked transition before its process starts, so two jobmill processes
+sharing a database never start the same job twice. Its secret token is made here, handed to the
+process in its environment, and only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Mapping
+
+from jobmill.config import Settings
+from jobmill.domain.errors import Conflict
+from jobmill.domain.jobs import Job
+from jobmill.domain.jobtypes import JobType, build_argv, build_env
+from jobmill.domain.lifecycle import Action
+from jobmill.executors.base import LaunchSpec
+from jobmill.service.files import JobFiles
+from jobmill.storage.jobs import JobStore, hash_secret
+
+log = logging.getLogger(__name__)
+ACTOR = "jobmill"
+
+
+def report_url(settings: Settings, job_id: str) -> str:
+    return f"{settings.callback_url}/api/v1/jobs/{job_id}/report"
+
+
+def job_environment(
+    settings: Settings, jobtype: JobType, job: Job, token: str, base_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The whole environment of a job's process: nothing else of the server leaks in."""
+    env = {name: base_env[name] for name in settings.pass_env if name in base_env}
+    env.update(build_env(jobtype, job.parameters))
+    url = report_url(settings, job.id)
+    env.update(
+        {
+            "JOBMILL_JOB_ID": job.id,
+            "JOBMILL_URL": settings.callback_url,
+            "JOBMILL_REPORT_URL": url,
+            "JOBMILL_TOKEN": token,
+            "BATCH_UPDATE_URL": f"{url}?token={token}",
+        }
+    )
+    return env
+
+
+def launch_spec(
+    settings: Settings, files: JobFiles, jobtype: JobType, job: Job, token: str
+) -> LaunchSpec:
+    workdir = files.workdir(job.id)
+    builtins = {
+        "jobtype_dir": jobtype.directory or ".",
+        "job_dir": str(workdir),
+        "job_id": job.id,
+    }
+    return LaunchSpec(
+        job_id=job.id,
+        argv=build_argv(jobtype, job.parameters, builtins),
+        env=job_environment(settings, jobtype, job, token, os.environ),
+        workdir=workdir,
+        stdout=files.log_path(job, "stdout"),
+        stderr=files.log_path(job, "stderr"),
+        resources=jobtype.resources,
+        execution_duration=job.execution_duration,
+    )
+
+
+class Dispatcher:
+    """Claims queued jobs and starts them."""
+
+    def __init__(
+        self, settings: Settings, store: JobStore, files: JobFiles, jobtypes: Mapping[str, JobType]
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.jobtypes = jobtypes
+
+    def claim(self, job: Job) -> tuple[Job, str] | None:
+        """Move a queued job to EXECUTING on this node; None if another process won it."""
+        token = secrets.token_urlsafe(24)
+        try:
+            claimed = self.store.transition(
+                job.id,
+                Action.START,
+                actor=ACTOR,
+                values={"node": self.settings.node, "token_hash": hash_secret(token)},
+            )
+        except Conflict:
+            return None
+        return claimed, token
+
+    def spec_for(self, job: Job, token: str) -> LaunchSpec | str:
+        """The launch spec, or the reason the job cannot be launched."""
+        jobtype = self.jobtypes.get(job.type)
+        if jobtype is None:
+            return f"job type '{job.type}' is no longer defined"
+        try:
+            return launch_spec(self.settings, self.files, jobtype, job, token)
+        except (KeyError, ValueError) as exc:
+            return f"cannot build the command: {exc}"
+
+    def fail(self, job: Job, error: str) -> None:
+        log.warning("job %s cannot start: %s", job.id, error)
+        try:
+            self.store.transition(job.id, Action.FAIL, actor=ACTOR, values={"error": error})
+        except Conflict:
+            pass
+
+    @staticmethod
+    def ocps_hex(job_id: str) -> str:
+        return uuid.UUID(job_id).hex

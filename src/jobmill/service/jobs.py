@@ -1,0 +1,254 @@
+"""JobService: create, validate, look at, abort and delete jobs. Every face calls this."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from jobmill.domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
+from jobmill.domain.jobs import Event, Job, NewJob, parse_job_id, utcnow
+from jobmill.domain.jobtypes import JobType
+from jobmill.domain.lifecycle import ACTIVE, TERMINAL, Action, Phase, Reason
+from jobmill.service import reports
+from jobmill.service.files import JobFiles, LogChunk
+from jobmill.storage.jobs import JobFilter, JobStore
+
+MAX_RUN_ID = 256
+
+
+@dataclass(frozen=True)
+class User:
+    """Who is asking."""
+
+    name: str
+    admin: bool = False
+
+
+@dataclass
+class JobRequest:
+    """What a face asks for when it creates a job (before validation)."""
+
+    type: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    executor: str | None = None
+    execution_duration: int | None = None
+    log_dir: str | None = None
+    start: bool = True
+    allow_unknown: bool = False
+
+
+@dataclass
+class Page:
+    """One page of a job list; ``next_cursor`` is None on the last page."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class JobService:
+    """The rules about jobs, in one place."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        jobtypes: Mapping[str, JobType],
+        files: JobFiles,
+        executors: Sequence[str],
+        *,
+        on_queued: Callable[[], None] = lambda: None,
+        on_cancel: Callable[[Job], None] = lambda job: None,
+    ) -> None:
+        self.store = store
+        self.jobtypes = dict(jobtypes)
+        self.files = files
+        self.executors = tuple(executors)
+        self.on_queued = on_queued
+        self.on_cancel = on_cancel
+
+    # -- job types --------------------------------------------------------------------------
+
+    def jobtype(self, name: str) -> JobType:
+        jobtype = self.jobtypes.get(name)
+        if jobtype is None:
+            raise NotFound(f"unknown job type '{name}'", field="type")
+        return jobtype
+
+    # -- creation ---------------------------------------------------------------------------
+
+    def validate(self, user: User, request: JobRequest, *, prefix: str = "") -> NewJob:
+        """Check a request against its job type; raise ``ValidationError`` naming the field."""
+        if not isinstance(request.type, str) or not request.type:
+            raise ValidationError("missing job type", field=f"{prefix}type")
+        jobtype = self.jobtypes.get(request.type)
+        if jobtype is None:
+            known = ", ".join(sorted(self.jobtypes)) or "none"
+            raise ValidationError(
+                f"unknown job type '{request.type}' (known: {known})", field=f"{prefix}type"
+            )
+        declared, extra = jobtype.validate_parameters(
+            request.parameters,
+            prefix=f"{prefix}parameters",
+            allow_unknown=request.allow_unknown and not jobtype.reject_unknown_parameters,
+        )
+        executor = request.executor or jobtype.executor
+        if executor not in self.executors:
+            raise ValidationError(
+                f"executor '{executor}' is not available (available: {', '.join(self.executors)})",
+                field=f"{prefix}executor",
+            )
+        duration = request.execution_duration
+        if duration is None:
+            duration = jobtype.execution_duration
+        if duration < 0:
+            raise ValidationError("must not be negative", field=f"{prefix}execution_duration")
+        if jobtype.max_execution_duration and (
+            duration == 0 or duration > jobtype.max_execution_duration
+        ):
+            duration = jobtype.max_execution_duration
+        if request.run_id is not None and len(request.run_id) > MAX_RUN_ID:
+            raise ValidationError(f"longer than {MAX_RUN_ID} characters", field=f"{prefix}run_id")
+        log_dir = None
+        if request.log_dir is not None:
+            log_dir = self._log_dir(request.log_dir, f"{prefix}log_dir")
+        return NewJob(
+            type=jobtype.name,
+            owner=user.name,
+            parameters=declared,
+            extra_parameters=extra,
+            executor=executor,
+            execution_duration=duration,
+            destruction_at=utcnow() + timedelta(seconds=jobtype.destruction),
+            phase=Phase.QUEUED if request.start else Phase.PENDING,
+            reason=Reason.CAPACITY.value if request.start else None,
+            run_id=request.run_id,
+            log_dir=log_dir,
+        )
+
+    @staticmethod
+    def _log_dir(value: str, field_name: str) -> str:
+        if not value or "\x00" in value:
+            raise ValidationError("must be a directory path", field=field_name)
+        path = Path(value).expanduser().resolve()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValidationError(f"cannot create '{value}': {exc.strerror}", field=field_name) from None
+        if not os.access(path, os.W_OK):
+            raise ValidationError(f"'{value}' is not writable", field=field_name)
+        return str(path)
+
+    def create(self, user: User, request: JobRequest) -> Job:
+        job = self.store.create([self.validate(user, request)], actor=user.name)[0]
+        if job.phase is Phase.QUEUED:
+            self.on_queued()
+        return job
+
+    def create_many(self, user: User, requests: Sequence[JobRequest]) -> list[Job]:
+        """All or nothing: one bad request rejects the whole batch, naming its index."""
+        new_jobs = [self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)]
+        jobs = self.store.create(new_jobs, actor=user.name)
+        if any(job.phase is Phase.QUEUED for job in jobs):
+            self.on_queued()
+        return jobs
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, user: User, job_id: str) -> Job:
+        canonical = parse_job_id(job_id)
+        job = self.store.get(canonical) if canonical else None
+        if job is None or not (user.admin or job.owner == user.name):
+            raise NotFound(f"no job {job_id}", field="id")
+        return job
+
+    def list(
+        self, user: User, flt: JobFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        if not user.admin:
+            if flt.owner and flt.owner != user.name:
+                return Page([], None)
+            flt.owner = user.name
+        before = None
+        if cursor:
+            try:
+                before = int(cursor)
+            except ValueError:
+                raise ValidationError("not a cursor from an earlier page", field="cursor") from None
+        if not 1 <= limit <= 1000:
+            raise ValidationError("must be between 1 and 1000", field="limit")
+        jobs = self.store.list(flt, limit=limit + 1, before_seq=before)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return Page(jobs, str(jobs[-1].seq) if more and jobs else None)
+
+    def events(self, user: User, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        job = self.get(user, job_id)
+        return self.store.events(job.id, after=after, limit=limit)
+
+    def read_log(
+        self, user: User, job_id: str, stream: str, *, offset: int = 0, tail: int | None = None,
+        limit: int = 1 << 20,
+    ) -> LogChunk:
+        job = self.get(user, job_id)
+        return self.files.read_log(job, stream, offset=offset, tail=tail, limit=limit)
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def run(self, user: User, job_id: str) -> Job:
+        """Queue a PENDING job (UWS ``PHASE=RUN``)."""
+        job = self.get(user, job_id)
+        job = self.store.transition(
+            job.id, Action.RUN, actor=user.name, reason=Reason.CAPACITY.value
+        )
+        self.on_queued()
+        return job
+
+    def abort(self, user: User, job_id: str) -> Job:
+        job = self.get(user, job_id)
+        if job.phase in TERMINAL:
+            raise Conflict(
+                f"job {job.id} has already ended ({job.phase.value})", phase=job.phase.value
+            )
+        job = self.store.transition(
+            job.id, Action.ABORT, actor=user.name, data={"by": "user request"},
+            values={"error": f"aborted by {user.name}"},
+        )
+        if job.native_id:
+            self.on_cancel(job)
+        return job
+
+    def delete(self, user: User, job_id: str) -> None:
+        job = self.get(user, job_id)
+        if job.phase in ACTIVE or job.phase is Phase.PENDING:
+            try:
+                job = self.abort(user, job.id)
+            except Conflict:
+                job = self.get(user, job.id)
+        self.store.delete(job.id)
+        self.files.remove(job)
+
+    def report(self, job_id: str, token: str | None, payload: Any) -> Job:
+        """Merge a progress report posted by the job itself, authorised by its own token."""
+        canonical = parse_job_id(job_id)
+        if not token:
+            raise Unauthorized("a job token is required", field="token")
+        if canonical is None or not self.store.check_job_token(canonical, token):
+            raise Forbidden("this token is not valid for this job", field="token")
+        return self.store.merge_report(
+            canonical, reports.merge, reports.normalise(payload), actor=f"job:{canonical}"
+        )
+
+
+def parse_time(value: str, field_name: str) -> datetime:
+    """An ISO 8601 time from a query string (``Z`` or an offset; naive means UTC)."""
+    from datetime import UTC
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise ValidationError(f"'{value}' is not an ISO 8601 time", field=field_name) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

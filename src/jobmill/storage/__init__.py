@@ -1,0 +1,1 @@
+"""jobmill.storage"""

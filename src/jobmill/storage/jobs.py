@@ -1,0 +1,437 @@
+"""JobStore: the only code that reads and writes jobs and their events.
+
+Rule 1 of the design lives here: a phase changes only through ``transition``, a checked
+``UPDATE ... WHERE id = :id AND phase = :seen`` (``seen`` being one of the phases the action
+allows) plus its event row, in one transaction. A lost race is retried against the new phase,
+and an illegal action raises ``Conflict``; nothing is ever overwritten blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, and_, delete, func, insert, select, update
+
+from jobmill.domain.errors import Conflict, NotFound
+from jobmill.domain.jobs import Event, Job, NewJob, utcnow
+from jobmill.domain.lifecycle import TERMINAL, Action, Phase, transition
+from jobmill.storage.tables import events, jobs, tokens
+
+MAX_PAGE = 1000
+_SETTABLE = frozenset(
+    {"native_id", "node", "exit_code", "error", "token_hash", "started_at", "ended_at", "report"}
+)
+
+
+def hash_secret(secret: str) -> str:
+    """Tokens are stored as SHA-256 hex digests, never in clear."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _job(row: Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        type=m["type"],
+        owner=m["owner"],
+        phase=Phase(m["phase"]),
+        parameters=m["parameters"] or {},
+        created_at=_aware(m["created_at"]) or utcnow(),
+        run_id=m["run_id"],
+        reason=m["reason"],
+        extra_parameters=m["extra_parameters"] or {},
+        report=m["report"] or {},
+        executor=m["executor"],
+        native_id=m["native_id"],
+        node=m["node"],
+        exit_code=m["exit_code"],
+        error=m["error"],
+        started_at=_aware(m["started_at"]),
+        ended_at=_aware(m["ended_at"]),
+        updated_at=_aware(m["updated_at"]),
+        destruction_at=_aware(m["destruction_at"]),
+        execution_duration=m["execution_duration"],
+        parent_id=m["parent_id"],
+        log_dir=m["log_dir"],
+        event_count=m["event_count"],
+        seq=m["seq"],
+    )
+
+
+def _event(row: Row[Any]) -> Event:
+    m = row._mapping
+    return Event(
+        seq=m["seq"],
+        job_id=m["job_id"],
+        n=m["n"],
+        at=_aware(m["at"]) or utcnow(),
+        name=m["name"],
+        from_phase=Phase(m["from_phase"]) if m["from_phase"] else None,
+        to_phase=Phase(m["to_phase"]) if m["to_phase"] else None,
+        actor=m["actor"],
+        data=m["data"] or {},
+    )
+
+
+@dataclass
+class JobFilter:
+    """What ``JobStore.list`` selects on; every field is optional and they combine with AND."""
+
+    phases: Sequence[Phase] = ()
+    type: str | None = None
+    owner: str | None = None
+    run_id: str | None = None
+    created_after: datetime | None = None
+    executor: str | None = None
+
+
+@dataclass
+class TokenRecord:
+    """A user's bearer token (its hash only)."""
+
+    id: int
+    user: str
+    admin: bool
+
+
+class JobStore:
+    """Jobs, events and tokens in one SQL database."""
+
+    def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
+        self.engine = engine
+        self.read_engine = read_engine or engine
+
+    # -- creation ---------------------------------------------------------------------------
+
+    def create(self, new_jobs: Sequence[NewJob], *, actor: str) -> list[Job]:
+        """Insert jobs with their ``created`` events, all or nothing."""
+        now = utcnow()
+        job_rows = []
+        event_rows = []
+        for new in new_jobs:
+            job_rows.append(
+                {
+                    "id": new.id,
+                    "type": new.type,
+                    "owner": new.owner,
+                    "run_id": new.run_id,
+                    "phase": new.phase.value,
+                    "reason": new.reason,
+                    "parameters": new.parameters,
+                    "extra_parameters": new.extra_parameters,
+                    "report": {},
+                    "executor": new.executor,
+                    "created_at": now,
+                    "updated_at": now,
+                    "destruction_at": new.destruction_at,
+                    "execution_duration": new.execution_duration,
+                    "parent_id": new.parent_id,
+                    "log_dir": new.log_dir,
+                    "event_count": 1,
+                }
+            )
+            event_rows.append(
+                {
+                    "job_id": new.id,
+                    "n": 1,
+                    "at": now,
+                    "name": "created",
+                    "from_phase": None,
+                    "to_phase": new.phase.value,
+                    "actor": actor,
+                    "data": {"reason": new.reason} if new.reason else {},
+                }
+            )
+        if not job_rows:
+            return []
+        with self.engine.begin() as conn:
+            conn.execute(insert(jobs), job_rows)
+            conn.execute(insert(events), event_rows)
+            if len(job_rows) == 1:
+                rows = conn.execute(select(jobs).where(jobs.c.id == job_rows[0]["id"])).all()
+            else:
+                ids = [r["id"] for r in job_rows]
+                rows = []
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    rows.extend(conn.execute(select(jobs).where(jobs.c.id.in_(chunk))).all())
+        by_id = {row._mapping["id"]: _job(row) for row in rows}
+        return [by_id[r["id"]] for r in job_rows]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        with self.read_engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def require(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", field="id")
+        return job
+
+    def list(
+        self, flt: JobFilter, *, limit: int = 100, before_seq: int | None = None
+    ) -> list[Job]:
+        """Jobs matching ``flt``, newest first, at most ``limit``, older than ``before_seq``."""
+        query = select(jobs)
+        conditions = []
+        if flt.phases:
+            conditions.append(jobs.c.phase.in_([p.value for p in flt.phases]))
+        if flt.type:
+            conditions.append(jobs.c.type == flt.type)
+        if flt.owner:
+            conditions.append(jobs.c.owner == flt.owner)
+        if flt.run_id:
+            conditions.append(jobs.c.run_id == flt.run_id)
+        if flt.executor:
+            conditions.append(jobs.c.executor == flt.executor)
+        if flt.created_after:
+            conditions.append(jobs.c.created_at > flt.created_after)
+        if before_seq is not None:
+            conditions.append(jobs.c.seq < before_seq)
+        if conditions:
+            query = query.where(and_(*conditions))
+        query = query.order_by(jobs.c.seq.desc()).limit(max(1, min(limit, MAX_PAGE)))
+        with self.read_engine.connect() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def ids_in_phase(
+        self, phases: Iterable[Phase], *, executor: str | None = None, node: str | None = None,
+        reason: str | None = None, limit: int = 10000,
+    ) -> list[Job]:
+        """Jobs in any of ``phases`` (oldest first), for schedulers and monitors."""
+        query = select(jobs).where(jobs.c.phase.in_([p.value for p in phases]))
+        if executor is not None:
+            query = query.where(jobs.c.executor == executor)
+        if node is not None:
+            query = query.where(jobs.c.node == node)
+        if reason is not None:
+            query = query.where(jobs.c.reason == reason)
+        query = query.order_by(jobs.c.seq).limit(limit)
+        with self.read_engine.connect() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def phases(self, job_ids: Sequence[str]) -> dict[str, Phase]:
+        """The current phase of each given job that still exists, in one query."""
+        result: dict[str, Phase] = {}
+        with self.read_engine.connect() as conn:
+            for start in range(0, len(job_ids), 500):
+                chunk = list(job_ids[start : start + 500])
+                for row in conn.execute(
+                    select(jobs.c.id, jobs.c.phase).where(jobs.c.id.in_(chunk))
+                ):
+                    result[row.id] = Phase(row.phase)
+        return result
+
+    def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        query = (
+            select(events)
+            .where(events.c.job_id == job_id, events.c.n > after)
+            .order_by(events.c.n)
+            .limit(max(1, min(limit, MAX_PAGE)))
+        )
+        with self.read_engine.connect() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
+    def events_since(self, seq: int, *, limit: int = 1000) -> list[Event]:
+        """The change feed: every event after global sequence ``seq``."""
+        query = select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
+        with self.read_engine.connect() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
+    def last_event_seq(self) -> int:
+        with self.read_engine.connect() as conn:
+            return int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
+
+    def count(self) -> int:
+        with self.read_engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(jobs)).scalar() or 0)
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: str,
+        action: Action,
+        *,
+        actor: str,
+        reason: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Apply ``action`` to the job: checked phase update plus event, in one transaction.
+
+        ``values`` sets other columns at the same time (native id, exit code, error...).
+        Raises ``NotFound`` or ``Conflict`` (the action is not allowed in the current phase).
+        """
+        row_def = transition(action)
+        extra = dict(values or {})
+        unknown = set(extra) - _SETTABLE
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)} through a transition")
+        for _attempt in range(5):
+            with self.engine.begin() as conn:
+                current = conn.execute(
+                    select(jobs.c.phase, jobs.c.started_at).where(jobs.c.id == job_id)
+                ).first()
+                if current is None:
+                    raise NotFound(f"no job {job_id}", field="id")
+                seen = Phase(current.phase)
+                if seen not in row_def.sources:
+                    raise Conflict(
+                        f"cannot {action.value} a job that is {seen.value}",
+                        phase=seen.value,
+                        action=action.value,
+                    )
+                now = utcnow()
+                changes: dict[str, Any] = {
+                    "phase": row_def.target.value,
+                    "updated_at": now,
+                    "reason": reason if row_def.target is Phase.QUEUED else None,
+                    "event_count": jobs.c.event_count + 1,
+                }
+                if row_def.target is Phase.EXECUTING and current.started_at is None:
+                    changes["started_at"] = now
+                if row_def.target in TERMINAL and row_def.target is not Phase.ARCHIVED:
+                    changes["ended_at"] = now
+                changes.update(extra)
+                result = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.phase == seen.value)
+                    .values(**changes)
+                    .returning(jobs)
+                ).first()
+                if result is None:
+                    continue  # lost a race: look again at the new phase
+                job = _job(result)
+                event_data = dict(data or {})
+                if reason:
+                    event_data.setdefault("reason", reason)
+                conn.execute(
+                    insert(events).values(
+                        job_id=job_id,
+                        n=job.event_count,
+                        at=now,
+                        name=action.value,
+                        from_phase=seen.value,
+                        to_phase=row_def.target.value,
+                        actor=actor,
+                        data=event_data,
+                    )
+                )
+                return job
+        raise Conflict(f"job {job_id} keeps changing; try again", action=action.value)
+
+    def record(
+        self,
+        job_id: str,
+        name: str,
+        *,
+        actor: str,
+        data: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Append an event that does not change the phase, optionally setting columns."""
+        extra = dict(values or {})
+        unknown = set(extra) - _SETTABLE
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)} through record")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(event_count=jobs.c.event_count + 1, updated_at=now, **extra)
+                .returning(jobs)
+            ).first()
+            if result is None:
+                raise NotFound(f"no job {job_id}", field="id")
+            job = _job(result)
+            conn.execute(
+                insert(events).values(
+                    job_id=job_id, n=job.event_count, at=now, name=name, from_phase=None,
+                    to_phase=None, actor=actor, data=dict(data or {}),
+                )
+            )
+        return job
+
+    def merge_report(
+        self, job_id: str, merge: Any, payload: Mapping[str, Any], *, actor: str
+    ) -> Job:
+        """Merge ``payload`` into the stored report with ``merge(old, payload)``, atomically."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            query = select(jobs.c.report).where(jobs.c.id == job_id)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            current = conn.execute(query).first()
+            if current is None:
+                raise NotFound(f"no job {job_id}", field="id")
+            report = merge(dict(current.report or {}), payload)
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(report=report, event_count=jobs.c.event_count + 1, updated_at=now)
+                .returning(jobs)
+            ).first()
+            assert result is not None
+            job = _job(result)
+            conn.execute(
+                insert(events).values(
+                    job_id=job_id, n=job.event_count, at=now, name="report", from_phase=None,
+                    to_phase=None, actor=actor, data=dict(payload),
+                )
+            )
+        return job
+
+    def check_job_token(self, job_id: str, token: str) -> bool:
+        with self.read_engine.connect() as conn:
+            stored = conn.execute(select(jobs.c.token_hash).where(jobs.c.id == job_id)).scalar()
+        return bool(stored) and hmac.compare_digest(stored, hash_secret(token))
+
+    def delete(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(events).where(events.c.job_id == job_id))
+            result = conn.execute(delete(jobs).where(jobs.c.id == job_id))
+            if result.rowcount == 0:
+                raise NotFound(f"no job {job_id}", field="id")
+
+    # -- user tokens ------------------------------------------------------------------------
+
+    def add_token(self, user: str, secret: str, *, admin: bool, note: str | None = None) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(tokens)
+                .values(user=user, token_hash=hash_secret(secret), admin=admin,
+                        created_at=utcnow(), note=note)
+                .returning(tokens.c.id)
+            )
+            return int(result.scalar_one())
+
+    def find_token(self, secret: str) -> TokenRecord | None:
+        with self.read_engine.connect() as conn:
+            row = conn.execute(
+                select(tokens.c.id, tokens.c.user, tokens.c.admin).where(
+                    tokens.c.token_hash == hash_secret(secret), tokens.c.revoked_at.is_(None)
+                )
+            ).first()
+        return TokenRecord(row.id, row.user, bool(row.admin)) if row else None
+
+    def has_tokens(self) -> bool:
+        with self.read_engine.connect() as conn:
+            return conn.execute(
+                select(tokens.c.id).where(tokens.c.revoked_at.is_(None)).limit(1)
+            ).first() is not None

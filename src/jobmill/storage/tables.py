@@ -1,0 +1,89 @@
+"""The schema. Alembic migrations under ``migrations/`` must match it (a test checks)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("type", String(64), nullable=False),
+    Column("owner", String(128), nullable=False),
+    Column("run_id", String(256)),
+    Column("phase", String(16), nullable=False),
+    Column("reason", String(64)),
+    Column("parameters", JSON, nullable=False),
+    Column("extra_parameters", JSON, nullable=False),
+    Column("report", JSON, nullable=False),
+    Column("executor", String(32), nullable=False),
+    Column("native_id", String(128)),
+    Column("node", String(128)),
+    Column("exit_code", Integer),
+    Column("error", Text),
+    Column("token_hash", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("destruction_at", DateTime(timezone=True)),
+    Column("execution_duration", Integer, nullable=False),
+    Column("parent_id", String(36)),
+    Column("log_dir", Text),
+    Column("event_count", Integer, nullable=False),
+    Index(None, "phase", "executor"),
+    Index(None, "owner", "seq"),
+    Index(None, "type", "seq"),
+    Index(None, "run_id"),
+    Index(None, "created_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("from_phase", String(16)),
+    Column("to_phase", String(16)),
+    Column("actor", String(128), nullable=False),
+    Column("data", JSON, nullable=False),
+    UniqueConstraint("job_id", "n"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(128), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("admin", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("note", Text),
+)

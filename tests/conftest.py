@@ -1,0 +1,160 @@
+"""Shared fixtures: a fresh jobmill per test, on SQLite and (when available) PostgreSQL.
+
+``db_url`` is parametrised over both databases. PostgreSQL comes from
+``JOBMILL_TEST_DATABASE_URL`` (``.ci/run`` starts a throwaway server and sets it); each test gets
+its own database. Without it the PostgreSQL variants skip with a reason, except in CI
+(``CI=true``), where a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from jobmill.api.app import create_app
+from jobmill.config import Settings
+from jobmill.factory import Jobmill, build
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "jobtypes"
+PG_ENV = "JOBMILL_TEST_DATABASE_URL"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_service(available: bool, what: str) -> None:
+    """Skip on a laptop without the service; fail in CI, where it must be there."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is not available in CI")
+    pytest.skip(f"{what} is not available (set it up to run this test)")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str | None:
+    return os.environ.get(PG_ENV) or None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None) -> Iterator[str]:
+    """A fresh, empty database URL of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobmill.db'}"
+        return
+    require_service(pg_admin_url is not None, f"PostgreSQL ({PG_ENV})")
+    assert pg_admin_url is not None
+    name = f"jm_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    """Settings for a test jobmill: its own home, the example job types, fast polling."""
+    return Settings(
+        home=tmp_path / "home",
+        database_url=db_url,
+        jobtypes=(str(EXAMPLES),),
+        port=free_port(),
+        poll_interval=0.2,
+        kill_grace=1.0,
+        max_local_jobs=4,
+        local_user="tester",
+    )
+
+
+@pytest.fixture
+def jobmill(settings: Settings) -> Iterator[Jobmill]:
+    """A built jobmill whose engine is not started (see ``client``/``live`` for that)."""
+    jm = build(settings)
+    try:
+        yield jm
+    finally:
+        jm.close()
+
+
+@pytest.fixture
+def client(jobmill: Jobmill) -> Iterator[TestClient]:
+    """An in-process HTTP client; the engine runs, but jobs cannot call back over HTTP."""
+    with TestClient(create_app(jobmill)) as test_client:
+        yield test_client
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, so jobs can post reports to it."""
+
+    def __init__(self, jobmill: Jobmill) -> None:
+        import uvicorn
+
+        self.jobmill = jobmill
+        self.url = f"http://127.0.0.1:{jobmill.settings.port}"
+        config = uvicorn.Config(
+            create_app(jobmill), host="127.0.0.1", port=jobmill.settings.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture
+def live(jobmill: Jobmill) -> Iterator[LiveServer]:
+    with LiveServer(jobmill) as server:
+        yield server
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_phase(client: TestClient, job_id: str, *phases: str, timeout: float = 15.0) -> dict:  # type: ignore[type-arg]
+    """Wait until the job reaches one of ``phases`` (terminal phases by default)."""
+    wanted = set(phases or ("COMPLETED", "ERROR", "ABORTED"))
+
+    def done() -> dict | None:  # type: ignore[type-arg]
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        return job if job["phase"] in wanted else None
+
+    return wait_for(done, timeout)  # type: ignore[no-any-return]
