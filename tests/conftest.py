@@ -46,7 +46,9 @@ def pg_admin_url() -> str | None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None) -> Iterator[str]:
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None
+) -> Iterator[str]:
     """A fresh, empty database URL of each kind."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobmill.db'}"

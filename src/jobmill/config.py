@@ -1,4 +1,4 @@
-"""Settings: ``JOBMILL_*`` environment variables (and the OCPS ``API_*`` ones), overridable in code."""
+"""Settings: ``JOBMILL_*`` environment variables (and the OCPS ``API_*`` ones)."""
 
 from __future__ import annotations
 

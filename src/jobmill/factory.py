@@ -47,7 +47,9 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> JobStore:
     """The job store for ``settings``, creating ``home`` and migrating the schema if asked."""
     settings.home.mkdir(parents=True, exist_ok=True)
     writer = make_engine(settings.db_url, writer=True)
-    reader = make_engine(settings.db_url, writer=False) if writer.dialect.name == "sqlite" else writer
+    reader = (
+        make_engine(settings.db_url, writer=False) if writer.dialect.name == "sqlite" else writer
+    )
     if upgrade:
         migrate.upgrade(writer)
     return JobStore(writer, reader)
@@ -66,6 +68,7 @@ def build(settings: Settings) -> Jobmill:
         jobtypes,
         files,
         executors=[executor.name],
+        max_batch=settings.max_batch_jobs,
         on_queued=engine.notify_queued,
         on_cancel=engine.request_cancel,
     )

@@ -49,8 +49,16 @@ class Server:
 
     def __init__(self, home: Path, types: Path, port: int, db_url: str) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self.args = [JOBMILL, "serve", "--home", str(home), "--port", str(port),
-                     "--jobtypes", str(types)]
+        self.args = [
+            JOBMILL,
+            "serve",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--jobtypes",
+            str(types),
+        ]
         self.env = dict(os.environ, JOBMILL_MAX_LOCAL_JOBS="2", JOBMILL_POLL_INTERVAL="0.2")
         self.env["JOBMILL_DATABASE_URL"] = db_url
         self.proc: subprocess.Popen[bytes] | None = None
@@ -102,8 +110,10 @@ def test_sigkill_and_restart_loses_nothing_and_runs_nothing_twice(
     def submit(name: str, seconds: float, code: int = 0) -> str:
         response = http.post(
             "/api/v1/jobs",
-            json={"type": "once", "parameters": {
-                "name": name, "seconds": seconds, "code": code, "log": str(runlog)}},
+            json={
+                "type": "once",
+                "parameters": {"name": name, "seconds": seconds, "code": code, "log": str(runlog)},
+            },
         )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
@@ -115,7 +125,9 @@ def test_sigkill_and_restart_loses_nothing_and_runs_nothing_twice(
     def phase(job_id: str) -> str:
         return str(http.get(f"/api/v1/jobs/{job_id}").json()["phase"])
 
-    wait_for(lambda: phase(finishes_while_down) == "EXECUTING" and phase(still_running) == "EXECUTING")
+    wait_for(
+        lambda: phase(finishes_while_down) == "EXECUTING" and phase(still_running) == "EXECUTING"
+    )
     assert {phase(j) for j in queued} == {"QUEUED"}  # both slots are taken
     server.kill()
     time.sleep(2.0)  # "short" ends while jobmill is down
@@ -131,6 +143,8 @@ def test_sigkill_and_restart_loses_nothing_and_runs_nothing_twice(
     runs = runlog.read_text().split()
     assert sorted(runs) == sorted(["short", "long", "queued0", "queued1", "queued2"]), runs
     for job_id in every:
-        starts = [e for e in http.get(f"/api/v1/jobs/{job_id}/events").json() if e["name"] == "start"]
+        starts = [
+            e for e in http.get(f"/api/v1/jobs/{job_id}/events").json() if e["name"] == "start"
+        ]
         assert len(starts) == 1, (job_id, starts)
     http.close()

@@ -129,8 +129,15 @@ def test_process_environment_is_only_its_own(env_settings: Settings) -> None:
     assert len(env_a["JOBMILL_TOKEN"]) >= 22  # at least 128 random bits
     assert "JOBMILL_TEST_SERVER_SECRET" not in env_a
     allowed = set(env_settings.pass_env) | {
-        "AP_VISIT_ID", "JOBMILL_JOB_ID", "JOBMILL_URL", "JOBMILL_REPORT_URL", "JOBMILL_TOKEN",
-        "BATCH_UPDATE_URL", "PWD", "SHLVL", "_",
+        "AP_VISIT_ID",
+        "JOBMILL_JOB_ID",
+        "JOBMILL_URL",
+        "JOBMILL_REPORT_URL",
+        "JOBMILL_TOKEN",
+        "BATCH_UPDATE_URL",
+        "PWD",
+        "SHLVL",
+        "_",
     }
     assert set(env_a) <= allowed, set(env_a) - allowed
     before.pop("JOBMILL_TEST_SERVER_SECRET", None)
@@ -151,7 +158,9 @@ def test_counters_example_reports_through_batch_update_url(live: LiveServer) -> 
         counters = done["report"]["counters"]
         assert counters["Example Counter"] == [10, "red"]
         assert len(counters["Random Char"]) == 1
-        reports = [e for e in http.get(f"/api/v1/jobs/{job_id}/events").json() if e["name"] == "report"]
+        reports = [
+            e for e in http.get(f"/api/v1/jobs/{job_id}/events").json() if e["name"] == "report"
+        ]
         assert len(reports) == 10
 
 

@@ -24,15 +24,22 @@ def error_of(response) -> dict:  # type: ignore[no-untyped-def,type-arg]
         ({"type": "sleep", "parameters": {"code": 256}}, "parameters.code", "maximum"),
         ({"type": "nosuch"}, "type", "unknown job type"),
         ({"type": "echo", "parameters": ["x"]}, "parameters", ""),
-        ({"type": "echo", "parameters": {"message": "x"}, "execution_duration": -5},
-         "execution_duration", ""),
+        (
+            {"type": "echo", "parameters": {"message": "x"}, "execution_duration": -5},
+            "execution_duration",
+            "",
+        ),
         ({"type": "echo", "parameters": {"message": "x"}, "executor": "slurm"}, "executor", ""),
         ({"type": "echo", "parameters": {"message": "x"}, "colour": "red"}, "colour", ""),
         ({"parameters": {}}, "type", ""),
     ],
 )
 def test_bad_job_is_422_naming_the_field_and_leaves_no_row(
-    client: TestClient, jobmill: Jobmill, body: dict, field: str, fragment: str  # type: ignore[type-arg]
+    client: TestClient,
+    jobmill: Jobmill,
+    body: dict,
+    field: str,
+    fragment: str,  # type: ignore[type-arg]
 ) -> None:
     response = client.post("/api/v1/jobs", json=body)
     assert response.status_code == 422, response.text
@@ -51,13 +58,17 @@ def test_malformed_json_is_422(client: TestClient) -> None:
 
 def test_oversized_body_is_413(client: TestClient, jobmill: Jobmill) -> None:
     message = "x" * (jobmill.settings.max_request_bytes + 10)
-    response = client.post("/api/v1/jobs", json={"type": "echo", "parameters": {"message": message}})
+    response = client.post(
+        "/api/v1/jobs", json={"type": "echo", "parameters": {"message": message}}
+    )
     assert response.status_code == 413
     assert jobmill.store.count() == 0
 
 
 def test_batch_is_all_or_nothing(client: TestClient, jobmill: Jobmill) -> None:
-    jobs = [{"type": "echo", "parameters": {"message": str(i)}, "phase": "PENDING"} for i in range(5)]
+    jobs = [
+        {"type": "echo", "parameters": {"message": str(i)}, "phase": "PENDING"} for i in range(5)
+    ]
     jobs[3] = {"type": "echo", "parameters": {}}
     response = client.post("/api/v1/jobs/batch", json={"jobs": jobs})
     assert response.status_code == 422
@@ -72,8 +83,12 @@ def test_batch_is_all_or_nothing(client: TestClient, jobmill: Jobmill) -> None:
 def test_list_filters_and_cursor_pagination(client: TestClient) -> None:
     ids = []
     for i in range(7):
-        body = {"type": "echo", "parameters": {"message": str(i)}, "phase": "PENDING",
-                "run_id": "even" if i % 2 == 0 else "odd"}
+        body = {
+            "type": "echo",
+            "parameters": {"message": str(i)},
+            "phase": "PENDING",
+            "run_id": "even" if i % 2 == 0 else "odd",
+        }
         ids.append(client.post("/api/v1/jobs", json=body).json()["id"])
     seen: list[str] = []
     cursor = None
@@ -105,7 +120,8 @@ def test_list_filters_and_cursor_pagination(client: TestClient) -> None:
 
 def test_pending_job_runs_on_request(client: TestClient) -> None:
     job = client.post(
-        "/api/v1/jobs", json={"type": "echo", "parameters": {"message": "later"}, "phase": "PENDING"}
+        "/api/v1/jobs",
+        json={"type": "echo", "parameters": {"message": "later"}, "phase": "PENDING"},
     ).json()
     assert job["phase"] == "PENDING"
     assert client.post(f"/api/v1/jobs/{job['id']}/run").json()["phase"] == "QUEUED"
@@ -114,8 +130,11 @@ def test_pending_job_runs_on_request(client: TestClient) -> None:
 
 
 def test_unknown_things_are_404(client: TestClient) -> None:
-    for path in ["/api/v1/jobs/0b1c", "/api/v1/jobs/00000000-0000-0000-0000-000000000000",
-                 "/api/v1/jobtypes/nosuch"]:
+    for path in [
+        "/api/v1/jobs/0b1c",
+        "/api/v1/jobs/00000000-0000-0000-0000-000000000000",
+        "/api/v1/jobtypes/nosuch",
+    ]:
         response = client.get(path)
         assert response.status_code == 404, path
     assert client.delete("/api/v1/jobs/nosuch").status_code == 404
@@ -129,7 +148,10 @@ def test_logs_bounds_and_streams(client: TestClient) -> None:
     missing = client.get(f"/api/v1/jobs/{job['id']}/logs/stdout")
     assert missing.status_code == 200 and missing.headers["X-Log-Exists"] == "false"
     assert client.get(f"/api/v1/jobs/{job['id']}/logs/other").status_code == 422
-    assert client.get(f"/api/v1/jobs/{job['id']}/logs/stdout", params={"offset": -1}).status_code == 422
+    assert (
+        client.get(f"/api/v1/jobs/{job['id']}/logs/stdout", params={"offset": -1}).status_code
+        == 422
+    )
 
 
 def test_delete_removes_job_events_and_files(client: TestClient, jobmill: Jobmill) -> None:

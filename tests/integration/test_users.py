@@ -41,23 +41,28 @@ def test_users_see_and_change_only_their_own_jobs(
 ) -> None:
     alice_job = new_job(client, auth(tokens["alice"]))
     bob_job = new_job(client, auth(tokens["bob"]))
-    assert client.get(f"/api/v1/jobs/{alice_job}", headers=auth(tokens["alice"])).json()[
-        "owner"
-    ] == "alice"
+    assert (
+        client.get(f"/api/v1/jobs/{alice_job}", headers=auth(tokens["alice"])).json()["owner"]
+        == "alice"
+    )
     assert client.get(f"/api/v1/jobs/{alice_job}", headers=auth(tokens["bob"])).status_code == 404
-    assert client.post(
-        f"/api/v1/jobs/{alice_job}/abort", headers=auth(tokens["bob"])
-    ).status_code == 404
-    assert client.delete(f"/api/v1/jobs/{alice_job}", headers=auth(tokens["bob"])).status_code == 404
+    assert (
+        client.post(f"/api/v1/jobs/{alice_job}/abort", headers=auth(tokens["bob"])).status_code
+        == 404
+    )
+    assert (
+        client.delete(f"/api/v1/jobs/{alice_job}", headers=auth(tokens["bob"])).status_code == 404
+    )
     listed = client.get("/api/v1/jobs", headers=auth(tokens["bob"])).json()["jobs"]
     assert [j["id"] for j in listed] == [bob_job]
     spying = client.get("/api/v1/jobs", params={"owner": "alice"}, headers=auth(tokens["bob"]))
     assert spying.json()["jobs"] == []
     everything = client.get("/api/v1/jobs", headers=auth(tokens["root"])).json()["jobs"]
     assert {j["id"] for j in everything} == {alice_job, bob_job}
-    assert client.post(
-        f"/api/v1/jobs/{alice_job}/abort", headers=auth(tokens["root"])
-    ).json()["phase"] == "ABORTED"
+    assert (
+        client.post(f"/api/v1/jobs/{alice_job}/abort", headers=auth(tokens["root"])).json()["phase"]
+        == "ABORTED"
+    )
 
 
 def test_invalid_bearer_token_is_401(client: TestClient, tokens: dict[str, str]) -> None:

@@ -27,7 +27,8 @@ UserDep = Annotated[User, Depends(current_user)]
 
 
 def service(request: Request) -> JobService:
-    return request.app.state.jobmill.jobs  # type: ignore[no-any-return]
+    jobs: JobService = request.app.state.jobmill.jobs
+    return jobs
 
 
 ServiceDep = Annotated[JobService, Depends(service)]
@@ -61,7 +62,9 @@ def get_jobtype(name: str, jobs: ServiceDep, _user: UserDep) -> dict[str, Any]:
 def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
     """Create a job; it is validated against its job type (422 names the bad field)."""
     job = jobs.create(user, _request(body))
-    return JSONResponse(job_out(job), status_code=201, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    return JSONResponse(
+        job_out(job), status_code=201, headers={"Location": f"/api/v1/jobs/{job.id}"}
+    )
 
 
 @router.post("/jobs/batch", status_code=201)

@@ -4,13 +4,14 @@ Two formats are read:
 
 * jobmill's own: one job type per YAML document (several documents per file allowed), with the
   fields of ``JobType``;
-* the OCPS ``job_specs.yaml`` format: ``type: {<name>: {script: ..., env: [VAR, ...]}}``, where every
-  listed environment variable becomes a required string parameter delivered by environment.
+* the OCPS ``job_specs.yaml`` format: ``type: {<name>: {script: ..., env: [VAR, ...]}}``,
+  where every listed variable becomes a required string parameter delivered by environment.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from jobmill.domain.errors import JobTypeFileError
 from jobmill.domain.jobtypes import JobType, resolve_command
 
 SUFFIXES = (".yaml", ".yml")
+_FIELD = re.compile(r"^([A-Za-z_][\w.-]*): ")
 
 
 def load_jobtypes(sources: Iterable[str | os.PathLike[str]]) -> dict[str, JobType]:
@@ -81,7 +83,9 @@ def _load_ocps(path: Path, node: yaml.Node, document: dict[str, Any]) -> list[Jo
     for type_name, spec in document["type"].items():
         loc: tuple[Any, ...] = ("type", type_name)
         if not isinstance(spec, dict) or "script" not in spec:
-            raise JobTypeFileError(str(path), _line(node, loc), f"type '{type_name}' needs a 'script'")
+            raise JobTypeFileError(
+                str(path), _line(node, loc), f"type '{type_name}' needs a 'script'"
+            )
         env_vars = spec.get("env") or []
         if not isinstance(env_vars, list) or not all(isinstance(v, str) for v in env_vars):
             raise JobTypeFileError(
@@ -119,27 +123,34 @@ def _build(
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        named = _FIELD.match(message)
+        if named and not loc:
+            # A whole-type rule that names its field ("command: ..."): point at that field.
+            loc = tuple(int(p) if p.isdigit() else p for p in named.group(1).split("."))
+            message = message[named.end() :]
         where = ".".join(str(p) for p in loc) or "job type"
         line = _line(node, base if ocps else base + loc)
-        message = error["msg"].removeprefix("Value error, ")
         raise JobTypeFileError(str(path), line, f"{where}: {message}") from None
     return resolve_command(jobtype)
 
 
 def _line(node: yaml.Node, loc: tuple[Any, ...]) -> int:
-    """The 1-based line of the deepest node along ``loc`` that exists in the YAML tree."""
+    """The 1-based line of the deepest key (or item) along ``loc`` that exists in the YAML."""
     current = node
+    line = int(node.start_mark.line)
     for key in loc:
         child = None
         if isinstance(current, yaml.MappingNode):
             for key_node, value_node in current.value:
                 if key_node.value == str(key):
-                    child = value_node
+                    child, line = value_node, int(key_node.start_mark.line)
                     break
         elif isinstance(current, yaml.SequenceNode) and isinstance(key, int):
             if 0 <= key < len(current.value):
                 child = current.value[key]
+                line = int(child.start_mark.line)
         if child is None:
             break
         current = child
-    return int(current.start_mark.line) + 1
+    return line + 1

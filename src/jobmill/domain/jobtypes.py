@@ -133,25 +133,25 @@ class JobType(BaseModel):
     def _check(self) -> JobType:
         for key, param in self.parameters.items():
             if not NAME_RE.match(key):
-                raise ValueError(f"'{key}' is not a valid parameter name")
+                raise ValueError(f"parameters.{key}: '{key}' is not a valid parameter name")
             param.name = key
         known = set(self.parameters) | BUILTIN_PLACEHOLDERS
         for element in self.command:
             for ref in placeholders(element):
                 if ref not in known:
-                    raise ValueError(f"command refers to unknown parameter '{{{ref}}}'")
+                    raise ValueError(f"command: refers to unknown parameter '{{{ref}}}'")
         referenced = {ref for element in self.command for ref in placeholders(element)}
         for param in self.parameters.values():
             if param.deliver in ("argv", "both") and param.name not in referenced:
                 raise ValueError(
-                    f"parameter '{param.name}' is delivered by argv but the command "
+                    f"parameters.{param.name}: delivered by argv but the command "
                     f"never mentions '{{{param.name}}}'"
                 )
         if self.max_execution_duration and self.execution_duration > self.max_execution_duration:
-            raise ValueError("'execution_duration' is larger than 'max_execution_duration'")
+            raise ValueError("execution_duration: larger than 'max_execution_duration'")
         for key in self.env:
             if not ENV_RE.match(key):
-                raise ValueError(f"'{key}' is not a valid environment variable name")
+                raise ValueError(f"env.{key}: not a valid environment variable name")
         return self
 
     def schema_dict(self) -> dict[str, Any]:
@@ -284,7 +284,9 @@ def render_value(value: Any) -> str:
     return str(value)
 
 
-def build_argv(jobtype: JobType, values: Mapping[str, Any], builtins: Mapping[str, str]) -> list[str]:
+def build_argv(
+    jobtype: JobType, values: Mapping[str, Any], builtins: Mapping[str, str]
+) -> list[str]:
     """The process argv: the command template with values substituted element by element.
 
     An element that refers to an optional parameter without a value is left out.

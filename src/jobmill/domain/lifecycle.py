@@ -109,9 +109,7 @@ TRANSITIONS: dict[Action, Transition] = dict(
         _row(Action.RELEASE, {_P.HELD}, _P.QUEUED),
         _row(Action.SUSPEND, {_P.EXECUTING}, _P.SUSPENDED),
         _row(Action.RESUME, {_P.SUSPENDED}, _P.EXECUTING),
-        _row(
-            Action.LOSE_CONTACT, {_P.QUEUED, _P.EXECUTING, _P.HELD, _P.SUSPENDED}, _P.UNKNOWN
-        ),
+        _row(Action.LOSE_CONTACT, {_P.QUEUED, _P.EXECUTING, _P.HELD, _P.SUSPENDED}, _P.UNKNOWN),
         _row(Action.REQUEUE, {_P.EXECUTING}, _P.QUEUED),
         _row(Action.ARCHIVE, {_P.COMPLETED, _P.ERROR, _P.ABORTED}, _P.ARCHIVED),
     ]

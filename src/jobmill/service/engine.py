@@ -167,7 +167,10 @@ class Engine:
             return False
         try:
             self.store.record(
-                job.id, "submitted", actor=ACTOR, data={"native_id": native_id},
+                job.id,
+                "submitted",
+                actor=ACTOR,
+                data={"native_id": native_id},
                 values={"native_id": native_id},
             )
         except NotFound:  # deleted meanwhile
@@ -207,14 +210,20 @@ class Engine:
             values["error"] = status.error or status.native_state  # type: ignore[assignment]
         try:
             self.store.transition(
-                job_id, action, actor=ACTOR, values=values,
+                job_id,
+                action,
+                actor=ACTOR,
+                values=values,
                 data={"exit_code": status.exit_code, "state": status.native_state},
             )
         except Conflict:
             # Already ended (aborted, timed out): keep the exit status for the record.
             with contextlib.suppress(NotFound):
                 self.store.record(
-                    job_id, "exited", actor=ACTOR, data={"exit_code": status.exit_code},
+                    job_id,
+                    "exited",
+                    actor=ACTOR,
+                    data={"exit_code": status.exit_code},
                     values={"exit_code": status.exit_code},
                 )
         except NotFound:
@@ -278,13 +287,19 @@ class Engine:
                 # Claimed but its process never started: queue it again (it runs once).
                 with contextlib.suppress(Conflict, NotFound):
                     self.store.transition(
-                        job.id, Action.REQUEUE, actor=ACTOR, reason=Reason.CAPACITY.value,
+                        job.id,
+                        Action.REQUEUE,
+                        actor=ACTOR,
+                        reason=Reason.CAPACITY.value,
                         data={"why": "jobmill stopped before the process started"},
                     )
                 continue
             if job.native_id is None:
                 self.store.record(
-                    job.id, "submitted", actor=ACTOR, data={"native_id": native_id},
+                    job.id,
+                    "submitted",
+                    actor=ACTOR,
+                    data={"native_id": native_id},
                     values={"native_id": native_id},
                 )
             status = self.executor.status_after_restart(native_id, workdir)

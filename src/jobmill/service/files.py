@@ -42,7 +42,12 @@ class JobFiles:
         return self.workdir(job.id) / f"{stream}.log"
 
     def read_log(
-        self, job: Job, stream: str, *, offset: int = 0, tail: int | None = None,
+        self,
+        job: Job,
+        stream: str,
+        *,
+        offset: int = 0,
+        tail: int | None = None,
         limit: int = 1 << 20,
     ) -> LogChunk:
         """Up to ``limit`` bytes from ``offset``, or the last ``tail`` bytes."""

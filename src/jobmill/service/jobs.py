@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class JobService:
         files: JobFiles,
         executors: Sequence[str],
         *,
+        max_batch: int = 100_000,
         on_queued: Callable[[], None] = lambda: None,
         on_cancel: Callable[[Job], None] = lambda job: None,
     ) -> None:
@@ -69,6 +71,7 @@ class JobService:
         self.executors = tuple(executors)
         self.on_queued = on_queued
         self.on_cancel = on_cancel
+        self.max_batch = max_batch
 
     # -- job types --------------------------------------------------------------------------
 
@@ -137,7 +140,9 @@ class JobService:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValidationError(f"cannot create '{value}': {exc.strerror}", field=field_name) from None
+            raise ValidationError(
+                f"cannot create '{value}': {exc.strerror}", field=field_name
+            ) from None
         if not os.access(path, os.W_OK):
             raise ValidationError(f"'{value}' is not writable", field=field_name)
         return str(path)
@@ -150,6 +155,8 @@ class JobService:
 
     def create_many(self, user: User, requests: Sequence[JobRequest]) -> list[Job]:
         """All or nothing: one bad request rejects the whole batch, naming its index."""
+        if len(requests) > self.max_batch:
+            raise ValidationError(f"at most {self.max_batch} jobs per batch", field="jobs")
         new_jobs = [self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)]
         jobs = self.store.create(new_jobs, actor=user.name)
         if any(job.phase is Phase.QUEUED for job in jobs):
@@ -185,12 +192,20 @@ class JobService:
         jobs = jobs[:limit]
         return Page(jobs, str(jobs[-1].seq) if more and jobs else None)
 
-    def events(self, user: User, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    def events(
+        self, user: User, job_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[Event]:
         job = self.get(user, job_id)
         return self.store.events(job.id, after=after, limit=limit)
 
     def read_log(
-        self, user: User, job_id: str, stream: str, *, offset: int = 0, tail: int | None = None,
+        self,
+        user: User,
+        job_id: str,
+        stream: str,
+        *,
+        offset: int = 0,
+        tail: int | None = None,
         limit: int = 1 << 20,
     ) -> LogChunk:
         job = self.get(user, job_id)
@@ -214,7 +229,10 @@ class JobService:
                 f"job {job.id} has already ended ({job.phase.value})", phase=job.phase.value
             )
         job = self.store.transition(
-            job.id, Action.ABORT, actor=user.name, data={"by": "user request"},
+            job.id,
+            Action.ABORT,
+            actor=user.name,
+            data={"by": "user request"},
             values={"error": f"aborted by {user.name}"},
         )
         if job.native_id:

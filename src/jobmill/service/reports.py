@@ -19,7 +19,9 @@ def normalise(payload: Any) -> dict[str, Any]:
     if isinstance(payload, list):
         return {"counters": _pairs(payload, "body")}
     if not isinstance(payload, dict):
-        raise ValidationError("a report must be a JSON object or a list of {key, value}", field="body")
+        raise ValidationError(
+            "a report must be a JSON object or a list of {key, value}", field="body"
+        )
     if len(payload) > MAX_KEYS:
         raise ValidationError(f"a report may have at most {MAX_KEYS} keys", field="body")
     result = dict(payload)
@@ -41,7 +43,8 @@ def _pairs(items: list[Any], field: str) -> dict[str, Any]:
     for index, item in enumerate(items):
         if not isinstance(item, dict) or "key" not in item or "value" not in item:
             raise ValidationError(
-                f"{field}[{index}] must be an object with 'key' and 'value'", field=f"{field}[{index}]"
+                f"{field}[{index}] must be an object with 'key' and 'value'",
+                field=f"{field}[{index}]",
             )
         counters[str(item["key"])] = item["value"]
     if len(counters) > MAX_KEYS:

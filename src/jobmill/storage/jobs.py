@@ -8,6 +8,7 @@ and an illegal action raises ``Conflict``; nothing is ever overwritten blindly.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Engine, Row, and_, delete, func, insert, select, update
 
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Event, Job, NewJob, utcnow
@@ -184,10 +185,10 @@ class JobStore:
 
     def list(
         self, flt: JobFilter, *, limit: int = 100, before_seq: int | None = None
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Jobs matching ``flt``, newest first, at most ``limit``, older than ``before_seq``."""
         query = select(jobs)
-        conditions = []
+        conditions: builtins.list[ColumnElement[bool]] = []
         if flt.phases:
             conditions.append(jobs.c.phase.in_([p.value for p in flt.phases]))
         if flt.type:
@@ -209,9 +210,14 @@ class JobStore:
             return [_job(row) for row in conn.execute(query)]
 
     def ids_in_phase(
-        self, phases: Iterable[Phase], *, executor: str | None = None, node: str | None = None,
-        reason: str | None = None, limit: int = 10000,
-    ) -> list[Job]:
+        self,
+        phases: Iterable[Phase],
+        *,
+        executor: str | None = None,
+        node: str | None = None,
+        reason: str | None = None,
+        limit: int = 10000,
+    ) -> builtins.list[Job]:
         """Jobs in any of ``phases`` (oldest first), for schedulers and monitors."""
         query = select(jobs).where(jobs.c.phase.in_([p.value for p in phases]))
         if executor is not None:
@@ -236,7 +242,7 @@ class JobStore:
                     result[row.id] = Phase(row.phase)
         return result
 
-    def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> builtins.list[Event]:
         query = (
             select(events)
             .where(events.c.job_id == job_id, events.c.n > after)
@@ -246,7 +252,7 @@ class JobStore:
         with self.read_engine.connect() as conn:
             return [_event(row) for row in conn.execute(query)]
 
-    def events_since(self, seq: int, *, limit: int = 1000) -> list[Event]:
+    def events_since(self, seq: int, *, limit: int = 1000) -> builtins.list[Event]:
         """The change feed: every event after global sequence ``seq``."""
         query = select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
         with self.read_engine.connect() as conn:
@@ -362,8 +368,14 @@ class JobStore:
             job = _job(result)
             conn.execute(
                 insert(events).values(
-                    job_id=job_id, n=job.event_count, at=now, name=name, from_phase=None,
-                    to_phase=None, actor=actor, data=dict(data or {}),
+                    job_id=job_id,
+                    n=job.event_count,
+                    at=now,
+                    name=name,
+                    from_phase=None,
+                    to_phase=None,
+                    actor=actor,
+                    data=dict(data or {}),
                 )
             )
         return job
@@ -391,8 +403,14 @@ class JobStore:
             job = _job(result)
             conn.execute(
                 insert(events).values(
-                    job_id=job_id, n=job.event_count, at=now, name="report", from_phase=None,
-                    to_phase=None, actor=actor, data=dict(payload),
+                    job_id=job_id,
+                    n=job.event_count,
+                    at=now,
+                    name="report",
+                    from_phase=None,
+                    to_phase=None,
+                    actor=actor,
+                    data=dict(payload),
                 )
             )
         return job
@@ -400,7 +418,7 @@ class JobStore:
     def check_job_token(self, job_id: str, token: str) -> bool:
         with self.read_engine.connect() as conn:
             stored = conn.execute(select(jobs.c.token_hash).where(jobs.c.id == job_id)).scalar()
-        return bool(stored) and hmac.compare_digest(stored, hash_secret(token))
+        return isinstance(stored, str) and hmac.compare_digest(stored, hash_secret(token))
 
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
@@ -415,8 +433,13 @@ class JobStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 insert(tokens)
-                .values(user=user, token_hash=hash_secret(secret), admin=admin,
-                        created_at=utcnow(), note=note)
+                .values(
+                    user=user,
+                    token_hash=hash_secret(secret),
+                    admin=admin,
+                    created_at=utcnow(),
+                    note=note,
+                )
                 .returning(tokens.c.id)
             )
             return int(result.scalar_one())
@@ -432,6 +455,9 @@ class JobStore:
 
     def has_tokens(self) -> bool:
         with self.read_engine.connect() as conn:
-            return conn.execute(
-                select(tokens.c.id).where(tokens.c.revoked_at.is_(None)).limit(1)
-            ).first() is not None
+            return (
+                conn.execute(
+                    select(tokens.c.id).where(tokens.c.revoked_at.is_(None)).limit(1)
+                ).first()
+                is not None
+            )
