@@ -27,7 +27,8 @@ MIRROR=${DEBIAN_MIRROR:-$(apt-get indextargets --no-release-info --format '$(SIT
 [ -n "$MIRROR" ] || { echo "[install] no '$CODENAME' source in apt; set DEBIAN_MIRROR" >&2; exit 1; }
 
 # Host packages: Slurm + munge, MariaDB for slurmdbd, PostgreSQL, debootstrap, Chromium (with its fonts) for Playwright.
-quiet "${APT[@]}" update
+# SKIP_APT_UPDATE=1: the caller has just run apt-get update (jobmill's .ci/run does), so do not repeat it.
+[ "${SKIP_APT_UPDATE:-0}" = 1 ] || quiet "${APT[@]}" update
 quiet "${APT[@]}" install --no-install-recommends \
   slurm-wlm slurmdbd munge mariadb-server postgresql debootstrap bc graphviz
 quiet "${APT[@]}" install chromium chromium-driver
