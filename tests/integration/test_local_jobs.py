@@ -210,3 +210,54 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.fixture
+def stubborn_settings(settings: Settings, tmp_path: Path) -> Settings:
+    types = tmp_path / "stubborn"
+    types.mkdir()
+    (types / "stubborn.py").write_text(
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    (types / "stubborn.yaml").write_text(
+        'name: stubborn\ncommand: ["python3", "{jobtype_dir}/stubborn.py"]\n'
+    )
+    return settings.with_(jobtypes=(str(types),), kill_grace=1.0)
+
+
+def test_abort_escalates_to_sigkill_after_the_grace_period(stubborn_settings: Settings) -> None:
+    from jobmill.api.app import create_app
+
+    jm = build(stubborn_settings)
+    try:
+        with TestClient(create_app(jm)) as client:
+            job = submit(client, "stubborn")
+            wait_for(lambda: "ignoring" in client.get(f"/api/v1/jobs/{job['id']}/logs/stdout").text)
+            pid = int(client.get(f"/api/v1/jobs/{job['id']}").json()["native_id"].split("@")[0])
+            started = time.monotonic()
+            assert client.post(f"/api/v1/jobs/{job['id']}/abort").json()["phase"] == "ABORTED"
+            time.sleep(0.5)
+            assert _alive(pid) or _group_alive(pid), "SIGTERM should have been ignored"
+            wait_for(lambda: not _group_alive(pid), timeout=10)
+            assert time.monotonic() - started >= 0.9  # the grace period was honoured
+            events = client.get(f"/api/v1/jobs/{job['id']}/events").json()
+            assert events[-1]["name"] == "exited"  # the exit status is still recorded
+            assert client.get(f"/api/v1/jobs/{job['id']}").json()["phase"] == "ABORTED"
+    finally:
+        jm.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

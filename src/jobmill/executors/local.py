@@ -53,7 +53,6 @@ class _Proc:
     popen: subprocess.Popen[bytes] | None
     workdir: Path
     pidfd: int | None
-    kill_at: float | None = None
 
 
 class LocalExecutor:
@@ -64,6 +63,7 @@ class LocalExecutor:
     def __init__(self, grace: float = 5.0) -> None:
         self.grace = grace
         self._procs: dict[str, _Proc] = {}
+        self._kills: dict[int, float] = {}  # process group -> when SIGKILL is due
 
     def render(self, spec: LaunchSpec) -> str:
         env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(spec.env.items()))
@@ -121,11 +121,13 @@ class LocalExecutor:
             if code is None:
                 return NativeStatus(Phase.EXECUTING, "running")
             self._forget(native_id)
+            self._end_group(pid)
             return _finished(code)
         if _start_time(pid) == start:
             return NativeStatus(Phase.EXECUTING, "running")
         workdir = proc.workdir if proc else None
         self._forget(native_id)
+        self._end_group(pid)
         if workdir is not None:
             try:
                 return _finished(int((workdir / EXIT_FILE).read_text().strip()))
@@ -141,30 +143,34 @@ class LocalExecutor:
         return self._status(native_id)
 
     def cancel(self, native_id: str) -> None:
+        """SIGTERM to the job's process group; SIGKILL follows after the grace period."""
         pid, start = split_native_id(native_id)
-        if _start_time(pid) != start:
+        if _start_time(pid) != start and native_id not in self._procs:
             return
+        self._signal_group(pid, signal.SIGTERM)
+
+    def _end_group(self, pgid: int) -> None:
+        """A job's leader has exited: its leftover processes end with it."""
+        if _group_exists(pgid):
+            self._signal_group(pgid, signal.SIGTERM)
+
+    def _signal_group(self, pgid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        proc = self._procs.get(native_id)
-        if proc is not None:
-            proc.kill_at = time.monotonic() + self.grace
+            os.killpg(pgid, sig)
+        if sig is signal.SIGTERM:
+            self._kills.setdefault(pgid, time.monotonic() + self.grace)
 
     def tick(self) -> float | None:
         now = time.monotonic()
         soonest: float | None = None
-        for native_id, proc in list(self._procs.items()):
-            if proc.kill_at is None:
-                continue
-            if now >= proc.kill_at:
-                pid, start = split_native_id(native_id)
-                if _start_time(pid) == start or proc.popen is not None:
+        for pgid, due in list(self._kills.items()):
+            if now >= due:
+                del self._kills[pgid]
+                if _group_exists(pgid):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
-                proc.kill_at = None
+                        os.killpg(pgid, signal.SIGKILL)
             else:
-                wait = proc.kill_at - now
-                soonest = wait if soonest is None else min(soonest, wait)
+                soonest = due - now if soonest is None else min(soonest, due - now)
         return soonest
 
     def watch_fds(self) -> dict[int, str]:
@@ -191,6 +197,16 @@ def _finished(code: int) -> NativeStatus:
             Phase.ERROR, "killed", exit_code=128 - code, error=f"killed by signal {-code}"
         )
     return NativeStatus(Phase.ERROR, "exited", exit_code=code, error=f"exit code {code}")
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _pidfd(pid: int) -> int | None:
