@@ -1,29 +1,443 @@
-"""The jobmill command line (placeholder: serve only)."""
+"""The ``jobmill`` command line: run the server, and submit, watch and steer jobs through it.
+
+Client commands talk to a server over the native API (``--url``/``JOBMILL_URL``,
+``--token``/``JOBMILL_API_TOKEN``); ``serve``, ``token`` and ``db`` work on this machine's
+configuration and database. Every failure is one ``error: ...`` line on stderr and a non-zero
+exit code: 1 when the server (or the database) refuses, 2 for a usage or start-up problem.
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
 
-app = typer.Typer(no_args_is_help=True)
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from jobmill.cli import render
+from jobmill.client import TERMINAL_PHASES, Client, JobDict, JobmillClientError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="jobmill: a job manager for scientific data pipelines.",
+)
+token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on the database).")
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
+
+# Piped output is not cut to 80 columns: tables stay one row per job for grep and friends.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+POLL = 0.5
+TAIL_BYTES = 1 << 20
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="jobmill URL (default: the global --url, JOBMILL_URL).")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="API token (default: the global --token, JOBMILL_API_TOKEN)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", envvar="JOBMILL_HOME", help="jobmill home directory.")
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One ``error:`` line on stderr, then exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def connect(ctx: typer.Context, url: str | None, token: str | None) -> Iterator[Client]:
+    """A client for the command's (or the global) URL and token; refusals become ``fail``."""
+    obj = ctx.obj or {}
+    try:
+        with Client(url or obj.get("url"), token or obj.get("token")) as client:
+            yield client
+    except JobmillClientError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def scalar(raw: str) -> Any:
+    """``"3"`` -> 3, ``"2.5"`` -> 2.5, anything else stays a string."""
+    if re.fullmatch(r"[-+]?\d+", raw):
+        return int(raw)
+    if re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", raw):
+        return float(raw)
+    return raw
+
+
+def pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """``key=value`` arguments as a dict; a malformed or repeated one is a usage error."""
+    result: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"{what} '{item}' is not key=value", 2)
+        if key in result:
+            fail(f"{what} '{key}' is given twice", 2)
+        result[key] = value
+    return result
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", envvar="JOBMILL_URL", help="jobmill URL for client commands."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="JOBMILL_API_TOKEN", help="API token.")
+    ] = None,
+) -> None:
+    """jobmill: a job manager for scientific data pipelines."""
+    ctx.obj = {"url": url, "token": token}
+
+
+# -- the server --------------------------------------------------------------------------------
 
 
 @app.command()
 def serve(
-    host: str = typer.Option(None, envvar="JOBMILL_HOST"),
-    port: int = typer.Option(None, envvar="JOBMILL_PORT"),
-    home: str = typer.Option(None, envvar="JOBMILL_HOME"),
-    jobtypes: list[str] = typer.Option(None, envvar="JOBMILL_JOBTYPES"),
+    host: Annotated[
+        str | None, typer.Option(envvar="JOBMILL_HOST", help="Address to bind (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="JOBMILL_PORT", help="Port (default 8080).")
+    ] = None,
+    home: HomeOpt = None,
+    jobtypes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--jobtypes",
+            help="Job type file or directory; repeatable (env: JOBMILL_JOBTYPES).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the jobmill server."""
+    """Run the jobmill server (API, engine and local executor)."""
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from jobmill.api.app import create_app
     from jobmill.config import Settings
+    from jobmill.domain.errors import JobTypeFileError
     from jobmill.factory import build
 
     settings = Settings.from_env(host=host, port=port, home=home, jobtypes=jobtypes or None)
-    jm = build(settings)
+    try:
+        jm = build(settings)
+    except JobTypeFileError as exc:
+        fail(f"job types: {exc}", 2)
+    except SQLAlchemyError as exc:
+        fail(f"database: {exc}", 2)
+    if not settings.loopback and not jm.store.has_tokens():
+        jm.close()
+        fail(
+            f"refusing to listen on {settings.host} without a user token: create one first with "
+            "'jobmill token create --user NAME --admin' (same home/database), or bind to 127.0.0.1",
+            2,
+        )
     uvicorn.run(create_app(jm), host=settings.host, port=settings.port, log_level="info")
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", help="Who the token authenticates.")],
+    admin: Annotated[bool, typer.Option("--admin", help="May see and steer every job.")] = False,
+    note: Annotated[str | None, typer.Option("--note", help="What it is for.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Create a user API token and print it (it is shown only this once)."""
+    import secrets
+
+    secret = secrets.token_urlsafe(32)
+    with _store(home) as store:
+        store.add_token(user, secret, admin=admin, note=note)
+    typer.echo(secret)
+    kind = "an admin" if admin else "a"
+    typer.echo(f"created {kind} token for {user}; store it now, it is not shown again", err=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(home: HomeOpt = None) -> None:
+    """Create or migrate the database schema to the current version."""
+    with _store(home) as store:
+        where = store.engine.url.render_as_string(hide_password=True)
+    typer.echo(f"database {where} is up to date")
+
+
+@contextmanager
+def _store(home: str | None) -> Iterator[Any]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from jobmill.config import Settings
+    from jobmill.factory import open_store
+
+    try:
+        store = open_store(Settings.from_env(home=home), upgrade=True)
+        try:
+            yield store
+        finally:
+            store.read_engine.dispose()
+            store.engine.dispose()
+    except SQLAlchemyError as exc:
+        fail(f"database: {exc}")
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    jobtype: Annotated[str, typer.Argument(metavar="TYPE", help="Job type name.")],
+    parameters: Annotated[
+        list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Parameters.")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Run id to record.")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="Executor name.")] = None,
+    duration: Annotated[
+        int | None, typer.Option("--duration", help="Maximum execution duration in seconds.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends.")] = False,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Submit a job and print its id (with --wait: exit 0 only if it COMPLETED)."""
+    values = pairs(parameters, "parameter")
+    with connect(ctx, url, token) as jm:
+        job = jm.submit(jobtype, values, run_id=run_id, executor=executor,
+                        execution_duration=duration)
+        if wait:
+            job = jm.wait(job["id"], poll=POLL) if json_ else watch(jm, job)
+    if json_:
+        print_json(job)
+    elif not wait:
+        typer.echo(job["id"])
+    if wait:
+        raise typer.Exit(0 if job["phase"] == "COMPLETED" else 1)
+
+
+def watch(jm: Client, job: JobDict) -> JobDict:
+    """Follow a job to its end: a live display on a terminal, one line per phase otherwise."""
+    if out.is_terminal:
+        with Live(render.progress(job), console=out, transient=True) as live:
+            job = jm.wait(job["id"], poll=POLL, on_update=lambda j: live.update(render.progress(j)))
+    else:
+        seen: list[str] = []
+
+        def line(current: JobDict) -> None:
+            if current["phase"] not in seen and current["phase"] not in TERMINAL_PHASES:
+                seen.append(current["phase"])
+                out.print(Text.assemble(current["id"], " ", render.phase(current)))
+
+        line(job)
+        job = jm.wait(job["id"], poll=POLL, on_update=line)
+    summary = Text.assemble(job["id"], " ", render.phase(job))
+    if job.get("exit_code") is not None:
+        summary.append(f" exit code {job['exit_code']}")
+    if job.get("error") and job["error"] != f"exit code {job.get('exit_code')}":
+        summary.append(f": {job['error']}", style="red")
+    counters = render.counters_table(job.get("report") or {})
+    out.print(Group(summary, counters) if counters is not None else summary)
+    return job
+
+
+@app.command("ls")
+def list_jobs(
+    ctx: typer.Context,
+    phase: Annotated[list[str] | None, typer.Option("--phase", help="Phase (repeatable).")] = None,
+    jobtype: Annotated[str | None, typer.Option("--type", help="Job type.")] = None,
+    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List jobs, newest first."""
+    with connect(ctx, url, token) as jm:
+        page = jm.list(phase=[p.upper() for p in phase or []], type=jobtype, owner=owner,
+                       run_id=run_id, limit=limit)
+    if json_:
+        print_json(page.jobs)
+        return
+    if not page.jobs:
+        typer.echo("no jobs", err=True)
+        return
+    out.print(render.jobs_table(page.jobs, out.width))
+    if page.next_cursor:
+        typer.echo(f"(only the newest {limit}; use --limit for more)", err=True)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    events: Annotated[int, typer.Option("--events", help="How many recent events.")] = 20,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show a job's details and its recent events."""
+    with connect(ctx, url, token) as jm:
+        job = jm.get(job_id)
+        history = jm.events(job_id)
+    if json_:
+        print_json({**job, "events": history})
+        return
+    out.print(render.job_details(job))
+    if events > 0 and history:
+        out.print()
+        out.print(render.events_table(history[-events:]))
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr, not stdout.")] = False,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep reading until the job ends.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", min=0, help="Start with the last N lines.")
+    ] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Print a job's stdout (or stderr); with -f, follow it until the job ends."""
+    stream = "stderr" if stderr else "stdout"
+    with connect(ctx, url, token) as jm:
+        offset = 0
+        if tail is not None:
+            chunk = jm.log(job_id, stream, tail=TAIL_BYTES)
+            write(b"".join(chunk.data.splitlines(keepends=True)[-tail:]) if tail else b"")
+            offset = chunk.next_offset
+        done = not follow
+        while True:
+            chunk = jm.log(job_id, stream, offset=offset)
+            write(chunk.data)
+            offset = chunk.next_offset
+            if chunk.data:
+                continue
+            if done:
+                break
+            if jm.get(job_id)["phase"] in TERMINAL_PHASES:
+                done = True  # one more read: whatever was written just before the end
+            else:
+                time.sleep(POLL)
+    if not chunk.exists:
+        typer.echo(f"(job {job_id} has no {stream} yet)", err=True)
+
+
+def write(data: bytes) -> None:
+    if data:
+        typer.echo(data, nl=False)
+
+
+@app.command()
+def abort(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Abort a job (a running one is terminated)."""
+    with connect(ctx, url, token) as jm:
+        job = jm.abort(job_id)
+    typer.echo(f"{job['id']} {job['phase']}")
+
+
+@app.command("rm")
+def remove(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Delete a job, its events and its files (a running job is aborted first)."""
+    with connect(ctx, url, token) as jm:
+        jm.delete(job_id)
+    typer.echo(f"{job_id} deleted")
+
+
+@app.command()
+def types(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Show this job type's parameters.")] = None,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List the job types, or show one job type's parameters."""
+    with connect(ctx, url, token) as jm:
+        result: Any = jm.jobtype(name) if name else jm.jobtypes()
+    if json_:
+        print_json(result)
+    elif name:
+        out.print(render.parameters_table(result))
+    else:
+        out.print(render.jobtypes_table(result))
+
+
+# -- inside a job ------------------------------------------------------------------------------
+
+COLOUR_RE = re.compile(r"^(?P<value>.*):(?P<colour>[A-Za-z_]+|#[0-9A-Fa-f]{6})$")
+
+
+def counter_value(raw: str) -> Any:
+    """``VALUE`` (a number if it looks like one) or ``VALUE:colour`` -> ``[value, colour]``."""
+    match = COLOUR_RE.match(raw)
+    if match:
+        return [scalar(match["value"]), match["colour"]]
+    return scalar(raw)
+
+
+@app.command()
+def report(
+    counter: Annotated[
+        list[str] | None, typer.Option("--counter", "-c", help="NAME=VALUE or NAME=VALUE:colour.")
+    ] = None,
+    fields: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value: a top-level report field.")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the merged report.")] = False,
+) -> None:
+    """Report progress from inside a job (uses JOBMILL_REPORT_URL and JOBMILL_TOKEN)."""
+    counters = {k: counter_value(v) for k, v in pairs(counter, "counter").items()}
+    extra = {k: scalar(v) for k, v in pairs(fields, "field").items()}
+    if "counters" in extra:
+        fail("use --counter NAME=VALUE for counters, not --set counters=...", 2)
+    if not counters and not extra:
+        fail("nothing to report: give --counter NAME=VALUE or --set key=value", 2)
+    try:
+        with Client() as client:
+            merged = client.report(counters or None, **extra)
+    except JobmillClientError as exc:
+        fail(str(exc))
+    if json_:
+        print_json(merged)
 
 
 @app.command()
@@ -31,4 +445,8 @@ def version() -> None:
     """Print the version."""
     from jobmill import __version__
 
-    print(__version__)
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

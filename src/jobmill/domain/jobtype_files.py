@@ -42,7 +42,7 @@ def load_jobtypes(sources: Iterable[str | os.PathLike[str]]) -> dict[str, JobTyp
                 if jobtype.name in types:
                     raise JobTypeFileError(
                         str(file),
-                        None,
+                        jobtype.line,
                         f"job type '{jobtype.name}' is already defined in "
                         f"{types[jobtype.name].source}",
                     )
@@ -91,10 +91,8 @@ def _load_ocps(path: Path, node: yaml.Node, document: dict[str, Any]) -> list[Jo
             raise JobTypeFileError(
                 str(path), _line(node, (*loc, "env")), "'env' must be a list of variable names"
             )
-        script = str(spec["script"])
-        command = [script] if os.access(_beside(path, script), os.X_OK) else ["/bin/sh", script]
-        if command[0] == "/bin/sh":
-            command[1] = str(_beside(path, script))
+        script = str(_beside(path, str(spec["script"])))
+        command = [script] if os.access(script, os.X_OK) else ["/bin/sh", script]
         data = {
             "name": type_name,
             "description": spec.get("description", f"OCPS job type '{type_name}'"),
@@ -118,7 +116,12 @@ def _build(
 ) -> JobType:
     try:
         jobtype = JobType.model_validate(
-            data | {"source": str(path), "directory": str(path.parent.resolve())}
+            data
+            | {
+                "source": str(path),
+                "line": _line(node, base if ocps else (*base, "name")),
+                "directory": str(path.parent.resolve()),
+            }
         )
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]

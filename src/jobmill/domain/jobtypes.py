@@ -64,7 +64,10 @@ class Parameter(BaseModel):
         if self.required and self.default is not None:
             raise ValueError("a required parameter cannot have a default")
         if self.default is not None:
-            self.default = coerce(self, self.default, field="default")
+            try:
+                self.default = coerce(self, self.default, field="default")
+            except ValidationError as exc:
+                raise ValueError(exc.message) from None
         return self
 
     @property
@@ -120,6 +123,7 @@ class JobType(BaseModel):
         default=False, description="refuse undeclared parameters even where a protocol keeps them"
     )
     source: str | None = Field(default=None, exclude=True)
+    line: int | None = Field(default=None, exclude=True)
     directory: str | None = Field(default=None, exclude=True)
 
     @field_validator("name")
@@ -132,6 +136,8 @@ class JobType(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> JobType:
         for key, param in self.parameters.items():
+            if key in BUILTIN_PLACEHOLDERS:
+                raise ValueError(f"parameters.{key}: '{key}' is reserved for jobmill's own value")
             if not NAME_RE.match(key):
                 raise ValueError(f"parameters.{key}: '{key}' is not a valid parameter name")
             param.name = key
@@ -208,6 +214,7 @@ def placeholders(template: str) -> list[str]:
         raise ValueError(f"bad placeholder in command element '{template}': {exc}") from None
 
 
+_NUMBER = re.compile(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*")
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
@@ -234,7 +241,7 @@ def coerce(param: Parameter, raw: Any, *, field: str) -> Any:
             value = raw
         elif isinstance(raw, float) and raw.is_integer():
             value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d{1,30}\s*", raw):
+        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", raw):
             value = int(raw)
         else:
             raise bad(f"expected an integer, got {raw!r}")
@@ -243,11 +250,8 @@ def coerce(param: Parameter, raw: Any, *, field: str) -> Any:
             raise bad(f"expected a number, got {raw!r}")
         if isinstance(raw, int | float):
             value = raw
-        elif isinstance(raw, str):
-            try:
-                value = float(raw) if re.search(r"[.eE]", raw) else int(raw)
-            except ValueError:
-                raise bad(f"expected a number, got {raw!r}") from None
+        elif isinstance(raw, str) and _NUMBER.fullmatch(raw):
+            value = float(raw) if re.search(r"[.eE]", raw) else int(raw)
         else:
             raise bad(f"expected a number, got {raw!r}")
         if isinstance(value, float) and not math.isfinite(value):
@@ -297,7 +301,7 @@ def build_argv(
         refs = placeholders(element)
         if any(ref not in context for ref in refs):
             continue
-        argv.append(element.format_map(context) if refs else element)
+        argv.append(element.format_map(context))
     return argv
 
 

@@ -60,6 +60,7 @@ class Engine:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
+        self._closed = False
         self._queued_hint = True
         self._thread: threading.Thread | None = None
         self._next_reconcile = 0.0
@@ -71,6 +72,10 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and release its resources; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         self.wake()
         if self._thread is not None:

@@ -200,12 +200,15 @@ class JobStore:
         if flt.executor:
             conditions.append(jobs.c.executor == flt.executor)
         if flt.created_after:
-            conditions.append(jobs.c.created_at > flt.created_after)
+            after = flt.created_after
+            after = after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC)
+            conditions.append(jobs.c.created_at > after)
         if before_seq is not None:
             conditions.append(jobs.c.seq < before_seq)
         if conditions:
             query = query.where(and_(*conditions))
-        query = query.order_by(jobs.c.seq.desc()).limit(max(1, min(limit, MAX_PAGE)))
+        # One more than a page is allowed, so a caller can tell whether another page follows.
+        query = query.order_by(jobs.c.seq.desc()).limit(max(1, min(limit, MAX_PAGE + 1)))
         with self.read_engine.connect() as conn:
             return [_job(row) for row in conn.execute(query)]
 

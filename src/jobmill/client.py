@@ -1,0 +1,309 @@
+"""The Python client of jobmill's native JSON API (``/api/v1``), used by the CLI and job scripts.
+
+    from jobmill.client import Client
+
+    jm = Client("http://127.0.0.1:8080", token="...")
+    job = jm.submit("echo", {"message": "hi"})
+    job = jm.wait(job["id"], timeout=60)
+
+Inside a running job, ``report(counters={"files": 3})`` posts progress to the job's own report
+URL with the job's token, both taken from the environment jobmill gave the process.
+
+Every failure raises ``JobmillClientError``: an error answer of the server keeps its status,
+code, message and field; a server that cannot be reached gives status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import httpx
+
+from jobmill.domain.lifecycle import TERMINAL
+
+DEFAULT_TIMEOUT = 30.0
+TERMINAL_PHASES = frozenset(p.value for p in TERMINAL)
+
+JobDict = dict[str, Any]
+JobList = list[JobDict]
+
+
+class JobmillClientError(Exception):
+    """A refused request (``status`` >= 400) or an unreachable server (``status`` 0)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        if self.field and not self.message.startswith(self.field):
+            return f"{self.field}: {self.message}"
+        return self.message
+
+
+class JobPage(NamedTuple):
+    """One page of ``Client.list``: the jobs and the cursor of the next page (or ``None``)."""
+
+    jobs: JobList
+    next_cursor: str | None
+
+
+class LogChunk(NamedTuple):
+    """A slice of a job's log: the bytes, the offset to read from next, whether the log exists."""
+
+    data: bytes
+    next_offset: int
+    exists: bool
+
+
+def default_url() -> str:
+    """``JOBMILL_URL``, else ``http://JOBMILL_HOST:JOBMILL_PORT`` (127.0.0.1:8080 by default)."""
+    if url := os.environ.get("JOBMILL_URL"):
+        return url.rstrip("/")
+    host = os.environ.get("JOBMILL_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{os.environ.get('JOBMILL_PORT') or 8080}"
+
+
+def _error(response: httpx.Response) -> JobmillClientError:
+    """The ``{"error": {code, message, field}}`` body as an exception (or a fallback for others)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        return JobmillClientError(
+            response.status_code,
+            str(err.get("code") or f"http_{response.status_code}"),
+            str(err.get("message") or response.reason_phrase),
+            err.get("field"),
+        )
+    detail = body.get("detail") if isinstance(body, dict) else None
+    message = str(detail) if detail else (response.text.strip()[:200] or response.reason_phrase)
+    return JobmillClientError(response.status_code, f"http_{response.status_code}", message)
+
+
+class Client:
+    """A synchronous client of one jobmill server.
+
+    ``url`` defaults to ``JOBMILL_URL`` (see ``default_url``); ``token`` to ``JOBMILL_API_TOKEN``.
+    Without a token the server treats the caller as its local user, which it allows only when
+    bound to loopback.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self.token = token if token is not None else os.environ.get("JOBMILL_API_TOKEN") or None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            raise JobmillClientError(
+                0, "timeout", f"jobmill at {self.url} did not answer in time"
+            ) from None
+        except httpx.TransportError as exc:
+            raise JobmillClientError(
+                0, "unreachable", f"cannot reach jobmill at {self.url}: {exc}"
+            ) from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, f"/api/v1{path}", **kwargs).json()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        type: str,
+        parameters: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        executor: str | None = None,
+        execution_duration: int | None = None,
+        log_dir: str | None = None,
+        phase: str | None = None,
+    ) -> JobDict:
+        """Create a job (queued at once, or ``phase="PENDING"`` to hold it until ``run``)."""
+        body = _job_body(type, parameters, run_id, executor, execution_duration, log_dir, phase)
+        return self._json("POST", "/jobs", json=body)
+
+    def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Create many jobs (dicts with ``submit``'s keys) in one all-or-nothing request."""
+        body = {"jobs": [_job_body(**dict(job)) for job in jobs]}
+        return list(self._json("POST", "/jobs/batch", json=body)["ids"])
+
+    def get(self, job_id: str) -> JobDict:
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def list(
+        self,
+        phase: str | Sequence[str] | None = None,
+        type: str | None = None,
+        owner: str | None = None,
+        run_id: str | None = None,
+        created_after: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first."""
+        phases = [phase] if isinstance(phase, str) else [*phase] if phase else []
+        params: dict[str, Any] = {"phase": phases} if phases else {}
+        for key, value in (("type", type), ("owner", owner), ("run_id", run_id),
+                           ("created_after", created_after), ("limit", limit), ("cursor", cursor)):
+            if value is not None:
+                params[key] = value
+        body = self._json("GET", "/jobs", params=params)
+        return JobPage(body["jobs"], body.get("next_cursor"))
+
+    def iter_jobs(self, **filters: Any) -> Iterator[JobDict]:
+        """Every job matching ``filters`` (``list``'s keywords), following the cursors."""
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = self.list(cursor=cursor, **filters)
+            yield from page.jobs
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def abort(self, job_id: str) -> JobDict:
+        return self._json("POST", f"/jobs/{job_id}/abort")
+
+    def run(self, job_id: str) -> JobDict:
+        """Queue a PENDING job."""
+        return self._json("POST", f"/jobs/{job_id}/run")
+
+    def delete(self, job_id: str) -> None:
+        self._send("DELETE", f"/api/v1/jobs/{job_id}")
+
+    def events(self, job_id: str, after: int = 0) -> JobList:
+        """The job's events numbered above ``after``, oldest first."""
+        return self._json("GET", f"/jobs/{job_id}/events", params={"after": after})
+
+    def log(
+        self, job_id: str, stream: str = "stdout", offset: int = 0, tail: int | None = None,
+        limit: int | None = None,
+    ) -> LogChunk:
+        """Bytes of ``stdout``/``stderr`` from ``offset`` (or the last ``tail`` bytes)."""
+        params: dict[str, Any] = {"offset": offset}
+        if tail is not None:
+            params["tail"] = tail
+        if limit is not None:
+            params["limit"] = limit
+        response = self._send("GET", f"/api/v1/jobs/{job_id}/logs/{stream}", params=params)
+        start = int(response.headers.get("X-Log-Offset", offset))
+        exists = response.headers.get("X-Log-Exists", "true") == "true"
+        return LogChunk(response.content, start + len(response.content), exists)
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[JobDict], None] | None = None,
+    ) -> JobDict:
+        """Poll until the job reaches a terminal phase and return it.
+
+        ``on_update`` sees the job after every poll. Raises ``JobmillClientError`` (code
+        ``timeout``) if ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["phase"] in TERMINAL_PHASES:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobmillClientError(
+                    0, "timeout", f"job {job_id} is still {job['phase']} after {timeout} s"
+                )
+            time.sleep(poll)
+
+    # -- job types and health -----------------------------------------------------------------
+
+    def jobtypes(self) -> JobList:
+        return self._json("GET", "/jobtypes")
+
+    def jobtype(self, name: str) -> JobDict:
+        return self._json("GET", f"/jobtypes/{name}")
+
+    def health(self) -> JobDict:
+        return self._send("GET", "/healthz").json()
+
+    # -- inside a job ---------------------------------------------------------------------------
+
+    def report(self, /, counters: Mapping[str, Any] | None = None, **fields: Any) -> JobDict:
+        """Post progress for the job this process runs in; returns the merged report.
+
+        Counters merge by name; other fields replace the same top-level keys. The URL and the
+        job's token come from ``JOBMILL_REPORT_URL`` and ``JOBMILL_TOKEN``.
+        """
+        url, token = os.environ.get("JOBMILL_REPORT_URL"), os.environ.get("JOBMILL_TOKEN")
+        if not url or not token:
+            raise JobmillClientError(
+                0, "not_in_job",
+                "JOBMILL_REPORT_URL and JOBMILL_TOKEN are not set: report works only inside a job",
+            )
+        payload = dict(fields)
+        if counters is not None:
+            payload["counters"] = dict(counters)
+        auth = {"Authorization": f"Bearer {token}"}
+        response = self._send("POST", url, json=payload, headers=auth)
+        return response.json()["report"]
+
+
+def report(counters: Mapping[str, Any] | None = None, **fields: Any) -> JobDict:
+    """``Client().report(...)``: post progress from inside a job in one call."""
+    with Client() as client:
+        return client.report(counters, **fields)
+
+
+def _job_body(
+    type: str,
+    parameters: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    executor: str | None = None,
+    execution_duration: int | None = None,
+    log_dir: str | None = None,
+    phase: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type, "parameters": dict(parameters or {})}
+    for key, value in (("run_id", run_id), ("executor", executor),
+                       ("execution_duration", execution_duration), ("log_dir", log_dir),
+                       ("phase", phase)):
+        if value is not None:
+            body[key] = value
+    return body
