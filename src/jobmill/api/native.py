@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from jobmill.api.auth import current_user
 from jobmill.api.schemas import (
@@ -165,6 +165,30 @@ def job_log(
             "X-Log-Exists": "true" if chunk.exists else "false",
         },
     )
+
+
+@router.get("/jobs/{job_id}/results")
+def job_results(job_id: str, jobs: ServiceDep, user: UserDep, request: Request) -> Response:
+    """The result files the job type declares, with size, content type and download URL."""
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(
+        [
+            {
+                "id": r.id,
+                "size": r.size,
+                "content_type": r.content_type,
+                "url": f"{base}/api/v1/jobs/{job_id}/results/{r.id}",
+            }
+            for r in jobs.results(user, job_id)
+        ]
+    )
+
+
+@router.get("/jobs/{job_id}/results/{result_id:path}", response_class=FileResponse)
+def job_result(job_id: str, result_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """Download one result file."""
+    result = jobs.result(user, job_id, result_id)
+    return FileResponse(result.path, media_type=result.content_type, filename=result.path.name)
 
 
 @router.post("/jobs/{job_id}/report", tags=["reports"])

@@ -16,6 +16,7 @@ from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import ACTIVE, TERMINAL, Action, Phase, Reason
 from jobmill.service import reports
 from jobmill.service.files import JobFiles, LogChunk
+from jobmill.service.results import ResultFile, find_result, list_results
 from jobmill.storage.jobs import JobFilter, JobStore
 
 MAX_RUN_ID = 256
@@ -212,6 +213,67 @@ class JobService:
         return self.files.read_log(job, stream, offset=offset, tail=tail, limit=limit)
 
     # -- changing ---------------------------------------------------------------------------
+
+    def update_parameters(self, user: User, job_id: str, values: Mapping[str, Any]) -> Job:
+        """Change parameters of a PENDING job (UWS); merged with the current ones, revalidated."""
+        job = self.get(user, job_id)
+        if job.phase is not Phase.PENDING:
+            raise Conflict(
+                f"parameters can only change while the job is PENDING (it is {job.phase.value})",
+                phase=job.phase.value,
+            )
+        jobtype = self.jobtype(job.type)
+        merged = {**job.extra_parameters, **job.parameters, **values}
+        declared, extra = jobtype.validate_parameters(
+            merged, allow_unknown=not jobtype.reject_unknown_parameters
+        )
+        return self.store.record(
+            job.id,
+            "parameters",
+            actor=user.name,
+            data={"set": dict(values)},
+            values={"parameters": declared, "extra_parameters": extra},
+            phases=[Phase.PENDING],
+        )
+
+    def set_execution_duration(self, user: User, job_id: str, seconds: int) -> Job:
+        """Change the execution duration before the job runs; capped by the job type."""
+        job = self.get(user, job_id)
+        if seconds < 0:
+            raise ValidationError("must not be negative", field="execution_duration")
+        jobtype = self.jobtypes.get(job.type)
+        cap = jobtype.max_execution_duration if jobtype else 0
+        if cap and (seconds == 0 or seconds > cap):
+            seconds = cap
+        return self.store.record(
+            job.id,
+            "execution_duration",
+            actor=user.name,
+            data={"seconds": seconds},
+            values={"execution_duration": seconds},
+            phases=[Phase.PENDING],
+        )
+
+    def set_destruction(self, user: User, job_id: str, when: datetime) -> Job:
+        """Change when the job's files are removed and it is archived."""
+        job = self.get(user, job_id)
+        if job.phase is Phase.ARCHIVED:
+            raise Conflict("the job is already archived", phase=job.phase.value)
+        return self.store.record(
+            job.id,
+            "destruction",
+            actor=user.name,
+            data={"at": when.isoformat()},
+            values={"destruction_at": when},
+        )
+
+    def results(self, user: User, job_id: str) -> builtins.list[ResultFile]:
+        job = self.get(user, job_id)
+        return list_results(self.files, self.jobtypes.get(job.type), job)
+
+    def result(self, user: User, job_id: str, result_id: str) -> ResultFile:
+        job = self.get(user, job_id)
+        return find_result(self.files, self.jobtypes.get(job.type), job, result_id)
 
     def run(self, user: User, job_id: str) -> Job:
         """Queue a PENDING job (UWS ``PHASE=RUN``)."""

@@ -25,7 +25,21 @@ from jobmill.storage.tables import events, jobs, tokens
 
 MAX_PAGE = 1000
 _SETTABLE = frozenset(
-    {"native_id", "node", "exit_code", "error", "token_hash", "started_at", "ended_at", "report"}
+    {
+        "native_id",
+        "node",
+        "exit_code",
+        "error",
+        "token_hash",
+        "started_at",
+        "ended_at",
+        "report",
+        "parameters",
+        "extra_parameters",
+        "execution_duration",
+        "destruction_at",
+        "run_id",
+    }
 )
 
 
@@ -352,22 +366,35 @@ class JobStore:
         actor: str,
         data: Mapping[str, Any] | None = None,
         values: Mapping[str, Any] | None = None,
+        phases: Iterable[Phase] | None = None,
     ) -> Job:
-        """Append an event that does not change the phase, optionally setting columns."""
+        """Append an event that does not change the phase, optionally setting columns.
+
+        With ``phases``, the change applies only while the job is in one of them (checked in the
+        same ``UPDATE``); otherwise it raises ``Conflict`` and writes nothing.
+        """
         extra = dict(values or {})
         unknown = set(extra) - _SETTABLE
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} through record")
         now = utcnow()
+        allowed = [p.value for p in phases] if phases is not None else None
         with self.engine.begin() as conn:
+            statement = update(jobs).where(jobs.c.id == job_id)
+            if allowed is not None:
+                statement = statement.where(jobs.c.phase.in_(allowed))
             result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(event_count=jobs.c.event_count + 1, updated_at=now, **extra)
-                .returning(jobs)
+                statement.values(
+                    event_count=jobs.c.event_count + 1, updated_at=now, **extra
+                ).returning(jobs)
             ).first()
             if result is None:
-                raise NotFound(f"no job {job_id}", field="id")
+                current = conn.execute(select(jobs.c.phase).where(jobs.c.id == job_id)).scalar()
+                if current is None:
+                    raise NotFound(f"no job {job_id}", field="id")
+                raise Conflict(
+                    f"cannot change a job that is {current} ({name})", phase=current, action=name
+                )
             job = _job(result)
             conn.execute(
                 insert(events).values(

@@ -1,0 +1,165 @@
+"""Job submission throughput over HTTP on SQLite (WAL).
+
+Rows:
+
+* ``POST /jobs`` as PENDING from 8 keep-alive clients: the jobs never run, so this is the cost
+  of creating a job alone (target: 1,000 jobs/s);
+* the same, QUEUED, with ``JOBMILL_MAX_LOCAL_JOBS=2`` and a ``/bin/true`` job type: the engine
+  dispatches and finishes jobs while they are being submitted, which is what a busy server
+  really pays;
+* ``POST /jobs/batch`` with 1,000 PENDING jobs per request from 1 and from 8 clients
+  (target: 10,000 jobs/s).
+
+Run: ``.venv/bin/python bench/bench_submit.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from _common import (
+    Connection,
+    Load,
+    Server,
+    banner,
+    closed_loop,
+    parse_args,
+    print_table,
+    running_server,
+    verdict,
+    write_jobtype,
+)
+
+CLIENTS = 8
+SINGLE_TARGET = 1000.0
+BATCH_TARGET = 10000.0
+BATCH_SIZE = 1000
+
+
+def job(i: int, phase: str) -> dict[str, object]:
+    return {"type": "noop", "parameters": {"message": f"job {i}"}, "phase": phase}
+
+
+def single(phase: str) -> Callable[[Connection, int], bytes]:
+    def make(conn: Connection, i: int) -> bytes:
+        return conn.encode("POST", "/api/v1/jobs", json.dumps(job(i, phase)).encode())
+
+    return make
+
+
+def batch(size: int) -> Callable[[Connection, int], bytes]:
+    def make(conn: Connection, i: int) -> bytes:
+        body = {"jobs": [job(i * size + k, "PENDING") for k in range(size)]}
+        return conn.encode("POST", "/api/v1/jobs/batch", json.dumps(body).encode())
+
+    return make
+
+
+def created(phase: str) -> Callable[[bytes], None]:
+    def check(body: bytes) -> None:
+        got = json.loads(body)["phase"]
+        if got != phase:
+            raise RuntimeError(f"created a {got} job, expected {phase}")
+
+    return check
+
+
+def created_many(size: int) -> Callable[[bytes], None]:
+    def check(body: bytes) -> None:
+        answer = json.loads(body)
+        if answer["count"] != size or len(answer["ids"]) != size:
+            raise RuntimeError(f"a batch created {answer['count']} jobs, expected {size}")
+
+    return check
+
+
+async def count_jobs(port: int, phase: str) -> int:
+    """How many jobs are in ``phase`` (pages of 500: with limit=1000 the service asks the store
+    for 1,001 rows, the store caps pages at 1,000, and no next_cursor is ever given)."""
+    conn = await Connection("127.0.0.1", port).open()
+    total, cursor = 0, ""
+    try:
+        while True:
+            page = await conn.request("GET", f"/api/v1/jobs?phase={phase}&limit=500{cursor}")
+            total += len(page["jobs"])
+            if not page["next_cursor"]:
+                return total
+            cursor = f"&cursor={page['next_cursor']}"
+    finally:
+        await conn.close()
+
+
+def row(name: str, load: Load, jobs_per_request: int, target: float) -> list[object]:
+    jobs_per_s = load.rate * jobs_per_request
+    cpu_per_job_us = load.server_cpu / (load.requests * jobs_per_request) * 1e6
+    return [
+        name,
+        load.requests * jobs_per_request,
+        load.seconds,
+        jobs_per_s,
+        load.p(50),
+        load.p(99),
+        cpu_per_job_us,
+        target,
+        jobs_per_s / target,
+        verdict(jobs_per_s / target),
+    ]
+
+
+def main() -> int:
+    args = parse_args(__doc__ or "")
+    n_single = 1000 if args.quick else 4000
+    n_queued = 500 if args.quick else 2000
+    n_batches = 5 if args.quick else 25
+    warm = 100
+    banner(f"bench_submit: job creation over HTTP, {CLIENTS} clients, SQLite")
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="jobmill-bench-types-") as tmp:
+        types = Path(tmp)
+        write_jobtype(
+            types,
+            "noop",
+            ["/bin/true", "{message}"],
+            parameters={"message": {"type": "string", "required": True}},
+        )
+
+        def run_single(server: Server, phase: str, n: int) -> Load:
+            make, check = single(phase), created(phase)
+            asyncio.run(closed_loop(server, CLIENTS, warm, make, expect=201, check=check))
+            return asyncio.run(closed_loop(server, CLIENTS, n, make, expect=201, check=check))
+
+        def run_batch(server: Server, clients: int) -> Load:
+            make, check = batch(BATCH_SIZE), created_many(BATCH_SIZE)
+            return asyncio.run(
+                closed_loop(server, clients, n_batches, make, expect=201, check=check)
+            )
+
+        with running_server([types], keep=args.keep) as server:
+            load = run_single(server, "PENDING", n_single)
+            rows.append(row("POST /jobs, PENDING", load, 1, SINGLE_TARGET))
+            for clients in (1, CLIENTS):
+                load = run_batch(server, clients)
+                name = f"POST /jobs/batch x{BATCH_SIZE}, {clients} client{'s' * (clients > 1)}"
+                rows.append(row(name, load, BATCH_SIZE, BATCH_TARGET))
+        env = {"JOBMILL_MAX_LOCAL_JOBS": "2"}
+        with running_server([types], env=env, keep=args.keep) as server:
+            load = run_single(server, "QUEUED", n_queued)
+            done = asyncio.run(count_jobs(server.port, "COMPLETED"))
+            rows.append(row("POST /jobs, QUEUED, 2 running", load, 1, SINGLE_TARGET))
+    headers = ["case", "jobs", "s", "jobs/s", "p50 ms", "p99 ms", "srv cpu us/job", "target"]
+    print_table([*headers, "ratio", ""], rows)
+    print("latency = per request; srv cpu = server process CPU (all threads) per job created")
+    print(
+        f"QUEUED row: {done} of {warm + n_queued} /bin/true jobs had completed when the "
+        "submissions ended (the engine dispatched while the clients submitted)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
