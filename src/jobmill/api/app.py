@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobmill import __version__
-from jobmill.api import native, ocps
+from jobmill.api import native, ocps, provenance, uws
 from jobmill.api.auth import Authenticator
 from jobmill.domain.errors import JobmillError
 from jobmill.factory import Jobmill
@@ -74,6 +74,8 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
 
     app.include_router(native.router)
     app.include_router(ocps.make_router(jobmill.settings.ocps_basepath))
+    app.include_router(provenance.router)
+    app.include_router(uws.router)
     app.add_middleware(
         BodyLimit,
         limit=jobmill.settings.max_request_bytes,
