@@ -44,6 +44,8 @@ class Settings:
     max_request_bytes: int = 1 << 20
     max_batch_request_bytes: int = 64 << 20
     max_batch_jobs: int = 100_000
+    max_wait: float = 600.0
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -71,8 +73,12 @@ class Settings:
             env["poll_interval"] = float(interval)
         if (passed := _env("JOBMILL_PASS_ENV")) is not None:
             env["pass_env"] = tuple(_list(passed))
+        if (access := _env("JOBMILL_ACCESS_LOG")) is not None:
+            env["access_log"] = access.lower() in ("1", "true", "yes", "on")
         if (node := _env("JOBMILL_NODE")) is not None:
             env["node"] = node
+        if (max_wait := _env("JOBMILL_MAX_WAIT")) is not None:
+            env["max_wait"] = _seconds("JOBMILL_MAX_WAIT", max_wait)
         env.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(env.get("home"), str):
             env["home"] = Path(env["home"])
@@ -109,6 +115,16 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SystemExit(f"{name}: '{value}' is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise SystemExit(f"{name}: must be a positive number of seconds")
+    return seconds
 
 
 def _int(name: str, value: str) -> int:

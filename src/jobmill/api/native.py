@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
 UserDep = Annotated[User, Depends(current_user)]
 
 
-def service(request: Request) -> JobService:
+async def service(request: Request) -> JobService:
     jobs: JobService = request.app.state.jobmill.jobs
     return jobs
 
@@ -209,5 +209,5 @@ async def post_report(job_id: str, request: Request) -> Response:
     jobs: JobService = request.app.state.jobmill.jobs
     from starlette.concurrency import run_in_threadpool
 
-    job = await run_in_threadpool(jobs.report, job_id, token, payload)
-    return JSONResponse({"id": job.id, "report": job.report})
+    report = await run_in_threadpool(jobs.report, job_id, token, payload)
+    return JSONResponse({"id": job_id, "report": report})

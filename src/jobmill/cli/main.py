@@ -9,6 +9,7 @@ exit code: 1 when the server (or the database) refuses, 2 for a usage or start-u
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
@@ -156,7 +157,16 @@ def serve(
             "'jobmill token create --user NAME --admin' (same home/database), or bind to 127.0.0.1",
             2,
         )
-    uvicorn.run(create_app(jm), host=settings.host, port=settings.port, log_level="info")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(jm),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
 
 
 @token_app.command("create")
@@ -226,8 +236,9 @@ def submit(
     """Submit a job and print its id (with --wait: exit 0 only if it COMPLETED)."""
     values = pairs(parameters, "parameter")
     with connect(ctx, url, token) as jm:
-        job = jm.submit(jobtype, values, run_id=run_id, executor=executor,
-                        execution_duration=duration)
+        job = jm.submit(
+            jobtype, values, run_id=run_id, executor=executor, execution_duration=duration
+        )
         if wait:
             job = jm.wait(job["id"], poll=POLL) if json_ else watch(jm, job)
     if json_:
@@ -277,8 +288,13 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
     with connect(ctx, url, token) as jm:
-        page = jm.list(phase=[p.upper() for p in phase or []], type=jobtype, owner=owner,
-                       run_id=run_id, limit=limit)
+        page = jm.list(
+            phase=[p.upper() for p in phase or []],
+            type=jobtype,
+            owner=owner,
+            run_id=run_id,
+            limit=limit,
+        )
     if json_:
         print_json(page.jobs)
         return

@@ -25,8 +25,11 @@ def make_engine(url: str, *, writer: bool = True) -> Engine:
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=QueuePool,
-            pool_size=8,
-            max_overflow=16,
+            # One writer connection: writers queue in the pool (woken at once) instead of
+            # sleeping in SQLite's busy handler, which backs off in steps of up to 100 ms.
+            pool_size=1 if writer else 8,
+            max_overflow=0 if writer else 16,
+            pool_timeout=60,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate if writer else _sqlite_begin)

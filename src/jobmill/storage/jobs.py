@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Row, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Event, Job, NewJob, utcnow
@@ -46,6 +57,37 @@ _SETTABLE = frozenset(
 def hash_secret(secret: str) -> str:
     """Tokens are stored as SHA-256 hex digests, never in clear."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# Statements built once: building SQLAlchemy statements per call costs more than running them.
+_GET_JOB = select(jobs).where(jobs.c.id == bindparam("p_id"))
+_GET_PHASE = select(jobs.c.phase, jobs.c.started_at).where(jobs.c.id == bindparam("p_id"))
+_GET_TOKEN = select(jobs.c.token_hash).where(jobs.c.id == bindparam("p_id"))
+_GET_REPORT = select(jobs.c.report).where(jobs.c.id == bindparam("p_id"))
+_GET_REPORT_FOR_UPDATE = _GET_REPORT.with_for_update()
+_INSERT_JOBS = insert(jobs)
+_INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
+_INSERT_JOB_SEQ = insert(jobs).returning(jobs.c.seq)
+_INSERT_EVENT = insert(events)
+_UPDATES: dict[tuple[frozenset[str], bool, bool], Any] = {}
+
+
+def _update_statement(columns: frozenset[str], checked: bool, returning_all: bool) -> Any:
+    """``UPDATE jobs SET <columns>, event_count = event_count + 1 WHERE id [AND phase]``,
+    built once per shape; parameters are ``v_<column>``, ``p_id`` and ``p_phase``."""
+    key = (columns, checked, returning_all)
+    statement = _UPDATES.get(key)
+    if statement is None:
+        statement = update(jobs).where(jobs.c.id == bindparam("p_id"))
+        if checked:
+            statement = statement.where(jobs.c.phase == bindparam("p_phase"))
+        statement = statement.values(
+            {name: bindparam(f"v_{name}") for name in sorted(columns)}
+            | {"event_count": jobs.c.event_count + 1}
+        )
+        statement = statement.returning(*(jobs.c if returning_all else [jobs.c.event_count]))
+        _UPDATES[key] = statement
+    return statement
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -81,6 +123,30 @@ def _job(row: Row[Any]) -> Job:
         log_dir=m["log_dir"],
         event_count=m["event_count"],
         seq=m["seq"],
+    )
+
+
+def _job_from_values(values: dict[str, Any]) -> Job:
+    """The Job just inserted, without reading it back (``seq`` 0 when it was not asked for)."""
+    return Job(
+        id=values["id"],
+        type=values["type"],
+        owner=values["owner"],
+        phase=Phase(values["phase"]),
+        parameters=values["parameters"],
+        created_at=values["created_at"],
+        run_id=values["run_id"],
+        reason=values["reason"],
+        extra_parameters=values["extra_parameters"],
+        report={},
+        executor=values["executor"],
+        updated_at=values["updated_at"],
+        destruction_at=values["destruction_at"],
+        execution_duration=values["execution_duration"],
+        parent_id=values["parent_id"],
+        log_dir=values["log_dir"],
+        event_count=1,
+        seq=values.get("seq", 0),
     )
 
 
@@ -129,8 +195,11 @@ class JobStore:
 
     # -- creation ---------------------------------------------------------------------------
 
-    def create(self, new_jobs: Sequence[NewJob], *, actor: str) -> list[Job]:
-        """Insert jobs with their ``created`` events, all or nothing."""
+    def create(self, new_jobs: Sequence[NewJob], *, actor: str, with_seq: bool = True) -> list[Job]:
+        """Insert jobs with their ``created`` events, all or nothing.
+
+        ``with_seq=False`` skips reading back the sequence numbers of a batch (faster; the
+        returned jobs then carry ``seq`` 0)."""
         now = utcnow()
         job_rows = []
         event_rows = []
@@ -171,24 +240,22 @@ class JobStore:
         if not job_rows:
             return []
         with self.engine.begin() as conn:
-            conn.execute(insert(jobs), job_rows)
-            conn.execute(insert(events), event_rows)
             if len(job_rows) == 1:
-                rows = conn.execute(select(jobs).where(jobs.c.id == job_rows[0]["id"])).all()
+                job_rows[0]["seq"] = conn.execute(_INSERT_JOB_SEQ, job_rows[0]).scalar_one()
+            elif with_seq:
+                seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
+                for row, seq in zip(job_rows, seqs, strict=True):
+                    row["seq"] = seq
             else:
-                ids = [r["id"] for r in job_rows]
-                rows = []
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    rows.extend(conn.execute(select(jobs).where(jobs.c.id.in_(chunk))).all())
-        by_id = {row._mapping["id"]: _job(row) for row in rows}
-        return [by_id[r["id"]] for r in job_rows]
+                conn.execute(_INSERT_JOBS, job_rows)
+            conn.execute(_INSERT_EVENT, event_rows)
+        return [_job_from_values(row) for row in job_rows]
 
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         with self.read_engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(_GET_JOB, {"p_id": job_id}).first()
         return _job(row) if row else None
 
     def require(self, job_id: str) -> Job:
@@ -307,9 +374,7 @@ class JobStore:
             raise ValueError(f"cannot set {sorted(unknown)} through a transition")
         for _attempt in range(5):
             with self.engine.begin() as conn:
-                current = conn.execute(
-                    select(jobs.c.phase, jobs.c.started_at).where(jobs.c.id == job_id)
-                ).first()
+                current = conn.execute(_GET_PHASE, {"p_id": job_id}).first()
                 if current is None:
                     raise NotFound(f"no job {job_id}", field="id")
                 seen = Phase(current.phase)
@@ -324,19 +389,16 @@ class JobStore:
                     "phase": row_def.target.value,
                     "updated_at": now,
                     "reason": reason if row_def.target is Phase.QUEUED else None,
-                    "event_count": jobs.c.event_count + 1,
                 }
                 if row_def.target is Phase.EXECUTING and current.started_at is None:
                     changes["started_at"] = now
                 if row_def.target in TERMINAL and row_def.target is not Phase.ARCHIVED:
                     changes["ended_at"] = now
                 changes.update(extra)
-                result = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.phase == seen.value)
-                    .values(**changes)
-                    .returning(jobs)
-                ).first()
+                statement = _update_statement(frozenset(changes), True, True)
+                params = {f"v_{k}": v for k, v in changes.items()}
+                params.update(p_id=job_id, p_phase=seen.value)
+                result = conn.execute(statement, params).first()
                 if result is None:
                     continue  # lost a race: look again at the new phase
                 job = _job(result)
@@ -344,16 +406,17 @@ class JobStore:
                 if reason:
                     event_data.setdefault("reason", reason)
                 conn.execute(
-                    insert(events).values(
-                        job_id=job_id,
-                        n=job.event_count,
-                        at=now,
-                        name=action.value,
-                        from_phase=seen.value,
-                        to_phase=row_def.target.value,
-                        actor=actor,
-                        data=event_data,
-                    )
+                    _INSERT_EVENT,
+                    {
+                        "job_id": job_id,
+                        "n": job.event_count,
+                        "at": now,
+                        "name": action.value,
+                        "from_phase": seen.value,
+                        "to_phase": row_def.target.value,
+                        "actor": actor,
+                        "data": event_data,
+                    },
                 )
                 return job
         raise Conflict(f"job {job_id} keeps changing; try again", action=action.value)
@@ -380,14 +443,21 @@ class JobStore:
         now = utcnow()
         allowed = [p.value for p in phases] if phases is not None else None
         with self.engine.begin() as conn:
-            statement = update(jobs).where(jobs.c.id == job_id)
-            if allowed is not None:
-                statement = statement.where(jobs.c.phase.in_(allowed))
-            result = conn.execute(
-                statement.values(
-                    event_count=jobs.c.event_count + 1, updated_at=now, **extra
-                ).returning(jobs)
-            ).first()
+            columns = {**extra, "updated_at": now}
+            params = {f"v_{k}": v for k, v in columns.items()} | {"p_id": job_id}
+            if allowed is None:
+                statement = _update_statement(frozenset(columns), False, True)
+            else:
+                statement = (
+                    update(jobs)
+                    .where(jobs.c.id == bindparam("p_id"), jobs.c.phase.in_(allowed))
+                    .values(
+                        {k: bindparam(f"v_{k}") for k in columns}
+                        | {"event_count": jobs.c.event_count + 1}
+                    )
+                    .returning(jobs)
+                )
+            result = conn.execute(statement, params).first()
             if result is None:
                 current = conn.execute(select(jobs.c.phase).where(jobs.c.id == job_id)).scalar()
                 if current is None:
@@ -397,57 +467,55 @@ class JobStore:
                 )
             job = _job(result)
             conn.execute(
-                insert(events).values(
-                    job_id=job_id,
-                    n=job.event_count,
-                    at=now,
-                    name=name,
-                    from_phase=None,
-                    to_phase=None,
-                    actor=actor,
-                    data=dict(data or {}),
-                )
+                _INSERT_EVENT,
+                {
+                    "job_id": job_id,
+                    "n": job.event_count,
+                    "at": now,
+                    "name": name,
+                    "from_phase": None,
+                    "to_phase": None,
+                    "actor": actor,
+                    "data": dict(data or {}),
+                },
             )
         return job
 
     def merge_report(
         self, job_id: str, merge: Any, payload: Mapping[str, Any], *, actor: str
-    ) -> Job:
-        """Merge ``payload`` into the stored report with ``merge(old, payload)``, atomically."""
+    ) -> dict[str, Any]:
+        """Merge ``payload`` into the stored report with ``merge(old, payload)``, atomically.
+
+        Returns the merged report."""
         now = utcnow()
         with self.engine.begin() as conn:
-            query = select(jobs.c.report).where(jobs.c.id == job_id)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            current = conn.execute(query).first()
+            query = _GET_REPORT_FOR_UPDATE if conn.dialect.name == "postgresql" else _GET_REPORT
+            current = conn.execute(query, {"p_id": job_id}).first()
             if current is None:
                 raise NotFound(f"no job {job_id}", field="id")
             report = merge(dict(current.report or {}), payload)
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(report=report, event_count=jobs.c.event_count + 1, updated_at=now)
-                .returning(jobs)
-            ).first()
-            assert result is not None
-            job = _job(result)
+            statement = _update_statement(frozenset({"report", "updated_at"}), False, False)
+            n = conn.execute(
+                statement, {"p_id": job_id, "v_report": report, "v_updated_at": now}
+            ).scalar_one()
             conn.execute(
-                insert(events).values(
-                    job_id=job_id,
-                    n=job.event_count,
-                    at=now,
-                    name="report",
-                    from_phase=None,
-                    to_phase=None,
-                    actor=actor,
-                    data=dict(payload),
-                )
+                _INSERT_EVENT,
+                {
+                    "job_id": job_id,
+                    "n": n,
+                    "at": now,
+                    "name": "report",
+                    "from_phase": None,
+                    "to_phase": None,
+                    "actor": actor,
+                    "data": dict(payload),
+                },
             )
-        return job
+        return report
 
     def check_job_token(self, job_id: str, token: str) -> bool:
         with self.read_engine.connect() as conn:
-            stored = conn.execute(select(jobs.c.token_hash).where(jobs.c.id == job_id)).scalar()
+            stored = conn.execute(_GET_TOKEN, {"p_id": job_id}).scalar()
         return isinstance(stored, str) and hmac.compare_digest(stored, hash_secret(token))
 
     def delete(self, job_id: str) -> None:
