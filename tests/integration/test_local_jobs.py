@@ -261,3 +261,25 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+def test_destruction_time_archives_the_job_and_removes_its_files(
+    client: TestClient, jobmill: Jobmill
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    done = wait_phase(client, submit(client, "echo", message="bye")["id"])
+    running = submit(client, "sleep", seconds=60)
+    wait_phase(client, running["id"], "EXECUTING")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for job_id in (done["id"], running["id"]):
+        jobmill.store.record(job_id, "destruction", actor="test", values={"destruction_at": past})
+    workdir = jobmill.jobs.files.workdir(done["id"])
+    assert workdir.exists()
+    for job_id in (done["id"], running["id"]):
+        wait_phase(client, job_id, "ARCHIVED", timeout=20)
+    assert not workdir.exists()
+    archived = client.get(f"/api/v1/jobs/{running['id']}").json()
+    assert archived["error"] == "destruction time reached"
+    names = [e["name"] for e in client.get(f"/api/v1/jobs/{running['id']}/events").json()]
+    assert names[-2:] == ["abort", "archive"] or names[-3:-1] == ["abort", "archive"]

@@ -64,6 +64,7 @@ class Engine:
         self._queued_hint = True
         self._thread: threading.Thread | None = None
         self._next_reconcile = 0.0
+        self._next_sweep = 0.0
 
     # -- control from other threads -------------------------------------------------------
 
@@ -120,6 +121,9 @@ class Engine:
         if now >= self._next_reconcile:
             self._next_reconcile = now + self.settings.poll_interval
             self._reconcile()
+        if now >= self._next_sweep:
+            self._next_sweep = now + max(self.settings.poll_interval, 5.0)
+            self._destroy_due()
         timeout = max(0.0, self._next_reconcile - time.monotonic())
         kill_wait = self.executor.tick()
         if kill_wait is not None:
@@ -257,6 +261,31 @@ class Engine:
                 self._time_out(tracked)
         self._stop_ended_elsewhere()
         self._queued_hint = True
+
+    def _destroy_due(self) -> None:
+        """Archive jobs past their destruction time: stop them, remove their files, keep
+        their metadata (UWS destruction, enforced by jobmill itself, no cron needed)."""
+        for job in self.store.due_for_destruction(datetime.now(UTC)):
+            if job.executor == "local" and job.node not in (None, self.settings.node):
+                continue  # its files live on another node; that jobmill archives it
+            if job.phase not in TERMINAL:
+                with contextlib.suppress(Conflict, NotFound):
+                    job = self.store.transition(
+                        job.id,
+                        Action.ABORT,
+                        actor=ACTOR,
+                        values={"error": "destruction time reached"},
+                        data={"why": "destruction time reached"},
+                    )
+                tracked = self.tracked.get(job.id)
+                if tracked is not None and not tracked.stopping:
+                    tracked.stopping = True
+                    self.executor.cancel(tracked.native_id)
+            self.dispatcher.files.remove(job)
+            with contextlib.suppress(Conflict, NotFound):
+                self.store.transition(
+                    job.id, Action.ARCHIVE, actor=ACTOR, data={"why": "destruction time reached"}
+                )
 
     def _time_out(self, tracked: Tracked) -> None:
         job = self.store.get(tracked.job_id)

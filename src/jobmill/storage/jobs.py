@@ -314,6 +314,17 @@ class JobStore:
         with self.read_engine.connect() as conn:
             return [_job(row) for row in conn.execute(query)]
 
+    def due_for_destruction(self, now: datetime, *, limit: int = 100) -> builtins.list[Job]:
+        """Jobs whose destruction time has passed and that are not archived yet."""
+        query = (
+            select(jobs)
+            .where(jobs.c.destruction_at <= now, jobs.c.phase != Phase.ARCHIVED.value)
+            .order_by(jobs.c.destruction_at)
+            .limit(limit)
+        )
+        with self.read_engine.connect() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
     def phases(self, job_ids: Sequence[str]) -> dict[str, Phase]:
         """The current phase of each given job that still exists, in one query."""
         result: dict[str, Phase] = {}
