@@ -46,6 +46,7 @@ class Settings:
     max_batch_jobs: int = 100_000
     max_wait: float = 600.0
     access_log: bool = False
+    slow_submit: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -73,6 +74,8 @@ class Settings:
             env["poll_interval"] = float(interval)
         if (passed := _env("JOBMILL_PASS_ENV")) is not None:
             env["pass_env"] = tuple(_list(passed))
+        if (slow := _env("JOBMILL_SLOW_SUBMIT")) is not None:
+            env["slow_submit"] = _seconds("JOBMILL_SLOW_SUBMIT", slow)
         if (access := _env("JOBMILL_ACCESS_LOG")) is not None:
             env["access_log"] = access.lower() in ("1", "true", "yes", "on")
         if (node := _env("JOBMILL_NODE")) is not None:

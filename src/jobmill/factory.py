@@ -62,7 +62,7 @@ def build(settings: Settings) -> Jobmill:
     files = JobFiles(settings.home)
     executor = LocalExecutor(grace=settings.kill_grace)
     dispatcher = Dispatcher(settings, store, files, jobtypes)
-    engine = JobEngine(settings, store, dispatcher, executor)
+    engine = JobEngine(settings, store, dispatcher, {executor.name: executor})
     service = JobService(
         store,
         jobtypes,

@@ -65,3 +65,10 @@ class Executor(Protocol):
 
     def watch_fds(self) -> dict[int, str]:
         """File descriptors that become readable when a job ends (fd -> native id)."""
+
+    def find(self, job_id: str) -> str | None:
+        """The native id of the job jobmill submitted for ``job_id``, if the backend has it
+        (used after a restart that interrupted a submission)."""
+
+    def details(self, native_id: str) -> str:
+        """The backend's own description of the job (``scontrol show job``, ``condor_q -l``)."""

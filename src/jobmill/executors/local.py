@@ -176,6 +176,20 @@ class LocalExecutor:
     def watch_fds(self) -> dict[int, str]:
         return {p.pidfd: nid for nid, p in self._procs.items() if p.pidfd is not None}
 
+    def find(self, job_id: str) -> str | None:
+        return None  # local jobs are found through their working directory (find_started)
+
+    def details(self, native_id: str) -> str:
+        pid, start = split_native_id(native_id)
+        alive = _start_time(pid) == start
+        state = "running" if alive else "ended"
+        lines = [f"process group {pid} ({state})"]
+        if alive:
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                lines.append("command: " + " ".join(a.decode(errors="replace") for a in cmdline))
+        return "\n".join(lines) + "\n"
+
     def running(self) -> int:
         return len(self._procs)
 

@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Mapping
 
 from jobmill.config import Settings
-from jobmill.domain.errors import Conflict
+from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
 from jobmill.domain.jobtypes import JobType, build_argv, build_env
-from jobmill.domain.lifecycle import Action
+from jobmill.domain.lifecycle import Action, Reason
 from jobmill.executors.base import LaunchSpec
 from jobmill.service.files import JobFiles
 from jobmill.storage.jobs import JobStore, hash_secret
@@ -82,18 +82,43 @@ class Dispatcher:
         self.jobtypes = jobtypes
 
     def claim(self, job: Job) -> tuple[Job, str] | None:
-        """Move a queued job to EXECUTING on this node; None if another process won it."""
+        """Move a ready job to EXECUTING on this node (local executor); None if another
+        process won it."""
+        return self._claim(job, Action.START, None)
+
+    def claim_for_backend(self, job: Job) -> tuple[Job, str] | None:
+        """Mark a ready job as handed to its batch system (QUEUED, reason ``backend``)."""
+        return self._claim(job, Action.WAIT, Reason.BACKEND.value)
+
+    def _claim(self, job: Job, action: Action, reason: str | None) -> tuple[Job, str] | None:
         token = secrets.token_urlsafe(24)
         try:
             claimed = self.store.transition(
                 job.id,
-                Action.START,
+                action,
                 actor=ACTOR,
+                reason=reason,
+                expect_reason=Reason.CAPACITY.value,
                 values={"node": self.settings.node, "token_hash": hash_secret(token)},
             )
-        except Conflict:
+        except (Conflict, NotFound):
             return None
         return claimed, token
+
+    def backend_unavailable(self, job: Job, why: str) -> None:
+        """The backend refused or could not be reached: keep the job, retry later (ARP's
+        "Persisted")."""
+        log.warning("job %s: backend unavailable: %s", job.id, why)
+        try:
+            self.store.transition(
+                job.id,
+                Action.WAIT,
+                actor=ACTOR,
+                reason=Reason.BACKEND_UNAVAILABLE.value,
+                data={"why": why},
+            )
+        except (Conflict, NotFound):
+            pass
 
     def spec_for(self, job: Job, token: str) -> LaunchSpec | str:
         """The launch spec, or the reason the job cannot be launched."""
@@ -109,7 +134,7 @@ class Dispatcher:
         log.warning("job %s cannot start: %s", job.id, error)
         try:
             self.store.transition(job.id, Action.FAIL, actor=ACTOR, values={"error": error})
-        except Conflict:
+        except (Conflict, NotFound):
             pass
 
     @staticmethod

@@ -61,7 +61,9 @@ def hash_secret(secret: str) -> str:
 
 # Statements built once: building SQLAlchemy statements per call costs more than running them.
 _GET_JOB = select(jobs).where(jobs.c.id == bindparam("p_id"))
-_GET_PHASE = select(jobs.c.phase, jobs.c.started_at).where(jobs.c.id == bindparam("p_id"))
+_GET_PHASE = select(jobs.c.phase, jobs.c.reason, jobs.c.started_at).where(
+    jobs.c.id == bindparam("p_id")
+)
 _GET_TOKEN = select(jobs.c.token_hash).where(jobs.c.id == bindparam("p_id"))
 _GET_REPORT = select(jobs.c.report).where(jobs.c.id == bindparam("p_id"))
 _GET_REPORT_FOR_UPDATE = _GET_REPORT.with_for_update()
@@ -69,18 +71,23 @@ _INSERT_JOBS = insert(jobs)
 _INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
 _INSERT_JOB_SEQ = insert(jobs).returning(jobs.c.seq)
 _INSERT_EVENT = insert(events)
-_UPDATES: dict[tuple[frozenset[str], bool, bool], Any] = {}
+_UPDATES: dict[tuple[frozenset[str], bool, bool, bool], Any] = {}
 
 
-def _update_statement(columns: frozenset[str], checked: bool, returning_all: bool) -> Any:
-    """``UPDATE jobs SET <columns>, event_count = event_count + 1 WHERE id [AND phase]``,
-    built once per shape; parameters are ``v_<column>``, ``p_id`` and ``p_phase``."""
-    key = (columns, checked, returning_all)
+def _update_statement(
+    columns: frozenset[str], checked: bool, returning_all: bool, *, reason_checked: bool = False
+) -> Any:
+    """``UPDATE jobs SET <columns>, event_count = event_count + 1 WHERE id [AND phase [AND
+    reason]]``, built once per shape; parameters are ``v_<column>``, ``p_id``, ``p_phase`` and
+    ``p_reason``."""
+    key = (columns, checked, returning_all, reason_checked)
     statement = _UPDATES.get(key)
     if statement is None:
         statement = update(jobs).where(jobs.c.id == bindparam("p_id"))
         if checked:
             statement = statement.where(jobs.c.phase == bindparam("p_phase"))
+        if reason_checked:
+            statement = statement.where(jobs.c.reason == bindparam("p_reason"))
         statement = statement.values(
             {name: bindparam(f"v_{name}") for name in sorted(columns)}
             | {"event_count": jobs.c.event_count + 1}
@@ -372,10 +379,12 @@ class JobStore:
         reason: str | None = None,
         data: Mapping[str, Any] | None = None,
         values: Mapping[str, Any] | None = None,
+        expect_reason: str | None = None,
     ) -> Job:
         """Apply ``action`` to the job: checked phase update plus event, in one transaction.
 
         ``values`` sets other columns at the same time (native id, exit code, error...).
+        ``expect_reason`` also requires the job's current reason (claims of QUEUED jobs).
         Raises ``NotFound`` or ``Conflict`` (the action is not allowed in the current phase).
         """
         row_def = transition(action)
@@ -389,6 +398,13 @@ class JobStore:
                 if current is None:
                     raise NotFound(f"no job {job_id}", field="id")
                 seen = Phase(current.phase)
+                if expect_reason is not None and current.reason != expect_reason:
+                    raise Conflict(
+                        f"cannot {action.value} a job that is {seen.value} "
+                        f"({current.reason or 'no reason'})",
+                        phase=seen.value,
+                        action=action.value,
+                    )
                 if seen not in row_def.sources:
                     raise Conflict(
                         f"cannot {action.value} a job that is {seen.value}",
@@ -406,9 +422,11 @@ class JobStore:
                 if row_def.target in TERMINAL and row_def.target is not Phase.ARCHIVED:
                     changes["ended_at"] = now
                 changes.update(extra)
-                statement = _update_statement(frozenset(changes), True, True)
+                statement = _update_statement(
+                    frozenset(changes), True, True, reason_checked=expect_reason is not None
+                )
                 params = {f"v_{k}": v for k, v in changes.items()}
-                params.update(p_id=job_id, p_phase=seen.value)
+                params.update(p_id=job_id, p_phase=seen.value, p_reason=expect_reason)
                 result = conn.execute(statement, params).first()
                 if result is None:
                     continue  # lost a race: look again at the new phase
