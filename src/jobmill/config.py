@@ -47,6 +47,7 @@ class Settings:
     max_wait: float = 600.0
     access_log: bool = False
     slow_submit: float = 5.0
+    executors: tuple[str, ...] = ("local",)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -74,6 +75,8 @@ class Settings:
             env["poll_interval"] = float(interval)
         if (passed := _env("JOBMILL_PASS_ENV")) is not None:
             env["pass_env"] = tuple(_list(passed))
+        if executors := _list(_env("JOBMILL_EXECUTORS")):
+            env["executors"] = tuple(executors)
         if (slow := _env("JOBMILL_SLOW_SUBMIT")) is not None:
             env["slow_submit"] = _seconds("JOBMILL_SLOW_SUBMIT", slow)
         if (access := _env("JOBMILL_ACCESS_LOG")) is not None:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from jobmill.config import Settings
 from jobmill.domain.jobtype_files import load_jobtypes
 from jobmill.domain.jobtypes import JobType
-from jobmill.executors.local import LocalExecutor
+from jobmill.executors.registry import build_executors
 from jobmill.service.dispatcher import Dispatcher
 from jobmill.service.engine import Engine as JobEngine
 from jobmill.service.files import JobFiles
@@ -60,14 +60,14 @@ def build(settings: Settings) -> Jobmill:
     jobtypes = load_jobtypes(settings.jobtypes)
     store = open_store(settings)
     files = JobFiles(settings.home)
-    executor = LocalExecutor(grace=settings.kill_grace)
+    executors = build_executors(settings)
     dispatcher = Dispatcher(settings, store, files, jobtypes)
-    engine = JobEngine(settings, store, dispatcher, {executor.name: executor})
+    engine = JobEngine(settings, store, dispatcher, executors)
     service = JobService(
         store,
         jobtypes,
         files,
-        executors=[executor.name],
+        executors=list(executors),
         max_batch=settings.max_batch_jobs,
         on_queued=engine.notify_queued,
         on_cancel=engine.request_cancel,
