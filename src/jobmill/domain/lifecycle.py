@@ -11,7 +11,8 @@ a test checks that it matches the table)::
     PENDING --run--> QUEUED
     QUEUED --wait--> QUEUED (only the reason changes)
     QUEUED|HELD|SUSPENDED|UNKNOWN --start--> EXECUTING
-    QUEUED|EXECUTING|UNKNOWN --complete--> COMPLETED
+    QUEUED|EXECUTING|HELD|SUSPENDED|UNKNOWN --complete--> COMPLETED
+      (a batch job can end between two polls, unseen in between)
     PENDING|QUEUED|EXECUTING|HELD|SUSPENDED|UNKNOWN --fail--> ERROR
     PENDING|QUEUED|EXECUTING|HELD|SUSPENDED|UNKNOWN --abort--> ABORTED
     QUEUED|EXECUTING --hold--> HELD --release--> QUEUED
@@ -102,7 +103,11 @@ TRANSITIONS: dict[Action, Transition] = dict(
         _row(Action.RUN, {_P.PENDING}, _P.QUEUED),
         _row(Action.WAIT, {_P.QUEUED}, _P.QUEUED),
         _row(Action.START, {_P.QUEUED, _P.HELD, _P.SUSPENDED, _P.UNKNOWN}, _P.EXECUTING),
-        _row(Action.COMPLETE, {_P.QUEUED, _P.EXECUTING, _P.UNKNOWN}, _P.COMPLETED),
+        _row(
+            Action.COMPLETE,
+            {_P.QUEUED, _P.EXECUTING, _P.HELD, _P.SUSPENDED, _P.UNKNOWN},
+            _P.COMPLETED,
+        ),
         _row(Action.FAIL, set(ACTIVE) | {_P.PENDING}, _P.ERROR),
         _row(Action.ABORT, set(ACTIVE) | {_P.PENDING}, _P.ABORTED),
         _row(Action.HOLD, {_P.QUEUED, _P.EXECUTING}, _P.HELD),

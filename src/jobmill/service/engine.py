@@ -46,6 +46,7 @@ _STATE_ACTIONS = {
     Phase.HELD: Action.HOLD,
     Phase.SUSPENDED: Action.SUSPEND,
 }
+_BACK_TO_QUEUE = {Phase.HELD: Action.RELEASE, Phase.EXECUTING: Action.REQUEUE}
 
 
 @dataclass
@@ -279,15 +280,19 @@ class Engine:
             if status.phase in (Phase.COMPLETED, Phase.ERROR, Phase.ABORTED):
                 self._finish(tracked, status)
             elif status.phase in _STATE_ACTIONS and status.phase is not tracked.phase:
-                self._move(tracked, status)
+                self._move(tracked, status, _STATE_ACTIONS[status.phase])
+            elif status.phase is Phase.QUEUED and tracked.phase in _BACK_TO_QUEUE:
+                # Released from a hold, or requeued by the backend (preemption, node failure).
+                self._move(tracked, status, _BACK_TO_QUEUE[tracked.phase])
 
-    def _move(self, tracked: Tracked, status: NativeStatus) -> None:
-        action = _STATE_ACTIONS[status.phase]
+    def _move(self, tracked: Tracked, status: NativeStatus, action: Action) -> None:
         data = {"state": status.native_state}
         if status.error:
             data["why"] = status.error
         try:
-            job = self.store.transition(tracked.job_id, action, actor=ACTOR, data=data)
+            job = self.store.transition(
+                tracked.job_id, action, actor=ACTOR, data=data, reason=Reason.BACKEND.value
+            )
         except (Conflict, NotFound):
             return
         tracked.phase = job.phase
