@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobmill import __version__
-from jobmill.api import native, ocps, provenance, uws
+from jobmill.api import arp, native, ocps, provenance, uws
 from jobmill.api.auth import Authenticator
 from jobmill.domain.errors import JobmillError
 from jobmill.factory import Jobmill
+from jobmill.service.feed import ChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,17 @@ def _field(loc: tuple[Any, ...]) -> str:
 def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     """The app for a built jobmill; the lifespan starts and stops its engine."""
 
+    feed = ChangeFeed(jobmill.store)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             jobmill.start()
+        await feed.start()
         try:
             yield
         finally:
+            await feed.stop()
             if start_engine:
                 jobmill.engine.stop()
 
@@ -50,6 +55,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.jobmill = jobmill
+    app.state.feed = feed  # wakes UWS WAIT requests on phase changes (service/feed.py)
     app.state.auth = Authenticator(
         jobmill.store, local_user=jobmill.settings.local_user, loopback=jobmill.settings.loopback
     )
@@ -76,6 +82,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     app.include_router(ocps.make_router(jobmill.settings.ocps_basepath))
     app.include_router(provenance.router)
     app.include_router(uws.router)
+    app.include_router(arp.router)
     app.add_middleware(
         BodyLimit,
         limit=jobmill.settings.max_request_bytes,

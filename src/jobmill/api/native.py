@@ -14,10 +14,11 @@ from jobmill.api.schemas import (
     JobCreate,
     JobOut,
     JobPage,
+    condition_out,
     event_out,
     job_out,
 )
-from jobmill.domain.errors import ValidationError
+from jobmill.domain.errors import NotFound, ValidationError
 from jobmill.domain.lifecycle import Phase
 from jobmill.service.jobs import JobRequest, JobService, User, parse_time
 from jobmill.storage.jobs import JobFilter
@@ -43,6 +44,7 @@ def _request(body: JobCreate) -> JobRequest:
         execution_duration=body.execution_duration,
         log_dir=body.log_dir,
         start=body.phase == "QUEUED",
+        wait_for=body.wait_for.condition() if body.wait_for else None,
     )
 
 
@@ -107,6 +109,16 @@ def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
     return JSONResponse(job_out(jobs.get(user, job_id)))
+
+
+@router.get("/jobs/{job_id}/wait_for", tags=["triggers"])
+def job_wait_for(job_id: str, jobs: ServiceDep, user: UserDep) -> dict[str, Any]:
+    """What the job waits (or waited) for, and what released it; 404 if it has no condition."""
+    job = jobs.get(user, job_id)
+    stored = jobs.data.condition(job.id) if jobs.data is not None else None
+    if stored is None:
+        raise NotFound(f"job {job.id} does not wait for data", field="id")
+    return condition_out(job, stored)
 
 
 @router.post("/jobs/{job_id}/abort", response_model=JobOut)

@@ -8,6 +8,8 @@ Routes, under the configurable base path (``API_BASEPATH``, default ``/api/v1``)
   an unknown id is ``status: "error"``, ``msg: "Job not found"`` with HTTP 200 (clients key on
   ``status``).
 * ``GET {base}/schema/all`` and ``GET {base}/schema/{job_type}`` (from the draft OpenAPI spec).
+* ``GET {base}/monitor/complete?id=<key>``: releases a job waiting for its ``<job_id>.dat``; the
+  key is the ``monitor_key`` the submission answered with (see ``docs/triggers.md``).
 * ``OPTIONS`` on each of them: 204 for CORS preflight.
 
 Every answer carries the prototype's CORS headers, and every error is the OCPS envelope
@@ -16,7 +18,9 @@ Every answer carries the prototype's CORS headers, and every error is the OCPS e
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC
@@ -30,11 +34,13 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from jobmill.api.auth import current_user
+from jobmill.domain.conditions import DataCondition
 from jobmill.domain.errors import JobmillError, NotFound, ValidationError
 from jobmill.domain.jobs import Job, iso
 from jobmill.domain.jobtypes import JobType, Parameter
 from jobmill.domain.lifecycle import Phase, Reason
 from jobmill.service.jobs import JobRequest, JobService, User
+from jobmill.service.triggers import DataTriggers, new_key
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -266,12 +272,33 @@ def _preflight() -> Response:
     return Response(status_code=204)
 
 
+DAT_FILE = "{job_hex}.dat"
+"""What an OCPS job waits for: ``<job_id>.dat`` in the data root, as in the prototype."""
+MONITOR_WAIT = 2.0
+
+
+def waits_for_dat(request: Request, job_type: str) -> bool:
+    """Whether OCPS jobs of this type wait for their ``.dat`` (``JOBMILL_OCPS_WAIT_FOR_DAT``)."""
+    types = request.app.state.jobmill.settings.ocps_wait_for_dat
+    return "*" in types or job_type in types
+
+
+async def _started(data: DataTriggers, job: Job) -> Job:
+    """The job once it has a backend id, or as it is after ``MONITOR_WAIT`` seconds."""
+    deadline = time.monotonic() + MONITOR_WAIT
+    while job.native_id is None and not job.terminal and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        now: Job | None = await run_in_threadpool(data.jobs.get, job.id)
+        job = now or job
+    return job
+
+
 def make_router(basepath: str) -> APIRouter:
     """The OCPS routes under ``basepath`` (``API_BASEPATH``, default ``/api/v1``)."""
     prefix = "/" + basepath.strip("/") if basepath.strip("/") else ""
     router = APIRouter(prefix=prefix, tags=["ocps"], route_class=OcpsRoute)
 
-    for path in ("/job", "/schema/{job_type}"):
+    for path in ("/job", "/schema/{job_type}", "/monitor/complete"):
         router.add_api_route(
             path, _preflight, methods=["OPTIONS"], status_code=204, include_in_schema=False
         )
@@ -289,8 +316,13 @@ def make_router(basepath: str) -> APIRouter:
             raise ValidationError("log_dir must be a directory path", field="log_dir")
         jobtype = jobs.jobtypes.get(job_type)
         parameters = to_parameters(jobtype, env)
+        key = new_key() if waits_for_dat(request, job_type) else None
         job_request = JobRequest(
-            type=job_type, parameters=parameters, log_dir=log_dir, allow_unknown=True
+            type=job_type,
+            parameters=parameters,
+            log_dir=log_dir,
+            allow_unknown=True,
+            wait_for=DataCondition(paths=(DAT_FILE,), key=key) if key else None,
         )
         try:
             job = await run_in_threadpool(jobs.create, user, job_request)
@@ -299,14 +331,44 @@ def make_router(basepath: str) -> APIRouter:
             if field and field.startswith("parameters."):
                 field = "env." + field.removeprefix("parameters.")
             return envelope_error(explain(exc, jobtype, parameters), 400, field)
-        return JSONResponse(
-            {
-                "status": STATUS_OK,
-                "msg": "",
-                "job_id": uuid.UUID(job.id).hex,
-                "cluster_id": cluster_id(job.native_id),
-            }
-        )
+        answer = {
+            "status": STATUS_OK,
+            "msg": "",
+            "job_id": uuid.UUID(job.id).hex,
+            "cluster_id": cluster_id(job.native_id),
+        }
+        if key is not None:
+            answer["monitor_key"] = key
+        return JSONResponse(answer)
+
+    @router.get("/monitor/complete")
+    async def monitor_complete(request: Request) -> Response:
+        """Release a job waiting for its data: ``id`` is the job's secret ``monitor_key``.
+
+        Answers ``{"status": "ok", "msg": "", "cluster_id"}`` (the cluster id once the engine
+        has started the job, waiting at most a moment). A second call changes nothing and says
+        ``"msg": "already released"``; an unknown key is ``status: "error"``.
+        """
+        key = request.query_params.get("id")
+        if not key:
+            raise ValidationError("Missing argument id", field="id")
+        data: DataTriggers | None = request.app.state.jobmill.data
+        outcome = await run_in_threadpool(data.release_by_key, key) if data else None
+        if outcome is None or data is None:
+            return JSONResponse({"status": STATUS_ERROR, "msg": "Unknown key", "cluster_id": None})
+        job = outcome.job
+        if outcome.released:
+            job = await _started(data, job)
+            msg = ""
+        else:
+            stored = await run_in_threadpool(data.condition, job.id)
+            msg = (
+                "already released"
+                if stored is not None and stored.released_at is not None
+                else f"not waiting for data (phase {job.phase.value.lower()})"
+            )
+        answer = {"status": STATUS_OK, "msg": msg, "cluster_id": cluster_id(job.native_id)}
+        return JSONResponse(answer)
 
     @router.get("/job")
     def get_job(request: Request, jobs: ServiceDep, user: UserDep) -> Response:

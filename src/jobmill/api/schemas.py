@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobmill.domain.conditions import MAX_PATH_LENGTH, MAX_PATHS, MAX_TIMEOUT, DataCondition
 from jobmill.domain.jobs import Event, Job, iso
+
+if TYPE_CHECKING:
+    from jobmill.storage.conditions import WaitingCondition
+
+
+class WaitFor(BaseModel):
+    """``wait_for`` of a new job: data that must arrive before it may run (docs/triggers.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]] = Field(
+        min_length=1,
+        max_length=MAX_PATHS,
+        description="absolute paths or glob patterns (* ? [..] **); relative ones resolve "
+        "against the data root; {job_id} and {job_hex} are replaced by the job's id",
+    )
+    mode: Literal["all", "any"] = Field(default="all", description="all paths, or any one")
+    timeout: float | None = Field(
+        default=None, gt=0, le=MAX_TIMEOUT, description="seconds; then the job ends ERROR"
+    )
+    marker: bool = Field(default=False, description="each file counts once <file>.done exists")
+    stable_seconds: float | None = Field(
+        default=None, ge=0, le=86400, description="size and mtime unchanged this long"
+    )
+
+    def condition(self) -> DataCondition:
+        return DataCondition(
+            paths=tuple(self.paths),
+            mode=self.mode,
+            timeout=self.timeout,
+            marker=self.marker,
+            stable_seconds=self.stable_seconds,
+        )
 
 
 class JobCreate(BaseModel):
@@ -23,6 +57,9 @@ class JobCreate(BaseModel):
     log_dir: str | None = Field(default=None, max_length=4096)
     phase: Literal["PENDING", "QUEUED"] = Field(
         default="QUEUED", description="PENDING keeps the job until it is run"
+    )
+    wait_for: WaitFor | None = Field(
+        default=None, description="data to wait for: the job stays QUEUED until it arrives"
     )
 
 
@@ -108,6 +145,24 @@ def event_out(event: Event) -> dict[str, Any]:
         "to_phase": event.to_phase.value if event.to_phase else None,
         "actor": event.actor,
         "data": event.data,
+    }
+
+
+def condition_out(job: Job, stored: WaitingCondition) -> dict[str, Any]:
+    """``GET /api/v1/jobs/{id}/wait_for``."""
+    condition = stored.condition
+    waiting = job.phase.value == "QUEUED" and job.reason == "waiting for data"
+    return {
+        "id": job.id,
+        "paths": list(condition.paths),
+        "mode": condition.mode,
+        "timeout": condition.timeout,
+        "marker": condition.marker,
+        "stable_seconds": condition.stable_seconds,
+        "waiting": waiting,
+        "deadline": iso(stored.deadline),
+        "released": iso(stored.released_at),
+        "released_by": stored.released_by,
     }
 
 
