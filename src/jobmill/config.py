@@ -48,6 +48,26 @@ class Settings:
     access_log: bool = False
     slow_submit: float = 5.0
     executors: tuple[str, ...] = ("local",)
+    condor_schedd: str | None = None  # HTCondor schedd name; None: the configuration's default
+    condor_collector: str | None = None  # HTCondor pool (host[:port]); None: CONDOR_HOST
+    # Batch executors (docs/slurm.md, docs/lsf.md). ``*_bin``: the directory of the scheduler's
+    # commands ("" = found on PATH); ``*_lost_after``: seconds a job may be missing from every
+    # scheduler answer before it is declared lost.
+    slurm_bin: str = ""
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_command_timeout: float = 30.0
+    slurm_lost_after: float = 60.0
+    lsf_bin: str = ""
+    lsf_queue: str | None = None
+    lsf_project: str | None = None
+    lsf_command_timeout: float = 30.0
+    lsf_lost_after: float = 60.0
+    data_root: Path | None = None  # relative data paths resolve here; None: the server's cwd
+    scan_roots: tuple[str, ...] = ()  # roots to scan instead of watch (network filesystems)
+    scan_interval: float = 2.0
+    stable_seconds: float = 0.0  # 0: a file counts once closed
+    ocps_wait_for_dat: tuple[str, ...] = ()  # OCPS job types that wait for <job_id>.dat; "*": all
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -77,6 +97,13 @@ class Settings:
             env["pass_env"] = tuple(_list(passed))
         if executors := _list(_env("JOBMILL_EXECUTORS")):
             env["executors"] = tuple(executors)
+        for name, var, seconds in _BATCH_SETTINGS:
+            if (value := _env(var)) is not None:
+                env[name] = _seconds(var, value) if seconds else value
+        if (schedd := _env("JOBMILL_CONDOR_SCHEDD")) is not None:
+            env["condor_schedd"] = schedd
+        if (collector := _env("JOBMILL_CONDOR_COLLECTOR")) is not None:
+            env["condor_collector"] = collector
         if (slow := _env("JOBMILL_SLOW_SUBMIT")) is not None:
             env["slow_submit"] = _seconds("JOBMILL_SLOW_SUBMIT", slow)
         if (access := _env("JOBMILL_ACCESS_LOG")) is not None:
@@ -85,6 +112,7 @@ class Settings:
             env["node"] = node
         if (max_wait := _env("JOBMILL_MAX_WAIT")) is not None:
             env["max_wait"] = _seconds("JOBMILL_MAX_WAIT", max_wait)
+        env.update(_data_settings())
         env.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(env.get("home"), str):
             env["home"] = Path(env["home"])
@@ -121,6 +149,50 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def _data_settings() -> dict[str, Any]:
+    """Waiting for data: ``JOBMILL_DATA_ROOT``, ``JOBMILL_SCAN_ROOTS``, ``JOBMILL_SCAN_INTERVAL``,
+    ``JOBMILL_STABLE_SECONDS`` and ``JOBMILL_OCPS_WAIT_FOR_DAT`` (see docs/triggers.md)."""
+    env: dict[str, Any] = {}
+    if (root := _env("JOBMILL_DATA_ROOT")) is not None:
+        env["data_root"] = Path(root)
+    if (roots := _env("JOBMILL_SCAN_ROOTS")) is not None:
+        env["scan_roots"] = tuple(_list(roots))
+    if (interval := _env("JOBMILL_SCAN_INTERVAL")) is not None:
+        env["scan_interval"] = _seconds("JOBMILL_SCAN_INTERVAL", interval)
+    if (stable := _env("JOBMILL_STABLE_SECONDS")) is not None:
+        env["stable_seconds"] = 0.0 if _zero(stable) else _seconds("JOBMILL_STABLE_SECONDS", stable)
+    if (dat := _env("JOBMILL_OCPS_WAIT_FOR_DAT")) is not None:
+        word = dat.strip().lower()
+        if word in ("0", "off", "false", "no", "none"):
+            env["ocps_wait_for_dat"] = ()
+        elif word in ("1", "on", "true", "yes", "all", "*"):
+            env["ocps_wait_for_dat"] = ("*",)
+        else:
+            env["ocps_wait_for_dat"] = tuple(_list(dat))
+    return env
+
+
+def _zero(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
+
+
+_BATCH_SETTINGS = (  # (setting, environment variable, is a number of seconds)
+    ("slurm_bin", "JOBMILL_SLURM_BIN", False),
+    ("slurm_partition", "JOBMILL_SLURM_PARTITION", False),
+    ("slurm_account", "JOBMILL_SLURM_ACCOUNT", False),
+    ("slurm_command_timeout", "JOBMILL_SLURM_TIMEOUT", True),
+    ("slurm_lost_after", "JOBMILL_SLURM_LOST_AFTER", True),
+    ("lsf_bin", "JOBMILL_LSF_BIN", False),
+    ("lsf_queue", "JOBMILL_LSF_QUEUE", False),
+    ("lsf_project", "JOBMILL_LSF_PROJECT", False),
+    ("lsf_command_timeout", "JOBMILL_LSF_TIMEOUT", True),
+    ("lsf_lost_after", "JOBMILL_LSF_LOST_AFTER", True),
+)
 
 
 def _seconds(name: str, value: str) -> float:

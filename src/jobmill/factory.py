@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -12,12 +13,17 @@ from jobmill.config import Settings
 from jobmill.domain.jobtype_files import load_jobtypes
 from jobmill.domain.jobtypes import JobType
 from jobmill.executors.registry import build_executors
+from jobmill.service.datawatch import DataWatcher, WatchSettings
 from jobmill.service.dispatcher import Dispatcher
 from jobmill.service.engine import Engine as JobEngine
+from jobmill.service.experiments import ExperimentService, JobTypes
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService
+from jobmill.service.triggers import DataTriggers
 from jobmill.storage import migrate
+from jobmill.storage.conditions import ConditionStore
 from jobmill.storage.db import make_engine
+from jobmill.storage.experiments import ExperimentStore
 from jobmill.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -33,11 +39,19 @@ class Jobmill:
     jobtypes: dict[str, JobType]
     jobs: JobService
     engine: JobEngine
+    data: DataTriggers | None = None
+    experiments: ExperimentService | None = None
 
     def start(self) -> None:
         self.engine.start()
+        if self.experiments is not None:
+            self.experiments.autorun_missed()
+        if self.data is not None:
+            self.data.watcher.start()
 
     def close(self) -> None:
+        if self.data is not None:
+            self.data.watcher.stop()
         self.engine.stop()
         self.store.read_engine.dispose()
         self.db.dispose()
@@ -61,8 +75,12 @@ def build(settings: Settings) -> Jobmill:
     store = open_store(settings)
     files = JobFiles(settings.home)
     executors = build_executors(settings)
-    dispatcher = Dispatcher(settings, store, files, jobtypes)
+    experiment_store = ExperimentStore(store)
+    # The dispatcher also finds ARP definitions (arp:<experiment>:<name>), from the database.
+    dispatch_types = JobTypes(jobtypes, experiment_store)
+    dispatcher = Dispatcher(settings, store, files, dispatch_types)
     engine = JobEngine(settings, store, dispatcher, executors)
+    data = build_data_triggers(settings, store, engine)
     service = JobService(
         store,
         jobtypes,
@@ -71,6 +89,31 @@ def build(settings: Settings) -> Jobmill:
         max_batch=settings.max_batch_jobs,
         on_queued=engine.notify_queued,
         on_cancel=engine.request_cancel,
+        data=data,
     )
+    experiments = ExperimentService(experiment_store, service, dispatch_types, executors)
     log.info("jobmill: %d job types, database %s", len(jobtypes), store.engine.url)
-    return Jobmill(settings, store.engine, store, jobtypes, service, engine)
+    return Jobmill(
+        settings, store.engine, store, jobtypes, service, engine, data, experiments=experiments
+    )
+
+
+def build_data_triggers(settings: Settings, store: JobStore, engine: JobEngine) -> DataTriggers:
+    """The one data watcher (not started) and the service that feeds it."""
+    conditions = ConditionStore(store)
+    watch = WatchSettings(
+        scan_roots=tuple(str(Path(r).expanduser().absolute()) for r in settings.scan_roots),
+        scan_interval=settings.scan_interval,
+        stable_seconds=settings.stable_seconds,
+        refresh_interval=max(1.0, settings.scan_interval),
+    )
+    watcher = DataWatcher(conditions, watch)
+    root = (settings.data_root or Path.cwd()).expanduser().absolute()
+
+    def released() -> None:
+        if not engine._closed:  # after the engine stopped, its wake-up pipe is gone
+            engine.notify_queued()
+
+    data = DataTriggers(store, conditions, watcher, root, on_released=released)
+    watcher.on_released = data.released
+    return data

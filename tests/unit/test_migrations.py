@@ -16,7 +16,8 @@ from jobmill.storage.db import make_engine
 from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import metadata
 
-TABLES = {"jobs", "events", "tokens"}
+TABLES = {"jobs", "events", "tokens", "data_conditions"}
+TABLES |= {"experiment_definitions", "experiment_runs", "experiment_applications"}
 
 
 @pytest.fixture

@@ -17,5 +17,20 @@ def build_executors(settings: Settings) -> dict[str, Executor]:
             continue
         if name not in KNOWN:
             raise ValueError(f"JOBMILL_EXECUTORS: unknown executor '{name}' (known: {KNOWN})")
+        if name == "htcondor":  # its bindings are an optional extra: imported only when used
+            from jobmill.executors.htcondor import from_settings
+
+            executors[name] = from_settings(settings)
+            continue
+        if name == "slurm":
+            from jobmill.executors.slurm import SlurmExecutor
+
+            executors[name] = SlurmExecutor.from_settings(settings)
+            continue
+        if name == "lsf":
+            from jobmill.executors.lsf import LsfExecutor
+
+            executors[name] = LsfExecutor.from_settings(settings)
+            continue
         raise ValueError(f"JOBMILL_EXECUTORS: the '{name}' executor is not available yet")
     return executors

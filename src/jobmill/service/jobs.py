@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobmill.domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from jobmill.domain.jobs import Event, Job, NewJob, parse_job_id, utcnow
@@ -19,6 +19,10 @@ from jobmill.service import reports
 from jobmill.service.files import JobFiles, LogChunk
 from jobmill.service.results import ResultFile, find_result, list_results
 from jobmill.storage.jobs import JobFilter, JobStore, hash_secret
+
+if TYPE_CHECKING:
+    from jobmill.domain.conditions import DataCondition
+    from jobmill.service.triggers import DataTriggers
 
 MAX_RUN_ID = 256
 TOKEN_CACHE_SECONDS = 10.0
@@ -44,6 +48,8 @@ class JobRequest:
     log_dir: str | None = None
     start: bool = True
     allow_unknown: bool = False
+    wait_for: DataCondition | None = None
+    """Data the job waits for before it may run (QUEUED, reason "waiting for data")."""
 
 
 @dataclass
@@ -67,8 +73,10 @@ class JobService:
         max_batch: int = 100_000,
         on_queued: Callable[[], None] = lambda: None,
         on_cancel: Callable[[Job], None] = lambda job: None,
+        data: DataTriggers | None = None,
     ) -> None:
         self.store = store
+        self.data = data
         self.jobtypes = dict(jobtypes)
         self.files = files
         self.executors = tuple(executors)
@@ -97,6 +105,13 @@ class JobService:
             raise ValidationError(
                 f"unknown job type '{request.type}' (known: {known})", field=f"{prefix}type"
             )
+        return self.validate_for(jobtype, user, request, prefix=prefix)
+
+    def validate_for(
+        self, jobtype: JobType, user: User, request: JobRequest, *, prefix: str = ""
+    ) -> NewJob:
+        """``validate`` against a prepared job type that is not in ``jobtypes`` (an ARP
+        definition, see ``service.experiments``)."""
         declared, extra = jobtype.validate_parameters(
             request.parameters,
             prefix=f"{prefix}parameters",
@@ -131,7 +146,9 @@ class JobService:
             execution_duration=duration,
             destruction_at=utcnow() + timedelta(seconds=jobtype.destruction),
             phase=Phase.QUEUED if request.start else Phase.PENDING,
-            reason=Reason.CAPACITY.value if request.start else None,
+            reason=(Reason.DATA if request.wait_for else Reason.CAPACITY).value
+            if request.start
+            else None,
             run_id=request.run_id,
             log_dir=log_dir,
         )
@@ -152,6 +169,8 @@ class JobService:
         return str(path)
 
     def create(self, user: User, request: JobRequest) -> Job:
+        if request.wait_for is not None:
+            return self._create_waiting(user, [request])[0]
         job = self.store.create([self.validate(user, request)], actor=user.name)[0]
         if job.phase is Phase.QUEUED:
             self.on_queued()
@@ -161,9 +180,33 @@ class JobService:
         """All or nothing: one bad request rejects the whole batch, naming its index."""
         if len(requests) > self.max_batch:
             raise ValidationError(f"at most {self.max_batch} jobs per batch", field="jobs")
+        if any(r.wait_for is not None for r in requests):
+            return self._create_waiting(user, requests, prefix="jobs[{i}].")
         new_jobs = [self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)]
         jobs = self.store.create(new_jobs, actor=user.name, with_seq=False)
         if any(job.phase is Phase.QUEUED for job in jobs):
+            self.on_queued()
+        return jobs
+
+    def _create_waiting(
+        self, user: User, requests: Sequence[JobRequest], prefix: str = ""
+    ) -> list[Job]:
+        """Jobs of which some wait for data: jobs and conditions in one transaction."""
+        if self.data is None:
+            raise ValidationError(
+                "waiting for data is not enabled", field=f"{prefix.format(i=0)}wait_for"
+            )
+        new_jobs, conditions = [], []
+        for i, request in enumerate(requests):
+            where = prefix.format(i=i)
+            new = self.validate(user, request, prefix=where)
+            wait_for = request.wait_for
+            new_jobs.append(new)
+            conditions.append(
+                self.data.prepare(wait_for, new.id, field=f"{where}wait_for") if wait_for else None
+            )
+        jobs = self.data.create(new_jobs, conditions, actor=user.name)
+        if any(job.phase is Phase.QUEUED and job.reason == Reason.CAPACITY for job in jobs):
             self.on_queued()
         return jobs
 
@@ -281,10 +324,13 @@ class JobService:
     def run(self, user: User, job_id: str) -> Job:
         """Queue a PENDING job (UWS ``PHASE=RUN``)."""
         job = self.get(user, job_id)
-        job = self.store.transition(
-            job.id, Action.RUN, actor=user.name, reason=Reason.CAPACITY.value
-        )
-        self.on_queued()
+        waits = self.data is not None and self.data.has_condition(job.id)
+        reason = Reason.DATA if waits else Reason.CAPACITY
+        job = self.store.transition(job.id, Action.RUN, actor=user.name, reason=reason.value)
+        if self.data is not None and waits:
+            self.data.watch(job.id)
+        else:
+            self.on_queued()
         return job
 
     def abort(self, user: User, job_id: str) -> Job:

@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -87,3 +88,68 @@ tokens = Table(
     Column("revoked_at", DateTime(timezone=True)),
     Column("note", Text),
 )
+
+data_conditions = Table(
+    "data_conditions",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("paths", JSON, nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("marker", Boolean, nullable=False),
+    Column("stable_seconds", Float),
+    Column("timeout", Float),
+    Column("deadline", DateTime(timezone=True)),
+    Column("key_hash", String(64), unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+    Column("released_by", Text),
+)
+"""What a job waiting for data waits for (see ``storage.conditions``)."""
+
+experiment_definitions = Table(
+    "experiment_definitions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("experiment", String(32), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("executable", Text, nullable=False),
+    Column("parameters", Text, nullable=False),
+    Column("executor", String(32), nullable=False),
+    Column("autorun", Boolean, nullable=False),
+    Column("autorun_by", String(128)),
+    Column("autorun_at", DateTime(timezone=True)),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("experiment", "name"),
+)
+"""ARP batch definitions (see ``storage.experiments``)."""
+
+experiment_runs = Table(
+    "experiment_runs",
+    metadata,
+    Column("experiment", String(32), primary_key=True),
+    Column("run", Integer, primary_key=True, autoincrement=False),
+    Column("parameters", JSON, nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+)
+"""Runs of experiments, as their starts and ends were posted."""
+
+experiment_applications = Table(
+    "experiment_applications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("experiment", String(32), nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("definition", String(32), nullable=False),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL")),
+    Column("trigger", String(16), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("removed_at", DateTime(timezone=True)),
+    Column("removed_by", String(128)),
+    UniqueConstraint("experiment", "run", "definition"),
+    Index(None, "job_id"),
+)
+"""A definition applied to a run: at most one row, hence one job, per (experiment, run,
+definition); written in the transaction that creates its job."""

@@ -1,0 +1,628 @@
+"""The data watcher: one thread that releases every job waiting for data (DESIGN rule 5).
+
+It keeps the waiting conditions in memory, indexed by path, and watches the directories their
+patterns can match: with inotify on local filesystems, by scanning on network filesystems
+(NFS, Lustre, GPFS, ...: detected from the mount table, or listed in ``JOBMILL_SCAN_ROOTS``),
+where inotify cannot see writes made by other hosts. It sleeps in ``poll()`` on the inotify
+descriptor and a wake-up pipe, so a file is noticed the moment it is closed.
+
+When a file has arrived (see ``docs/triggers.md``):
+
+* watched directory: when a writer closes it (``IN_CLOSE_WRITE``) or it is renamed into place
+  (``IN_MOVED_TO``); with ``stable_seconds`` > 0, once its size and mtime then stay unchanged
+  that long;
+* scanned directory, or a file already there when jobmill looks (start-up, a new condition, a
+  new directory): once its size and mtime have been unchanged for
+  ``max(stable_seconds, 1 s)`` (on scanned roots judged by two looks, never by the mtime's age,
+  because clocks of file servers differ);
+* with ``marker: true``: when ``<file>.done`` exists beside it (and it exists).
+
+A condition that holds is released with a checked update (``ConditionStore.release``): only a
+job still QUEUED and waiting for data changes, so releases are exactly once even with several
+watchers in several jobmill processes. Every ``refresh_interval`` the watcher reloads the set
+of waiting jobs from the database, picking up jobs created by other jobmill processes and
+dropping jobs aborted, released or deleted elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import select
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+
+from jobmill.domain.conditions import (
+    MARKER_SUFFIX,
+    DataCondition,
+    has_magic,
+    join,
+    literal_prefix,
+    matches,
+    parts,
+)
+from jobmill.service import inotify
+from jobmill.service.datadirs import DirectoryPlanner
+from jobmill.storage.conditions import ConditionStore, WaitingCondition
+
+log = logging.getLogger(__name__)
+ACTOR = "jobmill:data"
+PRESENT_SETTLE = 1.0
+"""Seconds a file found by looking (not by its close) must stay unchanged to count."""
+RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How the watcher watches (from ``Settings``)."""
+
+    scan_roots: tuple[str, ...] = ()
+    scan_interval: float = 2.0
+    stable_seconds: float = 0.0
+    refresh_interval: float = 2.0
+    use_inotify: bool = True
+
+
+@dataclass(slots=True)
+class _Pattern:
+    text: str
+    parts: tuple[str, ...]
+    dir: str  # the literal directory (for exact and name patterns)
+    name: str
+    kind: str  # "exact" | "name" (wildcards in the file name only) | "deep"
+
+
+@dataclass(slots=True)
+class _Wait:
+    job_id: str
+    condition: DataCondition
+    patterns: list[_Pattern]
+    arrived: list[bool]
+    stable: float
+    deadline: float | None  # epoch seconds
+    added: float  # monotonic
+
+
+@dataclass(slots=True)
+class _Track:
+    """A file seen but not yet complete: its last size/mtime and since when they are unchanged."""
+
+    size: int
+    mtime: int
+    since: float  # monotonic
+    closed: bool  # a close (or rename into place) was seen since the last change
+    scanned: bool
+    due: float = 0.0
+
+
+def _pattern(text: str) -> _Pattern:
+    components = parts(text)
+    directory, name = components[:-1], components[-1]
+    if literal_prefix(directory) != directory:
+        kind = "deep"
+    elif has_magic(name):
+        kind = "name"
+    else:
+        kind = "exact"
+    return _Pattern(text, components, join(directory), name, kind)
+
+
+class DataWatcher:
+    """Watches for the data of every waiting job, in one thread."""
+
+    def __init__(
+        self,
+        store: ConditionStore,
+        settings: WatchSettings,
+        *,
+        on_released: Callable[[list[str]], None] = lambda ids: None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_released = on_released
+        self.dirs = DirectoryPlanner(settings.scan_roots)
+        self.waits: dict[str, _Wait] = {}
+        self._exact: dict[str, set[tuple[str, int]]] = {}
+        self._by_dir: dict[str, set[tuple[str, int]]] = {}
+        self._deep: set[tuple[str, int]] = set()
+        self._specs: Counter[tuple[str, ...]] = Counter()
+        self._tracks: dict[str, _Track] = {}
+        self._due: list[tuple[float, str]] = []
+        self._deadlines: list[tuple[float, str]] = []
+        self._to_release: dict[str, str] = {}
+        self._retry_at = 0.0
+        self._watched: dict[str, int] = {}
+        self._wd_dirs: dict[int, set[str]] = {}
+        self._scanned: set[str] = set()
+        self._replan = False
+        self._inbox: deque[tuple[str, object]] = deque()
+        self._ino: inotify.Inotify | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._loaded = threading.Event()
+        self._next_scan = 0.0
+        self._next_refresh = 0.0
+        self.releases = 0
+
+    # -- control from other threads ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None or self._closed:
+            return
+        if self.settings.use_inotify:
+            try:
+                self._ino = inotify.Inotify()
+            except (OSError, AttributeError) as exc:
+                log.warning("inotify is not available (%s): scanning every data directory", exc)
+        self._thread = threading.Thread(target=self._run, name="jobmill-datawatch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and release its descriptors; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._ino is not None:
+            self._ino.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def add(self, conditions: Iterable[WaitingCondition]) -> None:
+        """Start watching for these conditions (jobs just created or run)."""
+        items = list(conditions)
+        if items:
+            self._inbox.append(("add", items))
+            self._wake()
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Stop watching for these jobs (released by hand, aborted...)."""
+        ids = list(job_ids)
+        if ids:
+            self._inbox.append(("forget", ids))
+            self._wake()
+
+    def wait_loaded(self, timeout: float = 30.0) -> bool:
+        """Block until the start-up pass (load and check every waiting condition) is done."""
+        return self._loaded.wait(timeout)
+
+    def knows(self, job_id: str) -> bool:
+        return job_id in self.waits
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "waiting": len(self.waits),
+            "watched_dirs": len(self._watched),
+            "scanned_dirs": len(self._scanned),
+            "tracked_files": len(self._tracks),
+            "released": self.releases,
+        }
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._refresh(initial=True)
+        except Exception:  # pragma: no cover - logged; the loop retries at the next refresh
+            log.exception("loading the waiting jobs failed")
+        finally:
+            self._loaded.set()
+        while not self._stop.is_set():
+            try:
+                self._cycle()
+            except Exception:  # pragma: no cover - a bug must not stop the watcher
+                log.exception("data watcher cycle failed")
+                time.sleep(0.5)
+
+    def _cycle(self) -> None:
+        now = time.monotonic()
+        wake_at = min(self._next_refresh, self._next_scan if self._scanned else now + 3600)
+        if self._due:
+            wake_at = min(wake_at, self._due[0][0])
+        if self._deadlines:
+            wake_at = min(wake_at, now + self._deadlines[0][0] - time.time())
+        if self._to_release:
+            wake_at = min(wake_at, self._retry_at)
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if self._ino is not None:
+            poller.register(self._ino.fd, select.POLLIN)
+        ready = poller.poll(max(0.0, wake_at - now) * 1000)
+        for fd, _mask in ready:
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+        if self._stop.is_set():
+            return
+        fresh = self._drain_inbox()
+        if self._ino is not None and any(fd == self._ino.fd for fd, _ in ready):
+            self._read_events()
+        if self._replan:
+            self._plan()
+        if fresh:
+            self._look_at(fresh)
+        now = time.monotonic()
+        if self._scanned and now >= self._next_scan:
+            self._next_scan = now + self.settings.scan_interval
+            self._scan()
+        self._check_tracks(now)
+        self._check_deadlines()
+        if now >= self._next_refresh:
+            self._refresh()
+        self._flush()
+
+    def _drain_inbox(self) -> list[_Wait]:
+        fresh: list[_Wait] = []
+        while self._inbox:
+            what, payload = self._inbox.popleft()
+            if what == "add":
+                for item in payload:  # type: ignore[attr-defined]
+                    wait = self._index(item)
+                    if wait is not None:
+                        fresh.append(wait)
+            else:
+                for job_id in payload:  # type: ignore[attr-defined]
+                    self._unindex(job_id)
+        return fresh
+
+    # -- the in-memory index ----------------------------------------------------------------
+
+    def _index(self, item: WaitingCondition) -> _Wait | None:
+        if item.job_id in self.waits or item.job_id in self._to_release:
+            return None
+        condition = item.condition
+        stable = condition.stable_seconds
+        wait = _Wait(
+            job_id=item.job_id,
+            condition=condition,
+            patterns=[_pattern(p) for p in condition.paths],
+            arrived=[False] * len(condition.paths),
+            stable=self.settings.stable_seconds if stable is None else stable,
+            deadline=item.deadline.timestamp() if item.deadline else None,
+            added=time.monotonic(),
+        )
+        self.waits[wait.job_id] = wait
+        for i, pattern in enumerate(wait.patterns):
+            key = (wait.job_id, i)
+            if pattern.kind == "exact":
+                self._exact.setdefault(pattern.text, set()).add(key)
+            elif pattern.kind == "name":
+                self._by_dir.setdefault(pattern.dir, set()).add(key)
+            else:
+                self._deep.add(key)
+            spec = pattern.parts[:-1]
+            self._specs[spec] += 1
+            if self._specs[spec] == 1:
+                self._replan = True
+        if wait.deadline is not None:
+            heapq.heappush(self._deadlines, (wait.deadline, wait.job_id))
+        return wait
+
+    def _unindex(self, job_id: str) -> None:
+        wait = self.waits.pop(job_id, None)
+        if wait is None:
+            return
+        for i, pattern in enumerate(wait.patterns):
+            key = (job_id, i)
+            index = (
+                self._exact.get(pattern.text)
+                if pattern.kind == "exact"
+                else self._by_dir.get(pattern.dir)
+                if pattern.kind == "name"
+                else self._deep
+            )
+            if index is not None:
+                index.discard(key)
+                if not index and index is not self._deep:
+                    if pattern.kind == "exact":
+                        del self._exact[pattern.text]
+                    else:
+                        del self._by_dir[pattern.dir]
+            spec = pattern.parts[:-1]
+            self._specs[spec] -= 1
+            if self._specs[spec] <= 0:
+                del self._specs[spec]
+                self._replan = True
+
+    def _candidates(self, path: str) -> list[tuple[_Wait, int]]:
+        found: list[tuple[_Wait, int]] = []
+        for job_id, i in self._exact.get(path, ()):
+            found.append((self.waits[job_id], i))
+        directory, _, name = path.rpartition("/")
+        for job_id, i in self._by_dir.get(directory or "/", ()):
+            wait = self.waits[job_id]
+            if fnmatchcase(name, wait.patterns[i].name):
+                found.append((wait, i))
+        if self._deep:
+            components = parts(path)
+            for job_id, i in self._deep:
+                wait = self.waits[job_id]
+                if matches(wait.patterns[i].parts, components):
+                    found.append((wait, i))
+        return found
+
+    # -- which directories to watch or scan -------------------------------------------------
+
+    def _plan(self) -> None:
+        """Watch (or scan) every directory a waiting pattern can match, or the nearest existing
+        ancestor of a missing one; look into directories that are new to the plan."""
+        self._replan = False
+        wanted: set[str] = set()
+        for spec in self._specs:
+            wanted |= self.dirs.expand(spec)
+        for directory in list(self._watched):
+            if directory not in wanted:
+                self._unwatch(directory)
+        self._scanned &= wanted
+        new = [d for d in wanted if d not in self._watched and d not in self._scanned]
+        for directory in sorted(new):
+            if self._ino is not None and not self.dirs.scan_here(directory):
+                try:
+                    wd = self._ino.add(directory)
+                except OSError as exc:
+                    log.warning("cannot watch %s (%s): scanning it instead", directory, exc)
+                else:
+                    self._watched[directory] = wd
+                    self._wd_dirs.setdefault(wd, set()).add(directory)
+                    self._look_dir(directory, scanned=False)
+                    continue
+            self._scanned.add(directory)
+            self._look_dir(directory, scanned=True)
+
+    def _unwatch(self, directory: str) -> None:
+        wd = self._watched.pop(directory)
+        dirs = self._wd_dirs.get(wd)
+        if dirs is not None:
+            dirs.discard(directory)
+            if not dirs:
+                del self._wd_dirs[wd]
+                if self._ino is not None:
+                    self._ino.remove(wd)
+
+    # -- noticing files ---------------------------------------------------------------------
+
+    def _read_events(self) -> None:
+        assert self._ino is not None
+        for event in self._ino.read():
+            mask = event.mask
+            if mask & inotify.IN_Q_OVERFLOW:
+                log.warning("inotify queue overflowed: looking at every watched directory")
+                for directory in list(self._watched):
+                    self._look_dir(directory, scanned=False)
+                continue
+            dirs = self._wd_dirs.get(event.wd)
+            if not dirs:
+                continue
+            if mask & (inotify.IN_IGNORED | inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF):
+                if mask & inotify.IN_IGNORED:
+                    for directory in self._wd_dirs.pop(event.wd, set()):
+                        self._watched.pop(directory, None)
+                self._replan = True
+                continue
+            if mask & inotify.IN_ISDIR:
+                if mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                    self._replan = True
+                continue
+            for directory in dirs:
+                path = f"{directory.rstrip('/')}/{event.name}"
+                if mask & (inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO):
+                    self._observe(path, closed=True, scanned=False)
+                elif mask & inotify.IN_CREATE and os.path.islink(path):
+                    self._observe(path, closed=True, scanned=False)
+
+    def _look_dir(self, directory: str, *, scanned: bool) -> None:
+        """Look at what a directory holds now (a new watch, a scan, an inotify overflow)."""
+        try:
+            with os.scandir(directory) as entries:
+                names = [e.name for e in entries if not e.is_dir(follow_symlinks=True)]
+        except OSError:
+            return
+        prefix = directory.rstrip("/") + "/"
+        for name in names:
+            self._observe(prefix + name, closed=False, scanned=scanned)
+
+    def _look_at(self, fresh: list[_Wait]) -> None:
+        """Check new conditions against what is already there."""
+        listed: set[str] = set()
+        for wait in fresh:
+            if wait.job_id not in self.waits:
+                continue
+            for pattern in wait.patterns:
+                scanned = pattern.dir in self._scanned
+                if pattern.kind == "exact":
+                    if os.path.lexists(pattern.text):
+                        self._observe(pattern.text, closed=False, scanned=scanned)
+                    continue
+                directories = (
+                    [pattern.dir]
+                    if pattern.kind == "name"
+                    else self.dirs.expand(pattern.parts[:-1])
+                )
+                for directory in directories:
+                    if directory not in listed:
+                        listed.add(directory)
+                        self._look_dir(directory, scanned=directory in self._scanned)
+
+    def _scan(self) -> None:
+        self._plan()
+        for directory in list(self._scanned):
+            self._look_dir(directory, scanned=True)
+
+    def _observe(self, path: str, *, closed: bool, scanned: bool) -> None:
+        """A file was closed (``closed``) or found: count it for the conditions it matches."""
+        if path.endswith(MARKER_SUFFIX):
+            target = path[: -len(MARKER_SUFFIX)]
+            for wait, i in self._candidates(target):
+                if wait.condition.marker and not wait.arrived[i] and os.path.exists(target):
+                    self._arrive(wait, i, target)
+        candidates = self._candidates(path)
+        if not candidates:
+            return
+        need_track = False
+        for wait, i in candidates:
+            if wait.arrived[i] or wait.job_id not in self.waits:
+                continue
+            if wait.condition.marker:
+                if os.path.exists(path + MARKER_SUFFIX) and os.path.exists(path):
+                    self._arrive(wait, i, path)
+            elif closed and not scanned and wait.stable <= 0:
+                if os.path.exists(path):
+                    self._arrive(wait, i, path)
+            else:
+                need_track = True
+        if need_track:
+            self._track(path, closed=closed, scanned=scanned)
+
+    def _track(self, path: str, *, closed: bool, scanned: bool) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._tracks.pop(path, None)
+            return
+        now = time.monotonic()
+        track = self._tracks.get(path)
+        if track is None or (track.size, track.mtime) != (st.st_size, st.st_mtime_ns):
+            if closed or scanned:
+                since = now
+            else:  # found on a local filesystem: its mtime says how long it has been quiet
+                since = now - max(0.0, time.time() - st.st_mtime_ns / 1e9)
+            track = _Track(st.st_size, st.st_mtime_ns, since, closed, scanned)
+            self._tracks[path] = track
+        elif closed:
+            track.closed = True
+        self._settle(path, track, now)
+
+    def _settle(self, path: str, track: _Track, now: float) -> None:
+        """Count the file for every condition it has been quiet long enough for."""
+        quiet = now - track.since
+        next_due = None
+        for wait, i in self._candidates(path):
+            if wait.arrived[i] or wait.condition.marker:
+                continue
+            need = wait.stable if track.closed else max(wait.stable, PRESENT_SETTLE)
+            if quiet >= need:
+                self._arrive(wait, i, path)
+            else:
+                due = track.since + need
+                next_due = due if next_due is None else min(next_due, due)
+        if next_due is None:
+            self._tracks.pop(path, None)
+        elif next_due != track.due:
+            track.due = next_due
+            heapq.heappush(self._due, (next_due, path))
+
+    def _check_tracks(self, now: float) -> None:
+        while self._due and self._due[0][0] <= now:
+            due, path = heapq.heappop(self._due)
+            track = self._tracks.get(path)
+            if track is None or track.due != due:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                del self._tracks[path]
+                continue
+            if (st.st_size, st.st_mtime_ns) != (track.size, track.mtime):
+                track.size, track.mtime, track.since = st.st_size, st.st_mtime_ns, now
+                track.closed = False
+            self._settle(path, track, now)
+
+    def _arrive(self, wait: _Wait, i: int, path: str) -> None:
+        wait.arrived[i] = True
+        if wait.condition.holds(wait.arrived):
+            self._unindex(wait.job_id)
+            self._to_release[wait.job_id] = path
+
+    # -- time-outs, releases, the database --------------------------------------------------
+
+    def _check_deadlines(self) -> None:
+        now = time.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, job_id = heapq.heappop(self._deadlines)
+            wait = self.waits.get(job_id)
+            if wait is None or wait.deadline != deadline:
+                continue
+            self._unindex(job_id)
+            try:
+                if self.store.time_out(job_id, actor=ACTOR):
+                    log.info("job %s timed out waiting for data", job_id)
+            except Exception:
+                log.exception("timing out job %s failed; retrying", job_id)
+                self._index_again(wait, deadline + RETRY_SECONDS)
+
+    def _index_again(self, wait: _Wait, deadline: float | None) -> None:
+        item = WaitingCondition(
+            wait.job_id,
+            wait.condition,
+            datetime.fromtimestamp(deadline, UTC) if deadline else None,
+            datetime.now(UTC),
+        )
+        self._index(item)
+
+    def _flush(self) -> None:
+        if not self._to_release or time.monotonic() < self._retry_at:
+            return
+        batch = dict(self._to_release)
+        try:
+            released = self.store.release(batch, actor=ACTOR)
+        except Exception:
+            log.exception("releasing %d jobs failed; retrying", len(batch))
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return
+        for job_id in batch:
+            self._to_release.pop(job_id, None)
+        if released:
+            self.releases += len(released)
+            log.info("released %d job(s) waiting for data", len(released))
+            self.on_released(released)
+
+    def _refresh(self, *, initial: bool = False) -> None:
+        """Align the in-memory conditions with the database (other processes, restarts)."""
+        started = time.monotonic()
+        self._next_refresh = started + self.settings.refresh_interval
+        ids = self.store.waiting_ids()
+        for job_id in [j for j, w in self.waits.items() if j not in ids and w.added < started]:
+            self._unindex(job_id)
+        missing = [j for j in ids if j not in self.waits and j not in self._to_release]
+        if not missing:
+            return
+        loaded = self.store.waiting(missing)
+        now = datetime.now(UTC)
+        deadlines = {}
+        for item in loaded:
+            if item.deadline is None and item.condition.timeout is not None:
+                item.deadline = now + timedelta(seconds=item.condition.timeout)
+                deadlines[item.job_id] = item.deadline
+        if deadlines:
+            self.store.set_deadlines(deadlines)
+        fresh = [w for w in (self._index(item) for item in loaded) if w is not None]
+        if self._replan:
+            self._plan()
+        self._look_at(fresh)
+        if initial:
+            log.info(
+                "data watcher: %d job(s) waiting, %d directories watched, %d scanned",
+                len(self.waits),
+                len(self._watched),
+                len(self._scanned),
+            )

@@ -1,0 +1,328 @@
+"""ConditionStore: data conditions of jobs waiting for data, and their checked release.
+
+A job waiting for data is QUEUED with reason ``waiting for data``; its row in
+``data_conditions`` says what it waits for. Both are written in one transaction
+(``create_jobs``), so a job never waits for nothing and no condition is left without its job.
+
+Release is the batch form of ``JobStore.transition(WAIT, reason="capacity",
+expect_reason="waiting for data")``: one ``UPDATE`` matches only jobs still QUEUED *and* waiting
+for data, and their event rows are written in the same transaction. Whoever loses the race (a
+second watcher, a second ``monitor/complete``, a file seen twice) matches no row and does
+nothing, so a job is released exactly once. Release changes no phase; a time-out does, so it
+goes through ``JobStore.transition`` itself (DESIGN rule 1).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, bindparam, insert, select, update
+
+from jobmill.domain.conditions import DataCondition
+from jobmill.domain.errors import Conflict, NotFound
+from jobmill.domain.jobs import Job, NewJob, utcnow
+from jobmill.domain.lifecycle import Action, Phase, Reason, transition
+from jobmill.storage.jobs import JobStore, _job_from_values, hash_secret
+from jobmill.storage.tables import data_conditions, events, jobs
+
+CHUNK = 500
+RELEASE = transition(Action.WAIT)
+assert Phase.QUEUED in RELEASE.sources and RELEASE.target is Phase.QUEUED
+_INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
+_MARK_RELEASED = (
+    update(data_conditions)
+    .where(data_conditions.c.job_id == bindparam("b_id"))
+    .values(released_at=bindparam("b_at"), released_by=bindparam("b_by"))
+)
+
+
+@dataclass
+class WaitingCondition:
+    """A stored condition of a job that is (or was) waiting for data."""
+
+    job_id: str
+    condition: DataCondition
+    deadline: datetime | None
+    created_at: datetime
+    released_at: datetime | None = None
+    released_by: str | None = None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _waiting(row: Row[Any]) -> WaitingCondition:
+    m = row._mapping
+    return WaitingCondition(
+        job_id=m["job_id"],
+        condition=DataCondition(
+            paths=tuple(m["paths"]),
+            mode=m["mode"],
+            timeout=m["timeout"],
+            marker=bool(m["marker"]),
+            stable_seconds=m["stable_seconds"],
+        ),
+        deadline=_aware(m["deadline"]),
+        created_at=_aware(m["created_at"]) or utcnow(),
+        released_at=_aware(m["released_at"]),
+        released_by=m["released_by"],
+    )
+
+
+def _is_waiting() -> Any:
+    return and_(jobs.c.phase == Phase.QUEUED.value, jobs.c.reason == Reason.DATA.value)
+
+
+class ConditionStore:
+    """Data conditions in the jobmill database (the engines of the given ``JobStore``)."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+        self.engine = jobs.engine
+        self.read_engine = jobs.read_engine
+
+    # -- creation ---------------------------------------------------------------------------
+
+    def create_jobs(
+        self,
+        new_jobs: Sequence[NewJob],
+        conditions: Sequence[DataCondition | None],
+        *,
+        actor: str,
+    ) -> list[Job]:
+        """Insert jobs, their ``created`` events and their conditions: all or nothing.
+
+        ``conditions[i]`` belongs to ``new_jobs[i]`` (None: the job waits for nothing). The
+        condition of a QUEUED job gets its deadline now; a PENDING job's gets it when the
+        watcher first loads it after the job was run.
+        """
+        if len(new_jobs) != len(conditions):
+            raise ValueError("one condition (or None) per job")
+        if not new_jobs:
+            return []
+        now = utcnow()
+        job_rows: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        condition_rows: list[dict[str, Any]] = []
+        for new, condition in zip(new_jobs, conditions, strict=True):
+            job_rows.append(
+                {
+                    "id": new.id,
+                    "type": new.type,
+                    "owner": new.owner,
+                    "run_id": new.run_id,
+                    "phase": new.phase.value,
+                    "reason": new.reason,
+                    "parameters": new.parameters,
+                    "extra_parameters": new.extra_parameters,
+                    "report": {},
+                    "executor": new.executor,
+                    "created_at": now,
+                    "updated_at": now,
+                    "destruction_at": new.destruction_at,
+                    "execution_duration": new.execution_duration,
+                    "parent_id": new.parent_id,
+                    "log_dir": new.log_dir,
+                    "event_count": 1,
+                }
+            )
+            data: dict[str, Any] = {"reason": new.reason} if new.reason else {}
+            if condition is not None:
+                data["wait_for"] = condition_dict(condition)
+                deadline = None
+                if condition.timeout is not None and new.phase is Phase.QUEUED:
+                    deadline = now + timedelta(seconds=condition.timeout)
+                condition_rows.append(
+                    {
+                        "job_id": new.id,
+                        "paths": list(condition.paths),
+                        "mode": condition.mode,
+                        "marker": condition.marker,
+                        "stable_seconds": condition.stable_seconds,
+                        "timeout": condition.timeout,
+                        "deadline": deadline,
+                        "key_hash": hash_secret(condition.key) if condition.key else None,
+                        "created_at": now,
+                    }
+                )
+            event_rows.append(
+                {
+                    "job_id": new.id,
+                    "n": 1,
+                    "at": now,
+                    "name": "created",
+                    "from_phase": None,
+                    "to_phase": new.phase.value,
+                    "actor": actor,
+                    "data": data,
+                }
+            )
+        with self.engine.begin() as conn:
+            seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
+            for row, seq in zip(job_rows, seqs, strict=True):
+                row["seq"] = seq
+            conn.execute(insert(events), event_rows)
+            if condition_rows:
+                conn.execute(insert(data_conditions), condition_rows)
+        return [_job_from_values(row) for row in job_rows]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> WaitingCondition | None:
+        with self.read_engine.connect() as conn:
+            row = conn.execute(
+                select(data_conditions).where(data_conditions.c.job_id == job_id)
+            ).first()
+        return _waiting(row) if row else None
+
+    def waiting(self, job_ids: Iterable[str] | None = None) -> list[WaitingCondition]:
+        """Conditions of the jobs that are waiting for data now (all, or those of ``job_ids``)."""
+        query = (
+            select(data_conditions)
+            .join(jobs, jobs.c.id == data_conditions.c.job_id)
+            .where(_is_waiting())
+        )
+        with self.read_engine.connect() as conn:
+            if job_ids is None:
+                return [_waiting(row) for row in conn.execute(query)]
+            wanted = list(job_ids)
+            found: list[WaitingCondition] = []
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start : start + CHUNK]
+                rows = conn.execute(query.where(data_conditions.c.job_id.in_(chunk)))
+                found.extend(_waiting(row) for row in rows)
+            return found
+
+    def waiting_ids(self) -> set[str]:
+        """The ids of every job waiting for data (one indexed query, no condition bodies)."""
+        query = (
+            select(data_conditions.c.job_id)
+            .join(jobs, jobs.c.id == data_conditions.c.job_id)
+            .where(_is_waiting())
+        )
+        with self.read_engine.connect() as conn:
+            return {row.job_id for row in conn.execute(query)}
+
+    def has_condition(self, job_id: str) -> bool:
+        with self.read_engine.connect() as conn:
+            found = conn.execute(
+                select(data_conditions.c.job_id).where(data_conditions.c.job_id == job_id)
+            ).first()
+        return found is not None
+
+    def find_key(self, key: str) -> str | None:
+        """The job a ``monitor/complete`` key belongs to (looked up by its hash)."""
+        digest = hash_secret(key)
+        with self.read_engine.connect() as conn:
+            row = conn.execute(
+                select(data_conditions.c.job_id, data_conditions.c.key_hash).where(
+                    data_conditions.c.key_hash == digest
+                )
+            ).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return str(row.job_id)
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def set_deadlines(self, deadlines: Mapping[str, datetime]) -> None:
+        """Give conditions that have a time-out but no deadline yet (jobs run after PENDING)."""
+        with self.engine.begin() as conn:
+            for job_id, deadline in deadlines.items():
+                conn.execute(
+                    update(data_conditions)
+                    .where(data_conditions.c.job_id == job_id, data_conditions.c.deadline.is_(None))
+                    .values(deadline=deadline)
+                )
+
+    def release(self, causes: Mapping[str, str], *, actor: str) -> list[str]:
+        """Release waiting jobs (QUEUED + waiting for data -> QUEUED + capacity), checked.
+
+        ``causes`` maps job id -> what released it (a file path, ``monitor/complete``). Returns
+        the ids actually released; a job no longer waiting is left alone.
+        """
+        released: list[str] = []
+        ids = list(causes)
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            now = utcnow()
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(chunk), _is_waiting())
+                    .values(
+                        reason=Reason.CAPACITY.value,
+                        updated_at=now,
+                        event_count=jobs.c.event_count + 1,
+                    )
+                    .returning(jobs.c.id, jobs.c.event_count)
+                ).all()
+                if not rows:
+                    continue
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "job_id": row.id,
+                            "n": row.event_count,
+                            "at": now,
+                            "name": Action.WAIT.value,
+                            "from_phase": Phase.QUEUED.value,
+                            "to_phase": RELEASE.target.value,
+                            "actor": actor,
+                            "data": {
+                                "reason": Reason.CAPACITY.value,
+                                "released_by": causes[row.id],
+                            },
+                        }
+                        for row in rows
+                    ],
+                )
+                conn.execute(
+                    _MARK_RELEASED,
+                    [
+                        {"b_id": row.id, "b_at": now, "b_by": causes[row.id][:4096]}
+                        for row in rows
+                    ],
+                )
+            released.extend(row.id for row in rows)
+        return released
+
+    def time_out(self, job_id: str, *, actor: str) -> bool:
+        """End a job that is still waiting for data ERROR, because its time-out passed."""
+        with self.read_engine.connect() as conn:
+            timeout = conn.execute(
+                select(data_conditions.c.timeout).where(data_conditions.c.job_id == job_id)
+            ).scalar()
+        seconds = f"{timeout:g}" if isinstance(timeout, float | int) else "?"
+        error = f"timed out waiting for data after {seconds} s"
+        try:
+            self.jobs.transition(
+                job_id,
+                Action.FAIL,
+                actor=actor,
+                values={"error": error},
+                data={"why": error},
+                expect_reason=Reason.DATA.value,
+            )
+        except (Conflict, NotFound):
+            return False
+        return True
+
+
+def condition_dict(condition: DataCondition) -> dict[str, Any]:
+    """A condition as the API and the event log show it (never its key)."""
+    return {
+        "paths": list(condition.paths),
+        "mode": condition.mode,
+        "timeout": condition.timeout,
+        "marker": condition.marker,
+        "stable_seconds": condition.stable_seconds,
+    }
