@@ -5,6 +5,7 @@
 #   make test [PYTEST_ARGS=...]      ruff, mypy, pytest
 #   make bench                       every bench/bench_*.py
 #   make services-up / services-down real Slurm, PostgreSQL, HTCondor (root, Debian 12; see scripts/services)
+#   make test-condor [PYTEST_ARGS=...] the HTCondor tests, as user jobmill (root; scripts/condor-tests.sh)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -22,6 +23,7 @@ PORT ?=
 PYTEST_ARGS ?=
 
 .PHONY: help install run test lint typecheck pytest bench services-up services-down services-smoke clean distclean
+.PHONY: test-condor
 
 help:
 	@echo "jobmill make targets:"
@@ -29,6 +31,7 @@ help:
 	echo "  run            $(BIN)/jobmill serve --jobtypes examples/jobtypes  (HOST=..., PORT=...)"
 	echo "  test           ruff check, mypy, pytest -q  (PYTEST_ARGS=...; all three run, exit 1 if any fails)"
 	echo "  lint | typecheck | pytest   one of the three"
+	echo "  test-condor    the HTCondor tests as user jobmill, in their own venv (root; needs services-up)"
 	echo "  bench          run every bench/bench_*.py"
 	echo "  services-up    install + start Slurm, PostgreSQL (127.0.0.1:5433), HTCondor  (root, Debian 12)"
 	echo "  services-smoke check the running services  (root)"
@@ -128,6 +131,11 @@ services-smoke:
 services-down:
 	@$(need_root)
 	bash $(SERVICES)/stop-services.sh
+
+# HTCondor refuses root-owned jobs: its tests skip in `make test` (root) and run here as jobmill.
+test-condor:
+	@$(need_root)
+	bash scripts/condor-tests.sh $(PYTEST_ARGS)
 
 # ---- cleaning -----------------------------------------------------------------------------------
 clean:

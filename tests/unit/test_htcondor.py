@@ -411,6 +411,32 @@ def test_connecting_fails_cleanly() -> None:
         HTCondorExecutor(connect=connect).poll(["1.0"])
 
 
+def test_an_unknown_schedd_name_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    located: list[Any] = []
+
+    class Bindings:
+        class DaemonType:
+            Schedd = "schedd"
+
+        class Collector:
+            def __init__(self, pool: str | None = None) -> None:
+                self.pool = pool
+
+            def locate(self, kind: str, name: str | None) -> Any:
+                located.append((self.pool, kind, name))
+                return None  # what htcondor2 answers for a name the pool does not know
+
+        @staticmethod
+        def Schedd(location: Any = None) -> Any:  # noqa: N802 - the bindings' name
+            raise AssertionError("must not fall back to the local schedd")
+
+    monkeypatch.setattr(hc, "bindings", lambda: Bindings)
+    executor = HTCondorExecutor(schedd="nosuch", collector="cm:9618")
+    with pytest.raises(ExecutorUnavailable, match="no schedd named 'nosuch'"):
+        executor.poll(["1.0"])
+    assert located == [("cm:9618", "schedd", "nosuch")]
+
+
 def test_submit_many_is_one_transaction_of_items(fake: FakeSchedd, tmp_path: Path) -> None:
     executor = HTCondorExecutor(connect=lambda: fake)
     specs = [

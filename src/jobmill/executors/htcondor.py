@@ -302,7 +302,10 @@ class HTCondorExecutor:
         if self.schedd_name is None and self.collector is None:
             return htcondor.Schedd()
         pool = htcondor.Collector(self.collector) if self.collector else htcondor.Collector()
-        return htcondor.Schedd(pool.locate(htcondor.DaemonType.Schedd, self.schedd_name))
+        found = pool.locate(htcondor.DaemonType.Schedd, self.schedd_name)
+        if found is None:  # Schedd(None) would quietly be the local schedd
+            raise LookupError(f"the pool has no schedd named '{self.schedd_name}'")
+        return htcondor.Schedd(found)
 
     def _call(self, what: str, call: Callable[[Any], T]) -> T:
         """Run one schedd call; errors of the bindings become ``ExecutorUnavailable``."""
