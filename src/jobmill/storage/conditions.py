@@ -26,7 +26,7 @@ from jobmill.domain.conditions import DataCondition
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import Action, Phase, Reason, transition
-from jobmill.storage.jobs import JobStore, _job_from_values, hash_secret
+from jobmill.storage.jobs import JobStore, _job_from_values, hash_secret, job_row
 from jobmill.storage.tables import data_conditions, events, jobs
 
 CHUNK = 500
@@ -112,27 +112,7 @@ class ConditionStore:
         event_rows: list[dict[str, Any]] = []
         condition_rows: list[dict[str, Any]] = []
         for new, condition in zip(new_jobs, conditions, strict=True):
-            job_rows.append(
-                {
-                    "id": new.id,
-                    "type": new.type,
-                    "owner": new.owner,
-                    "run_id": new.run_id,
-                    "phase": new.phase.value,
-                    "reason": new.reason,
-                    "parameters": new.parameters,
-                    "extra_parameters": new.extra_parameters,
-                    "report": {},
-                    "executor": new.executor,
-                    "created_at": now,
-                    "updated_at": now,
-                    "destruction_at": new.destruction_at,
-                    "execution_duration": new.execution_duration,
-                    "parent_id": new.parent_id,
-                    "log_dir": new.log_dir,
-                    "event_count": 1,
-                }
-            )
+            job_rows.append(job_row(new, now))
             data: dict[str, Any] = {"reason": new.reason} if new.reason else {}
             if condition is not None:
                 data["wait_for"] = condition_dict(condition)
@@ -287,10 +267,7 @@ class ConditionStore:
                 )
                 conn.execute(
                     _MARK_RELEASED,
-                    [
-                        {"b_id": row.id, "b_at": now, "b_by": causes[row.id][:4096]}
-                        for row in rows
-                    ],
+                    [{"b_id": row.id, "b_at": now, "b_by": causes[row.id][:4096]} for row in rows],
                 )
             released.extend(row.id for row in rows)
         return released

@@ -20,7 +20,7 @@ from jobmill.domain.arp import Application, Definition, Run
 from jobmill.domain.errors import Conflict
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL, Phase
-from jobmill.storage.jobs import JobStore, _job, _job_from_values
+from jobmill.storage.jobs import JobStore, _job, _job_from_values, job_row
 from jobmill.storage.tables import (
     events,
     experiment_applications,
@@ -84,28 +84,6 @@ def _application(row: Row[Any], prefix: str = "") -> Application:
         removed_at=_aware(m[f"{prefix}removed_at"]),
         removed_by=m[f"{prefix}removed_by"],
     )
-
-
-def _job_row(new: NewJob, now: datetime) -> dict[str, Any]:
-    return {
-        "id": new.id,
-        "type": new.type,
-        "owner": new.owner,
-        "run_id": new.run_id,
-        "phase": new.phase.value,
-        "reason": new.reason,
-        "parameters": new.parameters,
-        "extra_parameters": new.extra_parameters,
-        "report": {},
-        "executor": new.executor,
-        "created_at": now,
-        "updated_at": now,
-        "destruction_at": new.destruction_at,
-        "execution_duration": new.execution_duration,
-        "parent_id": new.parent_id,
-        "log_dir": new.log_dir,
-        "event_count": 1,
-    }
 
 
 @dataclass
@@ -359,7 +337,7 @@ class ExperimentStore:
         removed from the run view, or whose job was deleted, takes the new job (a manual
         re-apply); autorun never does."""
         now = utcnow()
-        job_row = _job_row(new, now)
+        new_row = job_row(new, now)
         event_row = {
             "job_id": new.id,
             "n": 1,
@@ -402,8 +380,8 @@ class ExperimentStore:
                 )
                 if existing is not None and not (reuse_removed and gone):
                     raise _AlreadyApplied
-                job_row["seq"] = conn.execute(
-                    insert(jobs).returning(jobs.c.seq), job_row
+                new_row["seq"] = conn.execute(
+                    insert(jobs).returning(jobs.c.seq), new_row
                 ).scalar_one()
                 conn.execute(insert(events), event_row)
                 if existing is None:
@@ -432,7 +410,7 @@ class ExperimentStore:
                     raise
                 raise Conflict("the application changed meanwhile; try again") from None
             return Applied(current, None)
-        return Applied(Application(id=app_id, **app_values), _job_from_values(job_row))  # type: ignore[arg-type]
+        return Applied(Application(id=app_id, **app_values), _job_from_values(new_row))  # type: ignore[arg-type]
 
     def remove_application(self, application_id: int, *, actor: str) -> bool:
         """Take an application off the run view (its job stays in jobmill); checked."""

@@ -133,6 +133,29 @@ def _job(row: Row[Any]) -> Job:
     )
 
 
+def job_row(new: NewJob, now: datetime) -> dict[str, Any]:
+    """The ``jobs`` row of a job about to be inserted (every store that creates jobs uses it)."""
+    return {
+        "id": new.id,
+        "type": new.type,
+        "owner": new.owner,
+        "run_id": new.run_id,
+        "phase": new.phase.value,
+        "reason": new.reason,
+        "parameters": new.parameters,
+        "extra_parameters": new.extra_parameters,
+        "report": {},
+        "executor": new.executor,
+        "created_at": now,
+        "updated_at": now,
+        "destruction_at": new.destruction_at,
+        "execution_duration": new.execution_duration,
+        "parent_id": new.parent_id,
+        "log_dir": new.log_dir,
+        "event_count": 1,
+    }
+
+
 def _job_from_values(values: dict[str, Any]) -> Job:
     """The Job just inserted, without reading it back (``seq`` 0 when it was not asked for)."""
     return Job(
@@ -211,27 +234,7 @@ class JobStore:
         job_rows = []
         event_rows = []
         for new in new_jobs:
-            job_rows.append(
-                {
-                    "id": new.id,
-                    "type": new.type,
-                    "owner": new.owner,
-                    "run_id": new.run_id,
-                    "phase": new.phase.value,
-                    "reason": new.reason,
-                    "parameters": new.parameters,
-                    "extra_parameters": new.extra_parameters,
-                    "report": {},
-                    "executor": new.executor,
-                    "created_at": now,
-                    "updated_at": now,
-                    "destruction_at": new.destruction_at,
-                    "execution_duration": new.execution_duration,
-                    "parent_id": new.parent_id,
-                    "log_dir": new.log_dir,
-                    "event_count": 1,
-                }
-            )
+            job_rows.append(job_row(new, now))
             event_rows.append(
                 {
                     "job_id": new.id,
