@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, bindparam, insert, select, update
@@ -27,6 +27,7 @@ from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import Action, Phase, Reason, transition
 from jobmill.storage.jobs import JobStore, _job_from_values, hash_secret, job_row
+from jobmill.storage.jobs import aware as _aware
 from jobmill.storage.tables import data_conditions, events, jobs
 
 CHUNK = 500
@@ -50,12 +51,6 @@ class WaitingCondition:
     created_at: datetime
     released_at: datetime | None = None
     released_by: str | None = None
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _waiting(row: Row[Any]) -> WaitingCondition:

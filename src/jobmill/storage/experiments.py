@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Row, and_, delete, exists, func, insert, or_, select, update
@@ -21,6 +20,7 @@ from jobmill.domain.errors import Conflict
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL, Phase
 from jobmill.storage.jobs import JobStore, _job, _job_from_values, job_row
+from jobmill.storage.jobs import aware as _aware
 from jobmill.storage.tables import (
     events,
     experiment_applications,
@@ -34,12 +34,6 @@ runs_t = experiment_runs
 applications_t = experiment_applications
 MAX_LIST = 10_000
 ACTIVE_PHASES = [p.value for p in Phase if p not in TERMINAL]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _definition(row: Row[Any]) -> Definition:

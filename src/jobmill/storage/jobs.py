@@ -97,7 +97,8 @@ def _update_statement(
     return statement
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
+    """A datetime read back from the database, as UTC-aware (SQLite drops the zone)."""
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
@@ -111,7 +112,7 @@ def _job(row: Row[Any]) -> Job:
         owner=m["owner"],
         phase=Phase(m["phase"]),
         parameters=m["parameters"] or {},
-        created_at=_aware(m["created_at"]) or utcnow(),
+        created_at=aware(m["created_at"]) or utcnow(),
         run_id=m["run_id"],
         reason=m["reason"],
         extra_parameters=m["extra_parameters"] or {},
@@ -121,10 +122,10 @@ def _job(row: Row[Any]) -> Job:
         node=m["node"],
         exit_code=m["exit_code"],
         error=m["error"],
-        started_at=_aware(m["started_at"]),
-        ended_at=_aware(m["ended_at"]),
-        updated_at=_aware(m["updated_at"]),
-        destruction_at=_aware(m["destruction_at"]),
+        started_at=aware(m["started_at"]),
+        ended_at=aware(m["ended_at"]),
+        updated_at=aware(m["updated_at"]),
+        destruction_at=aware(m["destruction_at"]),
         execution_duration=m["execution_duration"],
         parent_id=m["parent_id"],
         log_dir=m["log_dir"],
@@ -186,7 +187,7 @@ def _event(row: Row[Any]) -> Event:
         seq=m["seq"],
         job_id=m["job_id"],
         n=m["n"],
-        at=_aware(m["at"]) or utcnow(),
+        at=aware(m["at"]) or utcnow(),
         name=m["name"],
         from_phase=Phase(m["from_phase"]) if m["from_phase"] else None,
         to_phase=Phase(m["to_phase"]) if m["to_phase"] else None,
