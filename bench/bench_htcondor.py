@@ -5,11 +5,11 @@ Rows:
 * polling 2,000 jobmill jobs (held, so they stay in the queue): schedd calls per poll (target 1)
   and the time of each, against one ``Schedd.query`` per job;
 * polling the same 2,000 once they left the queue: one queue query plus ONE history lookup;
-* submission: jobs/s through jobmill (API -> engine -> ``Schedd.submit``, one transaction per
-  job, SQLite) against a bare bindings loop that submits the same description and makes each
-  job's directory, interleaved in the same run (target: jobmill >= 80 % of the bare loop); and
-  what batching would give: a prototype of the engine's path with ``submit_many`` (claim the
-  queued jobs, submit them in one transaction, record their ids) and ``submit_many`` alone.
+* submission: jobs/s through jobmill (API -> engine: the queued jobs claimed in one database
+  transaction, submitted with ``submit_many`` -- one schedd transaction per ``batch_key`` group
+  -- and their ids recorded in one transaction; SQLite) against a bare bindings loop that submits
+  the same description and makes each job's directory, interleaved in the same run (target:
+  jobmill >= 80 % of the bare loop); and ``submit_many`` alone, the executor's ceiling.
 
 HTCondor refuses jobs owned by root: run it as an ordinary user with the bindings installed, e.g.
 ``sudo bash scripts/condor-tests.sh --bench [--quick]`` (builds the venv, runs this as
@@ -84,9 +84,7 @@ def remove_all(schedd: Any, htcondor: Any, base: Path) -> None:
         time.sleep(0.5)
 
 
-def bench_polling(
-    schedd: Any, htcondor: Any, base: Path, jobs: int, polls: int
-) -> list[list[Any]]:
+def bench_polling(schedd: Any, htcondor: Any, base: Path, jobs: int, polls: int) -> list[list[Any]]:
     counting = CountingSchedd(schedd)
     executor = HTCondorExecutor(connect=lambda: counting)
     specs = [spec(base / "poll", n) for n in range(jobs)]
@@ -167,44 +165,10 @@ def through_engine(jm: Any, client: Any, first: int, jobs: int) -> float:
     return time.perf_counter() - start
 
 
-def batched_prototype(jm: Any, first: int, jobs: int) -> float:
-    """What the engine would do with ``submit_many``: claim the queued jobs, submit them in one
-    transaction, record their ids (same store and dispatcher calls; engine not running)."""
-    from jobmill.domain.lifecycle import Phase, Reason
-    from jobmill.executors.htcondor import batch_key
-    from jobmill.service.dispatcher import ACTOR
-    from jobmill.service.jobs import JobRequest, User
-
-    requests = [JobRequest("bench", {"n": first + n}) for n in range(jobs)]
-    jm.jobs.create_many(User("bench"), requests)
-    executor = jm.engine.executors["htcondor"]
-    dispatcher, store = jm.engine.dispatcher, jm.store
-    start = time.perf_counter()
-    while True:
-        queued = store.ids_in_phase(
-            [Phase.QUEUED], executor="htcondor", reason=Reason.CAPACITY.value, limit=200
-        )
-        if not queued:
-            break
-        groups: dict[Any, list[tuple[Any, LaunchSpec]]] = {}
-        for job in queued:
-            claimed = dispatcher.claim_for_backend(job)
-            if claimed is not None:
-                one = dispatcher.spec_for(*claimed)
-                assert not isinstance(one, str), one
-                groups.setdefault(batch_key(one), []).append((claimed[0], one))
-        for members in groups.values():
-            ids = executor.submit_many([one for _, one in members])
-            for (job, _), native in zip(members, ids, strict=True):
-                data = {"native_id": native}
-                store.record(job.id, "submitted", actor=ACTOR, data=data, values=data)
-    return time.perf_counter() - start
-
-
 def bench_submission(
     schedd: Any, htcondor: Any, base: Path, rounds: int, per_round: int
 ) -> list[list[Any]]:
-    """Bare loop, jobmill's engine and the batched prototype, interleaved round by round so a
+    """Bare loop, jobmill's engine and ``submit_many`` alone, interleaved round by round so a
     machine whose load drifts treats them alike."""
     from fastapi.testclient import TestClient
 
@@ -226,8 +190,8 @@ def bench_submission(
             condor_collector=os.environ.get("JOBMILL_CONDOR_COLLECTOR") or None,
         )
 
-    took = {"bare": 0.0, "engine": 0.0, "batched": 0.0, "many": 0.0}
-    engine_jm, batched_jm = build(settings("engine")), build(settings("batched"))
+    took = {"bare": 0.0, "engine": 0.0, "many": 0.0}
+    engine_jm = build(settings("engine"))
     try:
         with TestClient(create_app(engine_jm)) as client:
             for r in range(rounds):
@@ -240,10 +204,9 @@ def bench_submission(
                     workdir.mkdir(parents=True)
                     schedd.submit(htcondor.Submit(text))
                 took["bare"] += time.perf_counter() - start
-                # 2. jobmill: API -> engine -> Schedd.submit per job
+                # 2. jobmill: API -> engine -> claim, submit_many, record
                 took["engine"] += through_engine(engine_jm, client, r * per_round, per_round)
-                # 3. the batched prototype, 4. submit_many alone
-                took["batched"] += batched_prototype(batched_jm, r * per_round, per_round)
+                # 3. submit_many alone
                 executor = HTCondorExecutor(connect=lambda: schedd)
                 specs = [spec(base / "many", r * per_round + n) for n in range(per_round)]
                 start = time.perf_counter()
@@ -252,7 +215,6 @@ def bench_submission(
                 remove_all(schedd, htcondor, base)
     finally:
         engine_jm.close()
-        batched_jm.close()
     jobs = rounds * per_round
     bare_rate = jobs / took["bare"]
 
@@ -264,8 +226,7 @@ def bench_submission(
 
     return [
         ["bare loop: mkdir + Schedd.submit per job", jobs, took["bare"], bare_rate, "", ""],
-        row("jobmill: API -> engine -> Schedd.submit", "engine", RATIO_TARGET),
-        row("  prototype: claim -> submit_many -> record", "batched"),
+        row("jobmill: API -> engine (claim, submit_many, record)", "engine", RATIO_TARGET),
         row("submit_many alone (one transaction)", "many"),
     ]
 

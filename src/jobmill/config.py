@@ -43,6 +43,7 @@ class Settings:
     local_user: str = field(default_factory=lambda: os.environ.get("USER") or "local")
     max_request_bytes: int = 1 << 20
     max_batch_request_bytes: int = 64 << 20
+    max_upload_bytes: int = 100 << 20  # multipart UWS requests (file uploads)
     max_batch_jobs: int = 100_000
     max_wait: float = 600.0
     access_log: bool = False
@@ -58,6 +59,7 @@ class Settings:
     slurm_account: str | None = None
     slurm_command_timeout: float = 30.0
     slurm_lost_after: float = 60.0
+    slurm_array_min: int = 8  # jobs of one kind submitted together as a job array; 0: never
     lsf_bin: str = ""
     lsf_queue: str | None = None
     lsf_project: str | None = None
@@ -104,6 +106,8 @@ class Settings:
             env["condor_schedd"] = schedd
         if (collector := _env("JOBMILL_CONDOR_COLLECTOR")) is not None:
             env["condor_collector"] = collector
+        if (array_min := _env("JOBMILL_SLURM_ARRAY_MIN")) is not None:
+            env["slurm_array_min"] = max(0, _int("JOBMILL_SLURM_ARRAY_MIN", array_min))
         if (slow := _env("JOBMILL_SLOW_SUBMIT")) is not None:
             env["slow_submit"] = _seconds("JOBMILL_SLOW_SUBMIT", slow)
         if (access := _env("JOBMILL_ACCESS_LOG")) is not None:
@@ -112,6 +116,8 @@ class Settings:
             env["node"] = node
         if (max_wait := _env("JOBMILL_MAX_WAIT")) is not None:
             env["max_wait"] = _seconds("JOBMILL_MAX_WAIT", max_wait)
+        if (upload := _env("JOBMILL_MAX_UPLOAD")) is not None:
+            env["max_upload_bytes"] = _size("JOBMILL_MAX_UPLOAD", upload)
         env.update(_data_settings())
         env.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(env.get("home"), str):
@@ -203,6 +209,24 @@ def _seconds(name: str, value: str) -> float:
     if not 0 < seconds < float("inf"):
         raise SystemExit(f"{name}: must be a positive number of seconds")
     return seconds
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(name: str, value: str) -> int:
+    """A number of bytes, optionally with a binary unit: ``1048576``, ``512K``, ``100M``, ``2G``."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    try:
+        size = int(text.removesuffix(unit)) * _UNITS[unit] if unit else int(text)
+    except ValueError:
+        raise SystemExit(
+            f"{name}: '{value}' is not a size (bytes, or e.g. 512K, 100M, 2G)"
+        ) from None
+    if size <= 0:
+        raise SystemExit(f"{name}: must be a positive size")
+    return size
 
 
 def _int(name: str, value: str) -> int:

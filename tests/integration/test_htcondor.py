@@ -65,6 +65,12 @@ TYPES: dict[str, dict[str, Any]] = {
         "parameters": {"seconds": {"type": "number", "default": 2}},
         "resources": {"extra": ["hold = true"]},
     },
+    "gated": {  # idle until a test opens its gate (Schedd.edit): a job to hold and release
+        "command": ["python3", "{jobtype_dir}/sleep.py", "0", "0"],
+        "resources": {
+            "extra": ["+JobmillGate = false", "requirements = (MY.JobmillGate =?= true)"]
+        },
+    },
     "refused": {
         "command": ["python3", "{jobtype_dir}/sleep.py", "1", "0"],
         "resources": {"extra": ["universe = nonsense"]},
@@ -219,7 +225,7 @@ def test_abort_removes_the_job_from_the_schedd(client: TestClient, schedd: Any) 
     assert response.json()["phase"] == "ABORTED"
     wait_for(lambda: not in_queue(schedd, native), timeout=30)
     history = schedd.history(
-        constraint=f"JobmillJobId == \"{job['id']}\"", projection=["JobStatus"], match=1
+        constraint=f'JobmillJobId == "{job["id"]}"', projection=["JobStatus"], match=1
     )
     assert [ad["JobStatus"] for ad in history] == [3]  # removed
     assert client.get(f"/api/v1/jobs/{job['id']}").json()["phase"] == "ABORTED"
@@ -237,6 +243,63 @@ def test_held_job_is_held_with_its_reason_until_released(client: TestClient, sch
     wait_phase(client, job["id"], "EXECUTING", timeout=JOB_TIMEOUT)
     done = wait_phase(client, job["id"], timeout=JOB_TIMEOUT)
     assert done["phase"] == "COMPLETED", done
+
+
+def test_hold_and_release_through_jobmill_with_the_users_reason(
+    client: TestClient, schedd: Any
+) -> None:
+    job = submit(client, "gated")
+    native = native_id(client, job["id"])
+    held = client.post(f"/api/v1/jobs/{job['id']}/hold")
+    assert held.status_code == 200, held.text
+    assert held.json()["phase"] == "HELD"  # recorded at once
+    (ad,) = schedd.query(
+        constraint=f'JobmillJobId == "{job["id"]}"', projection=["JobStatus", "HoldReason"]
+    )
+    assert ad["JobStatus"] == 5
+    assert ad["HoldReason"].startswith("held through jobmill by tester")  # + " (by user X)"
+    time.sleep(3 * POLL)  # the engine's polls agree: still HELD, one hold event
+    assert client.get(f"/api/v1/jobs/{job['id']}").json()["phase"] == "HELD"
+    assert [e["name"] for e in events(client, job["id"])].count("hold") == 1
+    details = client.get(f"/api/v1/jobs/{job['id']}/details").json()["details"]
+    assert 'HoldReason = "held through jobmill by tester' in details
+
+    released = client.post(f"/api/v1/jobs/{job['id']}/release")
+    assert released.status_code == 200, released.text
+    assert (released.json()["phase"], released.json()["reason"]) == ("QUEUED", "backend")
+    assert [a["JobStatus"] for a in in_queue(schedd, native)] == [1]
+    schedd.edit([native], "JobmillGate", "true")
+    done = wait_phase(client, job["id"], timeout=JOB_TIMEOUT)
+    assert done["phase"] == "COMPLETED", done
+
+
+def test_a_running_job_is_not_held_and_keeps_running(
+    client: TestClient, jobmill: Jobmill, schedd: Any
+) -> None:
+    job = submit(client, "sleep", seconds=120)
+    wait_phase(client, job["id"], "EXECUTING", timeout=JOB_TIMEOUT)
+    native = native_id(client, job["id"])
+    refused = client.post(f"/api/v1/jobs/{job['id']}/hold")
+    assert refused.status_code == 409 and refused.json()["error"]["phase"] == "EXECUTING"
+    with pytest.raises(OSError, match="not idle"):  # the schedd refuses too: JobStatus == 1
+        jobmill.jobs.backends["htcondor"].hold(native, "a race")  # type: ignore[attr-defined]
+    assert [a["JobStatus"] for a in in_queue(schedd, native)] == [2]
+    client.post(f"/api/v1/jobs/{job['id']}/abort")
+
+
+def test_dry_run_renders_the_submit_description_and_submits_nothing(
+    client: TestClient, jobmill: Jobmill
+) -> None:
+    answer = client.post(
+        "/api/v1/jobs/render", json={"type": "echo", "parameters": {"message": "dry $(run)"}}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["executor"] == "htcondor"
+    assert "universe = vanilla" in body["script"] and "$(DOLLAR)(run)" in body["script"]
+    assert f'+JobmillJobId = "{body["job_id"]}"' in body["script"]
+    assert jobmill.store.count() == 0
+    assert not jobmill.jobs.files.workdir(body["job_id"]).exists()
 
 
 def test_released_job_that_ends_between_two_polls_completes(
@@ -283,7 +346,9 @@ def test_vanished_job_is_lost(settings: Settings, jobmill: Jobmill, schedd: Any)
     again = build(settings)
     try:
         with TestClient(_app(again)) as client:
-            done = wait_phase(client, job["id"], timeout=10)
+            # Two polls, each reading the whole history for an id it never gave out (seconds
+            # on a pool with a long history and a busy host).
+            done = wait_phase(client, job["id"], timeout=30)
     finally:
         again.close()
     assert done["phase"] == "ERROR"
@@ -310,7 +375,7 @@ def test_restart_reattaches_by_native_id_and_by_jobmill_id(
     assert done[1]["exit_code"] == 5
     assert [d["native_id"] for d in done] == natives
     submitted = schedd.history(
-        constraint=f"JobmillJobId == \"{second['id']}\"", projection=["ClusterId"], match=5
+        constraint=f'JobmillJobId == "{second["id"]}"', projection=["ClusterId"], match=5
     )
     assert len(submitted) == 1, "the job ran twice"
 
@@ -329,8 +394,11 @@ def test_jobs_report_progress_from_inside_the_pool(live: LiveServer) -> None:
         stderr = http.get(f"/api/v1/jobs/{python['id']}/logs/stderr").text
         assert first["phase"] == "COMPLETED", stderr
         assert first["report"]["counters"]["Example Counter"] == [10, "red"]
-        reports = [e for e in http.get(f"/api/v1/jobs/{python['id']}/events").json()
-                   if e["name"] == "report"]
+        reports = [
+            e
+            for e in http.get(f"/api/v1/jobs/{python['id']}/events").json()
+            if e["name"] == "report"
+        ]
         assert len(reports) == 10
         assert second["phase"] == "COMPLETED", http.get(f"/api/v1/jobs/{curl['id']}/logs/stderr")
         assert second["report"]["counters"] == {"files": 42}
@@ -411,7 +479,7 @@ def _spec(tmp_path: Path, n: int, argv: list[str], job_id: str) -> LaunchSpec:
     return LaunchSpec(
         job_id=job_id,
         argv=argv,
-        env={"PATH": "/usr/bin:/bin", "ODD": "it's \"odd\" $$(Owner) $(HOME)"},
+        env={"PATH": "/usr/bin:/bin", "ODD": 'it\'s "odd" $$(Owner) $(HOME)'},
         workdir=workdir,
         stdout=workdir / "stdout.log",
         stderr=workdir / "stderr.log",

@@ -101,6 +101,12 @@ def settings(settings: Settings, tmp_path: Path, slurm: None) -> Settings:
     )
 
 
+@pytest.fixture
+def jobmill_settings_array(settings: Settings) -> Settings:
+    """Groups of three or more alike jobs go in as job arrays."""
+    return settings.with_(slurm_array_min=3)
+
+
 @contextmanager
 def running(settings: Settings) -> Iterator[tuple[Jobmill, TestClient]]:
     jm = build(settings)
@@ -309,3 +315,96 @@ def test_progress_reports_from_a_slurm_job(live: LiveServer) -> None:
         assert done["report"]["counters"]["Example Counter"] == [10, "red"]
         events = http.get(f"/api/v1/jobs/{job_id}/events").json()
         assert len([e for e in events if e["name"] == "report"]) == 10
+
+
+# -- job arrays: a burst of alike jobs goes in with one sbatch --------------------------------
+
+
+def submit_batch(client: TestClient, *jobs: dict) -> list[str]:  # type: ignore[type-arg]
+    response = client.post("/api/v1/jobs/batch", json={"jobs": list(jobs)})
+    assert response.status_code == 201, response.text
+    return response.json()["ids"]  # type: ignore[no-any-return]
+
+
+def array_of(native: str) -> str:
+    array, _, task = native.partition("_")
+    assert array.isdigit() and task.isdigit(), native
+    return array
+
+
+def test_a_burst_of_alike_jobs_goes_in_as_one_job_array(jobmill_settings_array: Settings) -> None:
+    messages = ["plain", 'it\'s $HOME; `id` $(rm -rf /) "dq" \\ %a #x', "three"]
+    with running(jobmill_settings_array) as (jm, client):
+        ids = submit_batch(
+            client,
+            *({"type": "s-echo", "parameters": {"message": m}} for m in messages),
+            {"type": "s-fail", "parameters": {"code": 4}},
+        )
+        done = [wait_phase(client, job_id, timeout=60) for job_id in ids]
+        natives = [job["native_id"] for job in done]
+        assert len({array_of(n) for n in natives}) == 1  # one sbatch --array
+        assert sorted(n.partition("_")[2] for n in natives) == ["0", "1", "2", "3"]
+        for job, message in zip(done, messages, strict=False):
+            assert job["phase"] == "COMPLETED", job
+            workdir = jm.jobs.files.workdir(job["id"])
+            assert (workdir / "echo.txt").read_text() == message + "\n"
+            log = client.get(f"/api/v1/jobs/{job['id']}/logs/stdout").text
+            assert log == message + "\n"
+        failed = done[-1]
+        assert (failed["phase"], failed["exit_code"], failed["error"]) == (
+            "ERROR",
+            4,
+            "exit code 4",
+        )
+        stderr = client.get(f"/api/v1/jobs/{failed['id']}/logs/stderr").text
+        assert "fails on purpose with exit code 4" in stderr
+        events = client.get(f"/api/v1/jobs/{ids[0]}/events").json()
+        submitted = [e["data"] for e in events if e["name"] == "submitted"]
+        assert submitted[0]["submitted_with"] == 4
+        root = jm.jobs.files.root / ".slurm-arrays"
+        wait_for(lambda: not any(root.iterdir()), timeout=10)  # removed once all ended
+
+
+def test_one_task_of_an_array_is_aborted_held_and_released_alone(
+    jobmill_settings_array: Settings,
+) -> None:
+    with running(jobmill_settings_array) as (jm, client):
+        ids = submit_batch(client, *({"type": "s-later"} for _ in range(3)))
+        natives = [native_id(client, job_id) for job_id in ids]
+        assert len({array_of(n) for n in natives}) == 1
+        aborted = client.post(f"/api/v1/jobs/{ids[0]}/abort")
+        assert aborted.status_code == 200 and aborted.json()["phase"] == "ABORTED"
+        scontrol("hold", natives[1])
+        wait_phase(client, ids[1], "HELD", timeout=10)
+        wait_for(lambda: slurm_state(natives[0]) in ("", "CANCELLED"), timeout=15)
+        time.sleep(3 * POLL)
+        assert client.get(f"/api/v1/jobs/{ids[0]}").json()["phase"] == "ABORTED"
+        third = client.get(f"/api/v1/jobs/{ids[2]}").json()
+        assert (third["phase"], third["reason"]) == ("QUEUED", "backend")
+        assert slurm_state(natives[2]) == "PENDING"
+        executor = jm.engine.executors["slurm"]
+        assert isinstance(executor, SlurmExecutor)
+        executor.release(natives[1])
+        scontrol("update", f"JobId={natives[1]}", "StartTime=now")
+        assert wait_phase(client, ids[1], timeout=40)["phase"] == "COMPLETED"
+        assert client.post(f"/api/v1/jobs/{ids[2]}/abort").status_code == 200
+        wait_for(lambda: slurm_state(natives[2]) in ("", "CANCELLED"), timeout=15)
+
+
+def test_restart_finds_an_array_task_that_was_never_recorded(
+    jobmill_settings_array: Settings,
+) -> None:
+    with running(jobmill_settings_array) as (jm, client):
+        ids = submit_batch(
+            client, *({"type": "s-sleep", "parameters": {"seconds": 3}} for _ in range(3))
+        )
+        natives = [native_id(client, job_id) for job_id in ids]
+    # As if jobmill had died between sbatch and recording the ids.
+    jm.store.record(ids[1], "test", actor="test", values={"native_id": None})
+    with running(jobmill_settings_array) as (_jm2, client):
+        done = [wait_phase(client, job_id, timeout=40) for job_id in ids]
+        events = client.get(f"/api/v1/jobs/{ids[1]}/events").json()
+    assert [job["phase"] for job in done] == ["COMPLETED"] * 3
+    assert [job["native_id"] for job in done] == natives
+    submitted = [e["data"]["native_id"] for e in events if e["name"] == "submitted"]
+    assert submitted == [natives[1]] * 2  # found again, never submitted twice

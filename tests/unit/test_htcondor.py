@@ -87,9 +87,7 @@ def test_arguments_refuse_newlines() -> None:
 
 def test_environment_uses_the_new_syntax_sorted() -> None:
     env = {"B": "it's", "A": "x y", "C": '"q"', "D": "$(HOME)", "E": ""}
-    assert quote_environment(env) == (
-        """"'A=x y' 'B=it''s' 'C=""q""' 'D=$(DOLLAR)(HOME)' 'E='\""""
-    )
+    assert quote_environment(env) == (""""'A=x y' 'B=it''s' 'C=""q""' 'D=$(DOLLAR)(HOME)' 'E='\"""")
 
 
 @pytest.mark.parametrize("name", ["", "A B", "A=B", "A$", "it's"])
@@ -100,8 +98,12 @@ def test_environment_refuses_names_it_cannot_carry(name: str) -> None:
 
 def test_submit_description_golden() -> None:
     resources = Resources(
-        cpus=2, memory_mb=512, walltime=3600, partition="short", account="astro",
-        extra=["+ProjectName = \"survey\"", "requirements = (OpSys == \"LINUX\")"],
+        cpus=2,
+        memory_mb=512,
+        walltime=3600,
+        partition="short",
+        account="astro",
+        extra=['+ProjectName = "survey"', 'requirements = (OpSys == "LINUX")'],
     )
     text = submit_description(
         spec(argv=["python3", "{x}", "$(rm -rf /)"], env={"P": "a b"}, resources=resources)
@@ -226,6 +228,7 @@ class FakeSchedd:
         self.calls: list[tuple[str, Any]] = []
         self.next_cluster = 100
         self.fail: Exception | None = None
+        self.act_result: Ad | None = None
 
     def _call(self, name: str, arg: Any) -> None:
         self.calls.append((name, arg))
@@ -249,8 +252,9 @@ class FakeSchedd:
         self.next_cluster += 1
         return FakeResult(self.next_cluster, len(items) if items else 1)
 
-    def act(self, action: str, job_spec: Any, reason: str | None = None) -> None:
+    def act(self, action: str, job_spec: Any, reason: Any = None) -> Ad | None:
         self._call("act", (action, job_spec, reason))
+        return self.act_result
 
 
 def _matching(ads: list[Ad], constraint: str) -> list[Ad]:
@@ -280,6 +284,8 @@ class FakeBindings:
 
     class JobAction:
         Remove = "Remove"
+        Hold = "Hold"
+        Release = "Release"
 
 
 @pytest.fixture
@@ -462,12 +468,12 @@ def test_cancel_find_and_details(fake: FakeSchedd) -> None:
     executor = HTCondorExecutor(connect=lambda: fake)
     executor.cancel("5.0")
     executor.cancel("not-an-id")
-    assert fake.calls == [("act", ("Remove", ["5.0"], "aborted through jobmill"))]
+    assert fake.calls == [("act", ("Remove", ["5.0"], ("aborted through jobmill", 0)))]
     fake.history_ads = [Ad(job_ad(5, 3), JobmillJobId=JOB)]
     assert executor.find(JOB) == "5.0"
     assert executor.find("other") is None
     assert "(in the history)" in executor.details("5.0")
-    assert 'JobmillJobId = ' in executor.details("5.0")
+    assert "JobmillJobId = " in executor.details("5.0")
     fake.queue = [job_ad(6, 2)]
     assert "(in the queue)" in executor.details("6.0")
     assert "not in the queue nor in the history" in executor.details("8.0")
@@ -518,3 +524,47 @@ def test_registry_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> No
     )
     with pytest.raises(ValueError, match=r"jobmill\[htcondor\]"):
         build_executors(Settings(executors=("htcondor",)))
+
+
+# -- hold, release, and a render that needs no schedd ------------------------------------------
+
+
+def test_hold_asks_for_an_idle_job_with_the_reason_and_release_names_the_job(
+    fake: FakeSchedd,
+) -> None:
+    executor = HTCondorExecutor(connect=lambda: fake)
+    fake.act_result = Ad(TotalSuccess=1, TotalJobAds=1)
+    executor.hold("12.0", "held through jobmill by ada")
+    executor.release("12.0", "released through jobmill by ada")
+    assert fake.calls == [  # the reason as (text, code): the 25.x bindings drop a plain string
+        ("act", ("Hold", "ClusterId == 12 && ProcId == 0 && JobStatus == 1",
+                 ("held through jobmill by ada", 0))),
+        ("act", ("Release", ["12.0"], ("released through jobmill by ada", 0))),
+    ]  # fmt: skip
+
+
+def test_hold_of_a_job_that_is_not_idle_is_refused(fake: FakeSchedd) -> None:
+    executor = HTCondorExecutor(connect=lambda: fake)
+    fake.act_result = Ad(TotalSuccess=0, TotalJobAds=0)
+    with pytest.raises(SubmitRejected, match="not idle"):
+        executor.hold("12.0", "x")
+    with pytest.raises(SubmitRejected, match="not held"):
+        executor.release("12.0", "x")
+    with pytest.raises(SubmitRejected, match="not an HTCondor job id"):
+        executor.hold("garbage", "x")
+    assert isinstance(SubmitRejected("x"), OSError)  # the service answers 409 for it
+
+
+def test_hold_when_the_schedd_is_down_is_unavailable(fake: FakeSchedd) -> None:
+    executor = HTCondorExecutor(connect=lambda: fake)
+    fake.fail = RuntimeError("Failed to connect to schedd")
+    with pytest.raises(ExecutorUnavailable, match="hold"):
+        executor.hold("12.0", "x")
+
+
+def test_render_needs_no_schedd() -> None:
+    def unreachable() -> Any:
+        raise AssertionError("render must not connect")
+
+    executor = HTCondorExecutor(connect=unreachable)
+    assert executor.render(spec()) == submit_description(spec())

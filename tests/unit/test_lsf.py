@@ -254,3 +254,71 @@ def test_bsub_environment_keeps_only_lsf_and_basics() -> None:
         }
     )
     assert set(env) == {"PATH", "LSF_SERVERDIR", "LSB_DEFAULTQUEUE", "EGO_TOP"}
+
+
+# -- hold and release, through fake LSF commands on disk ----------------------------------------
+
+FAKE_LSF = """#!/bin/sh
+# A fake LSF command: the job's state lives in $STATE; every call is logged to $STATE.log.
+STATE={state}
+printf '%s\\n' "$(basename "$0") $*" >> "$STATE.log"
+case $(basename "$0") in
+  bjobs) cat "$STATE" ;;
+  bstop) [ "$(cat "$STATE")" = PEND ] && echo PSUSP > "$STATE" && echo "Job <$3> is stopped" ;;
+  bresume)
+    if [ "$(cat "$STATE")" = PSUSP ]; then echo PEND > "$STATE"; echo "Job <$3> is being resumed"
+    else echo "Job <$3>: The job is not suspended" >&2; exit 255; fi ;;
+esac
+"""
+
+
+def fake_lsf(tmp_path: Path, state: str) -> tuple[LsfExecutor, Path]:
+    """An executor whose bjobs/bstop/bresume are shell scripts sharing one job's state."""
+    bin_dir = tmp_path / "lsf-bin"
+    bin_dir.mkdir()
+    state_file = tmp_path / "state"
+    state_file.write_text(state + "\n")
+    for name in ("bjobs", "bstop", "bresume"):
+        command = bin_dir / name
+        command.write_text(FAKE_LSF.format(state=state_file))
+        command.chmod(0o755)
+    return LsfExecutor(bin_dir=str(bin_dir), timeout=10), state_file
+
+
+def test_hold_stops_a_pending_job_with_the_reason_and_release_resumes_it(tmp_path: Path) -> None:
+    executor, state = fake_lsf(tmp_path, "PEND")
+    executor.hold("4211", "held through jobmill by ada")
+    assert state.read_text().strip() == "PSUSP"
+    executor.release("4211", "released through jobmill by ada")
+    assert state.read_text().strip() == "PEND"
+    calls = Path(f"{state}.log").read_text().splitlines()
+    assert calls == [
+        "bjobs -noheader -o stat 4211",
+        "bstop -C held through jobmill by ada 4211",
+        "bresume -C released through jobmill by ada 4211",
+    ]
+
+
+@pytest.mark.parametrize("stat", ["RUN", "PSUSP", "DONE", ""])
+def test_hold_refuses_a_job_that_is_not_pending_and_never_stops_it(
+    tmp_path: Path, stat: str
+) -> None:
+    executor, state = fake_lsf(tmp_path, stat)
+    with pytest.raises(CommandFailed, match="only a pending"):
+        executor.hold("4211", "held through jobmill by ada")
+    assert state.read_text().strip() == stat  # bstop of a RUN job would have suspended it
+    assert not any(c.startswith("bstop") for c in Path(f"{state}.log").read_text().splitlines())
+
+
+def test_release_of_a_job_lsf_does_not_hold_is_refused(tmp_path: Path) -> None:
+    executor, _state = fake_lsf(tmp_path, "PEND")
+    with pytest.raises(CommandFailed, match="not suspended"):
+        executor.release("4211", "")
+
+
+def test_hold_when_lsf_is_down_is_unavailable_not_refused() -> None:
+    def down(argv: Sequence[str], **_: Any) -> str:
+        raise ExecutorUnavailable("bjobs: LSF is down; please wait")
+
+    with pytest.raises(ExecutorUnavailable):
+        LsfExecutor(runner=down).hold("4211", "x")

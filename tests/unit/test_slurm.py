@@ -269,8 +269,9 @@ def test_one_squeue_per_poll_whatever_the_number_of_jobs() -> None:
             "-h",
             "-t",
             "all",
+            "-r",
             "-O",
-            "JobID:|,State:|,exit_code:|,Reason:|",
+            "JobArrayID:|,State:|,exit_code:|,Reason:|",
         ]
     ]
     assert {s.phase for s in statuses.values()} == {Phase.HELD}

@@ -21,7 +21,15 @@ from jobmill.factory import open_store
 from jobmill.service import reports
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService, User
-from jobmill.storage.jobs import MAX_PAGE, JobFilter, JobStore, TokenRecord, hash_secret
+from jobmill.storage.jobs import (
+    MAX_PAGE,
+    Change,
+    Entry,
+    JobFilter,
+    JobStore,
+    TokenRecord,
+    hash_secret,
+)
 from jobmill.storage.tables import events, jobs, tokens
 
 THREADS = 8
@@ -515,6 +523,129 @@ def test_record_appends_an_event_without_changing_phase(store: JobStore) -> None
         store.record(str(uuid.uuid4()), "x", actor="t")
     with pytest.raises(ValueError):
         store.record(job.id, "x", actor="t", values={"phase": "COMPLETED"})
+
+
+# -- grouped dispatch ------------------------------------------------------------------------
+
+
+def test_claim_queued_takes_the_oldest_ready_jobs_of_one_executor(store: JobStore) -> None:
+    ready = [create(store) for _ in range(5)]
+    create(store, executor="slurm")
+    create(store, reason=Reason.BACKEND_UNAVAILABLE.value)
+    create(store, phase=Phase.PENDING, reason=None)
+    claimed = store.claim_queued(
+        executor="local",
+        action=Action.WAIT,
+        reason=Reason.BACKEND.value,
+        limit=3,
+        actor="engine",
+        values_for=lambda job_id: {"node": "n1", "token_hash": hash_secret(job_id)},
+    )
+    assert [job.id for job in claimed] == [job.id for job in ready[:3]]
+    for job in claimed:
+        stored = store.require(job.id)
+        assert (stored.phase, stored.reason, stored.node) == (Phase.QUEUED, "backend", "n1")
+        assert store.check_job_token(job.id, job.id)
+        event = store.events(job.id)[-1]
+        assert (event.name, event.n, event.from_phase, event.data) == (
+            "wait",
+            2,
+            Phase.QUEUED,
+            {"reason": "backend"},
+        )
+    rest = store.claim_queued(
+        executor="local", action=Action.START, limit=10, actor="engine", values_for=lambda _: {}
+    )
+    assert [job.id for job in rest] == [job.id for job in ready[3:]]
+    assert all(job.phase is Phase.EXECUTING and job.started_at for job in rest)
+    again = store.claim_queued(
+        executor="local", action=Action.START, limit=10, actor="engine", values_for=lambda _: {}
+    )
+    assert again == []
+
+
+def test_claim_queued_refuses_unsettable_columns_and_writes_nothing(store: JobStore) -> None:
+    job = create(store)
+    with pytest.raises(ValueError, match="cannot set"):
+        store.claim_queued(
+            executor="local",
+            action=Action.START,
+            limit=1,
+            actor="engine",
+            values_for=lambda _: {"phase": "COMPLETED"},
+        )
+    assert store.require(job.id).phase is Phase.QUEUED
+    assert count_rows(store, events, job.id) == 1
+
+
+def test_claimers_sharing_the_database_never_claim_a_job_twice(
+    store: JobStore, tmp_path: Path, db_url: str
+) -> None:
+    """Four stores (as four jobmill processes) claim small groups until the queue is empty."""
+    jobs_ = store.create([new_job() for _ in range(60)], actor="tester")
+    others = [open_store(Settings(home=tmp_path / "home", database_url=db_url)) for _ in range(4)]
+
+    def drain(i: int) -> list[str]:
+        mine: list[str] = []
+        while batch := others[i].claim_queued(
+            executor="local", action=Action.START, limit=7, actor=f"p{i}", values_for=lambda _: {}
+        ):
+            mine += [job.id for job in batch]
+        return mine
+
+    try:
+        results, errors = race(4, drain)
+    finally:
+        for other in others:
+            other.engine.dispose()
+            other.read_engine.dispose()
+    assert not errors
+    claimed = [job_id for result in results for job_id in result]
+    assert sorted(claimed) == sorted(job.id for job in jobs_)  # each exactly once
+    for job in jobs_:
+        assert [e.name for e in store.events(job.id)] == ["created", "start"]
+
+
+def test_record_many_in_one_transaction(store: JobStore) -> None:
+    first, second = create(store), create(store)
+    gone = str(uuid.uuid4())
+    changed = store.record_many(
+        "submitted",
+        {
+            first.id: Entry({"native_id": "1_0"}, {"native_id": "1_0"}),
+            second.id: Entry({"native_id": "1_1"}, {"native_id": "1_1"}),
+            gone: Entry({}, {"native_id": "1_2"}),
+        },
+        actor="engine",
+    )
+    assert set(changed) == {first.id, second.id}
+    assert store.require(second.id).native_id == "1_1"
+    event = store.events(first.id)[-1]
+    assert (event.name, event.n, event.data) == ("submitted", 2, {"native_id": "1_0"})
+    with pytest.raises(ValueError):
+        store.record_many("x", {first.id: Entry(values={"phase": "ERROR"})}, actor="t")
+    assert store.record_many("x", {}, actor="t") == {}
+
+
+def test_transition_many_applies_each_change_on_its_own_merits(store: JobStore) -> None:
+    running = store.transition(create(store).id, Action.START, actor="t")
+    ended = store.transition(create(store).id, Action.ABORT, actor="t")
+    gone = str(uuid.uuid4())
+    outcomes = store.transition_many(
+        [
+            Change(running.id, Action.COMPLETE, data={"exit_code": 0}, values={"exit_code": 0}),
+            Change(ended.id, Action.COMPLETE),
+            Change(gone, Action.FAIL),
+        ],
+        actor="engine",
+    )
+    done = outcomes[running.id]
+    assert isinstance(done, Job) and done.phase is Phase.COMPLETED and done.exit_code == 0
+    assert isinstance(outcomes[ended.id], Conflict)
+    assert isinstance(outcomes[gone], NotFound)
+    assert store.require(ended.id).phase is Phase.ABORTED
+    assert [e.name for e in store.events(running.id)] == ["created", "start", "complete"]
+    assert store.transition_many([], actor="t") == {}
 
 
 # -- reports ---------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ answer, for a *batch* of native ids at once, what state each one is in (DESIGN r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from jobmill.domain.jobtypes import Resources
 from jobmill.domain.lifecycle import Phase
@@ -43,6 +43,31 @@ class ExecutorUnavailable(Exception):
     """The backend cannot be reached; the job stays queued and is retried."""
 
 
+class PartlySubmitted(Exception):
+    """``submit_many`` stopped part way: the first ``len(native_ids)`` specs were submitted
+    (their ids, in order), the next one raised ``error``, the rest were not tried."""
+
+    def __init__(self, native_ids: list[str], error: Exception) -> None:
+        super().__init__(f"{len(native_ids)} submitted, then: {error}")
+        self.native_ids = native_ids
+        self.error = error
+
+
+@runtime_checkable
+class Holding(Protocol):
+    """An executor whose backend can keep a queued job from starting (Slurm, LSF, HTCondor).
+
+    Both raise ``OSError`` when the backend refuses (the job started meanwhile, someone else
+    holds it) and ``ExecutorUnavailable`` when it cannot be asked.
+    """
+
+    def hold(self, native_id: str, reason: str) -> None:
+        """Keep the pending job from starting; ``reason`` is recorded where the backend can."""
+
+    def release(self, native_id: str, reason: str) -> None:
+        """Let a job held by ``hold`` start again."""
+
+
 class Executor(Protocol):
     """A backend that runs jobs."""
 
@@ -53,6 +78,15 @@ class Executor(Protocol):
 
     def submit(self, spec: LaunchSpec) -> str:
         """Start the job; return its native id."""
+
+    def batch_key(self, spec: LaunchSpec) -> Hashable:
+        """Jobs whose keys are equal may go to the backend together in one ``submit_many``."""
+
+    def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
+        """Submit jobs of one ``batch_key`` together (one schedd transaction, a Slurm job
+        array...); return their native ids in order. ``submit_each`` is the default. When some
+        went in before a failure it raises ``PartlySubmitted``; any other error means none
+        did."""
 
     def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
         """The state of every given job, in one backend call; a vanished job maps to ERROR."""
@@ -72,3 +106,16 @@ class Executor(Protocol):
 
     def details(self, native_id: str) -> str:
         """The backend's own description of the job (``scontrol show job``, ``condor_q -l``)."""
+
+
+def submit_each(executor: Executor, specs: Sequence[LaunchSpec]) -> list[str]:
+    """The default ``submit_many``: ``submit`` one spec after the other."""
+    native_ids: list[str] = []
+    for spec in specs:
+        try:
+            native_ids.append(executor.submit(spec))
+        except Exception as exc:
+            if native_ids:
+                raise PartlySubmitted(native_ids, exc) from exc
+            raise
+    return native_ids

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -337,6 +337,9 @@ class HTCondorExecutor:
         self._seen[native_id] = submitted
         return native_id
 
+    def batch_key(self, spec: LaunchSpec) -> Hashable:
+        return batch_key(spec)
+
     def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
         """Submit every spec as one proc of a single cluster, in one schedd transaction.
 
@@ -438,9 +441,45 @@ class HTCondorExecutor:
         self._call(
             "remove",
             lambda schedd: schedd.act(
-                bindings().JobAction.Remove, [native_id], reason="aborted through jobmill"
+                # A (text, code) pair: htcondor2 25.x silently drops a plain-string reason.
+                bindings().JobAction.Remove,
+                [native_id],
+                reason=("aborted through jobmill", 0),
             ),
         )
+
+    def hold(self, native_id: str, reason: str) -> None:
+        """Hold an *idle* job (``JobAction.Hold`` with ``reason`` as its ``HoldReason``).
+
+        The constraint asks for ``JobStatus == 1`` so the schedd itself refuses a job that
+        started meanwhile (HTCondor would otherwise stop it): ``SubmitRejected`` then.
+        """
+        ids = split_native_id(native_id)
+        if ids is None:
+            raise SubmitRejected(f"'{native_id}' is not an HTCondor job id")
+        idle = f"ClusterId == {ids[0]} && ProcId == {ids[1]} && JobStatus == 1"
+        self._act("Hold", idle, reason, f"HTCondor job {native_id} is not idle: not held")
+
+    def release(self, native_id: str, reason: str) -> None:
+        """Release a held job (``JobAction.Release``): it becomes idle again."""
+        if split_native_id(native_id) is None:
+            raise SubmitRejected(f"'{native_id}' is not an HTCondor job id")
+        self._act("Release", [native_id], reason, f"HTCondor job {native_id} is not held")
+
+    def _act(self, action: str, spec: str | list[str], reason: str, refused: str) -> None:
+        """One ``Schedd.act``; no job changed (``TotalSuccess`` 0) raises ``SubmitRejected``.
+
+        The reason goes as ``(text, code)``: the 25.x bindings drop a plain string reason
+        (the schedd then records an empty ``HoldReason``). The schedd appends ``(by user X)``.
+        """
+        why = (reason, 0) if reason else None
+        result = self._call(
+            action.lower(),
+            lambda schedd: schedd.act(getattr(bindings().JobAction, action), spec, reason=why),
+        )
+        done = _int(result.get("TotalSuccess")) if result is not None else None
+        if done == 0:
+            raise SubmitRejected(refused)
 
     def tick(self) -> float | None:
         return None  # HTCondor escalates kills itself

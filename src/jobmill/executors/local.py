@@ -14,12 +14,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobmill.domain.lifecycle import Phase
-from jobmill.executors.base import LaunchSpec, NativeStatus
+from jobmill.executors.base import LaunchSpec, NativeStatus, submit_each
 
 WRAPPER = 'echo $$ > .jobmill-pid; "$@"; c=$?; echo $c > .jobmill-exit; exit $c'
 PID_FILE = ".jobmill-pid"
@@ -109,6 +109,12 @@ class LocalExecutor:
             return None
         start = _start_time(pid)
         return f"{pid}@{start}" if start else f"{pid}@gone"
+
+    def batch_key(self, spec: LaunchSpec) -> Hashable:
+        return ""  # any jobs can go together: submit_many submits them one by one
+
+    def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
+        return submit_each(self, specs)
 
     def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
         return {native_id: self._status(native_id) for native_id in native_ids}

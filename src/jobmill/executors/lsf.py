@@ -20,13 +20,18 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 from jobmill.config import Settings
 from jobmill.domain.lifecycle import Phase
 from jobmill.executors._commands import CommandFailed, run
-from jobmill.executors.base import ExecutorUnavailable, LaunchSpec, NativeStatus
+from jobmill.executors.base import (
+    ExecutorUnavailable,
+    LaunchSpec,
+    NativeStatus,
+    submit_each,
+)
 from jobmill.executors.slurm import (
     SUBMITTED,
     check_line,
@@ -182,6 +187,12 @@ class LsfExecutor:
         self._last[match.group(1)] = SUBMITTED
         return match.group(1)
 
+    def batch_key(self, spec: LaunchSpec) -> Hashable:
+        return ""  # any jobs can go together: submit_many submits them one by one
+
+    def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
+        return submit_each(self, specs)
+
     def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
         wanted = list(dict.fromkeys(native_ids))
         listed: dict[str, NativeStatus] = {}
@@ -230,13 +241,28 @@ class LsfExecutor:
         except CommandFailed as exc:  # "Job has already finished"
             log.info("lsf: bkill %s: %s", native_id, exc)
 
-    def hold(self, native_id: str) -> None:
-        """Suspend a pending job (``bstop``: it becomes PSUSP, HELD in jobmill)."""
-        self._run("bstop", native_id)
+    def hold(self, native_id: str, reason: str = "") -> None:
+        """Hold a pending job: ``bstop -C reason`` makes a PEND job PSUSP (HELD in jobmill).
 
-    def release(self, native_id: str) -> None:
-        """Resume a held or suspended job (``bresume``)."""
-        self._run("bresume", native_id)
+        LSF has no hold of its own: ``bstop`` of a *running* job suspends it (USUSP), which is
+        not a hold, so the job must still be PEND (asked with ``bjobs`` first); anything else
+        raises ``CommandFailed``. The reason shows in ``bhist -l``.
+        """
+        out = self._run(
+            "bjobs", "-noheader", "-o", "stat", native_id, accept=NOT_FOUND_EXIT
+        ).strip()
+        if out != "PEND":
+            state = out.splitlines()[-1] if out else "unknown to bjobs"
+            raise CommandFailed(
+                [self.command("bstop"), native_id],
+                None,
+                f"LSF job {native_id} is {state}: only a pending (PEND) job can be held",
+            )
+        self._run("bstop", *_comment(reason), native_id)
+
+    def release(self, native_id: str, reason: str = "") -> None:
+        """Release a held job (``bresume -C reason``: PSUSP becomes PEND again)."""
+        self._run("bresume", *_comment(reason), native_id)
 
     def tick(self) -> float | None:
         return None
@@ -319,6 +345,12 @@ def bsub_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, st
         for k, v in environ.items()
         if k in PASS_TO_BSUB or k.startswith(("LSF_", "LSB_", "EGO_"))
     }
+
+
+def _comment(reason: str) -> list[str]:
+    """``-C reason`` of bstop/bresume (at most 4095 characters, one line), or nothing."""
+    text = " ".join(reason.split())[:4095]
+    return ["-C", text] if text else []
 
 
 def _value(value: str) -> str:

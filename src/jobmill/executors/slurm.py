@@ -18,21 +18,36 @@ import math
 import os
 import re
 import shlex
+import shutil
 import time
-from collections.abc import Callable, Collection, Sequence
+import uuid
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobmill.config import Settings
 from jobmill.domain.lifecycle import Phase
 from jobmill.executors._commands import CommandFailed, run
-from jobmill.executors.base import ExecutorUnavailable, LaunchSpec, NativeStatus
+from jobmill.executors.base import (
+    ExecutorUnavailable,
+    LaunchSpec,
+    NativeStatus,
+    PartlySubmitted,
+    submit_each,
+)
 
 log = logging.getLogger(__name__)
 
 JOB_NAME_PREFIX = "jobmill-"
+ARRAY_NAME_PREFIX = "jobmill-array-"  # + the name of the array's directory
+ARRAY_DIR = ".slurm-arrays"  # beside the jobs' working directories: one directory per array
+ARRAY_TASKS = "tasks"  # in an array's directory: "<task> <jobmill job id>" per line
+ARRAY_CHUNK = 1000  # tasks per array (Slurm's default MaxArraySize is 1001)
+ARRAY_FIND_WINDOW = "now-2days"  # how far back sacct looks for arrays after a restart
 SACCT_CHUNK = 200  # ids per sacct call (long -j lists are slow on big slurmdbd databases)
 FIND_WINDOW = "now-14days"  # how far back sacct looks for a job by name after a restart
-SQUEUE_FORMAT = "JobID:|,State:|,exit_code:|,Reason:|"  # ':|' = unpadded, '|'-separated
+# ':|' = unpadded, '|'-separated; JobArrayID is "<array>_<task>" for array tasks (with -r)
+SQUEUE_FORMAT = "JobArrayID:|,State:|,exit_code:|,Reason:|"
 SACCT_FIELDS = "JobID,State,ExitCode,Reason"
 DETAIL_FIELDS = (
     "JobID,JobName,User,Account,Partition,State,ExitCode,Reason,Submit,Start,End,Elapsed,"
@@ -86,6 +101,8 @@ _NOT_COMPLETABLE = frozenset({Phase.HELD, Phase.SUSPENDED})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+$")
 _JOB_ID = re.compile(r"^[0-9]+$")
+_NATIVE_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")  # a job, or one task of an array
+_ARRAY_NAME = re.compile(r"^" + re.escape(ARRAY_NAME_PREFIX) + r"([0-9a-f]{32})$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Runner = Callable[..., str]
@@ -104,9 +121,13 @@ class SlurmExecutor:
         account: str | None = None,
         timeout: float = 30.0,
         lost_after: float = 60.0,
+        array_min: int = 8,
         runner: Runner = run,
     ) -> None:
+        """``array_min``: a group of at least this many alike jobs goes in as one job array
+        (0: never)."""
         self.bin_dir = bin_dir
+        self.array_min = array_min
         self.partition = partition
         self.account = account
         self.timeout = timeout
@@ -115,6 +136,10 @@ class SlurmExecutor:
         self._last: dict[str, NativeStatus] = {}  # last answer for each live job
         self._missing: dict[str, float] = {}  # native id -> when squeue and sacct first lacked it
         self._uncertain: set[str] = set()  # jobmill ids whose sbatch may have gone through
+        self._arrays: dict[str, _Array] = {}  # array id -> its directory and unfinished tasks
+        self._cancelled: set[str] = (
+            set()
+        )  # array tasks scancel-ed here (Slurm forgets pending ones)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SlurmExecutor:
@@ -124,6 +149,7 @@ class SlurmExecutor:
             account=settings.slurm_account,
             timeout=settings.slurm_command_timeout,
             lost_after=settings.slurm_lost_after,
+            array_min=settings.slurm_array_min,
         )
 
     # -- commands -------------------------------------------------------------------------
@@ -144,7 +170,6 @@ class SlurmExecutor:
     def render(self, spec: LaunchSpec) -> str:
         """The exact script ``submit`` hands to ``sbatch``; ValueError if a value cannot be
         written into it safely (a newline in a path, a bad variable name)."""
-        res = spec.resources
         lines = [
             "#!/bin/sh",
             f"#SBATCH --job-name={JOB_NAME_PREFIX}{_directive(spec.job_id)}",
@@ -152,8 +177,15 @@ class SlurmExecutor:
             f"#SBATCH --error={_log_path(spec.stderr)}",
             "#SBATCH --open-mode=append",
             f"#SBATCH --chdir={_directive(str(spec.workdir))}",
-            f"#SBATCH --cpus-per-task={res.cpus}",
+            *self.shared_directives(spec),
         ]
+        return "\n".join([*lines, *script_body(spec)]) + "\n"
+
+    def shared_directives(self, spec: LaunchSpec) -> list[str]:
+        """The directives of a job that can be shared by the tasks of a job array: its
+        resources, limits, partition, account, environment policy and extra lines."""
+        res = spec.resources
+        lines = [f"#SBATCH --cpus-per-task={res.cpus}"]
         if res.memory_mb:
             lines.append(f"#SBATCH --mem={res.memory_mb}M")
         minutes = time_limit_minutes(res.walltime, spec.execution_duration)
@@ -165,7 +197,29 @@ class SlurmExecutor:
             lines.append(f"#SBATCH --account={_directive(account)}")
         lines.append("#SBATCH --export=NONE")
         lines.extend(f"#SBATCH {_extra(line)}" for line in res.extra)
-        return "\n".join([*lines, *script_body(spec)]) + "\n"
+        return lines
+
+    def render_array(self, specs: Sequence[LaunchSpec], directory: Path) -> str:
+        """The script of a job array running ``specs`` as tasks 0..n-1 (``directory`` holds
+        their task scripts, see ``task_script``). The jobs must share ``batch_key``."""
+        if not specs or len({self.batch_key(spec) for spec in specs}) > 1:
+            raise ValueError("render_array: the jobs differ in batch_key; group them first")
+        where = str(directory).replace("%", "%%")
+        if "\\" in where:
+            raise ValueError(f"a backslash in a path is not supported by Slurm: {where!r}")
+        lines = [
+            "#!/bin/sh",
+            f"#SBATCH --job-name={ARRAY_NAME_PREFIX}{_directive(directory.name)}",
+            f"#SBATCH --array=0-{len(specs) - 1}",
+            f"#SBATCH --output={_directive(where + '/%a.out')}",
+            f"#SBATCH --error={_directive(where + '/%a.err')}",
+            "#SBATCH --open-mode=append",
+            f"#SBATCH --chdir={_directive(str(directory))}",
+            *self.shared_directives(specs[0]),
+            "# generated by jobmill: each task runs the script jobmill wrote for its job",
+            'exec /bin/sh "./$SLURM_ARRAY_TASK_ID.sh"',
+        ]
+        return "\n".join(lines) + "\n"
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -194,12 +248,81 @@ class SlurmExecutor:
         self._last[native_id] = SUBMITTED
         return native_id
 
+    def batch_key(self, spec: LaunchSpec) -> Hashable:
+        """Jobs with the same shared directives (resources, limits, partition...) can be the
+        tasks of one job array."""
+        try:
+            return tuple(self.shared_directives(spec))
+        except ValueError:
+            return ("cannot be rendered", spec.job_id)  # alone: submit says why
+
+    def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
+        """Jobs of one ``batch_key``: at least ``array_min`` of them go in as job arrays (of up
+        to ``ARRAY_CHUNK`` tasks, native ids ``<array>_<task>``), fewer one ``sbatch`` each."""
+        if (
+            self.array_min <= 0
+            or len(specs) < max(2, self.array_min)
+            or any(spec.job_id in self._uncertain for spec in specs)
+        ):
+            return submit_each(self, specs)
+        try:
+            tasks = [task_script(spec) for spec in specs]
+        except ValueError:
+            return submit_each(self, specs)  # submit fails the job that cannot be written
+        native_ids: list[str] = []
+        for first in range(0, len(specs), ARRAY_CHUNK):
+            chunk = slice(first, first + ARRAY_CHUNK)
+            try:
+                native_ids += self._submit_array(specs[chunk], tasks[chunk])
+            except Exception as exc:
+                if native_ids:
+                    raise PartlySubmitted(native_ids, exc) from exc
+                raise
+        return native_ids
+
+    def _submit_array(self, specs: Sequence[LaunchSpec], tasks: Sequence[str]) -> list[str]:
+        """Write the array's directory (task scripts, log links, the task -> job table), then
+        ONE ``sbatch --array``."""
+        directory = specs[0].workdir.parent / ARRAY_DIR / uuid.uuid4().hex
+        try:
+            script = self.render_array(specs, directory)
+        except ValueError as exc:
+            raise OSError(f"cannot write the batch script: {exc}") from None
+        directory.mkdir(parents=True, mode=0o700)
+        for n, (spec, text) in enumerate(zip(specs, tasks, strict=True)):
+            for where in {spec.workdir, spec.stdout.parent, spec.stderr.parent}:
+                where.mkdir(parents=True, exist_ok=True)
+            _write_private(directory / f"{n}.sh", text)  # it holds the job's token
+            # Slurm opens the task's --output/--error: through these links, the job's own logs.
+            (directory / f"{n}.out").symlink_to(spec.stdout)
+            (directory / f"{n}.err").symlink_to(spec.stderr)
+        table = "".join(f"{n} {spec.job_id}\n" for n, spec in enumerate(specs))
+        _write_private(directory / ARRAY_TASKS, table)
+        try:
+            out = self._run("sbatch", "--parsable", stdin=script)
+        except ExecutorUnavailable:
+            self._uncertain.update(spec.job_id for spec in specs)  # it may have gone in
+            raise
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        array_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
+        if not _JOB_ID.match(array_id):
+            shutil.rmtree(directory, ignore_errors=True)
+            raise OSError(f"sbatch printed no job id: {out.strip()[:200]!r}")
+        native_ids = [f"{array_id}_{n}" for n in range(len(specs))]
+        self._arrays[array_id] = _Array(directory, set(native_ids))
+        self._last.update(dict.fromkeys(native_ids, SUBMITTED))
+        for spec in specs:
+            self._uncertain.discard(spec.job_id)
+        return native_ids
+
     def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
         wanted = list(dict.fromkeys(native_ids))
         if not wanted:
             return {}
         try:
-            out = self._run("squeue", "--me", "-h", "-t", "all", "-O", SQUEUE_FORMAT)
+            out = self._run("squeue", "--me", "-h", "-t", "all", "-r", "-O", SQUEUE_FORMAT)
         except CommandFailed as exc:  # no answer this time: the engine tries at the next poll
             raise ExecutorUnavailable(str(exc)) from None
         listed = parse_squeue(out, set(wanted))
@@ -214,6 +337,7 @@ class SlurmExecutor:
             if statuses[nid].phase in FINAL:
                 self._last.pop(nid, None)
                 self._missing.pop(nid, None)
+                self._task_ended(nid)
             else:
                 self._last[nid] = statuses[nid]
         keep = set(wanted)
@@ -242,6 +366,9 @@ class SlurmExecutor:
             if status is not None and status.phase in FINAL:
                 statuses[nid] = status
                 continue
+            if nid in self._cancelled:  # a pending task scancel-ed: Slurm keeps no record
+                statuses[nid] = NativeStatus(Phase.ABORTED, "CANCELLED", error="cancelled")
+                continue
             if accounted is None:  # no answer at all: not a reason to give up on the job
                 statuses[nid] = self._last.get(nid) or _not_yet(nid)
                 continue
@@ -262,17 +389,22 @@ class SlurmExecutor:
         return statuses
 
     def cancel(self, native_id: str) -> None:
-        """``scancel``: Slurm signals the job and kills it after its ``KillWait``."""
+        """``scancel``: Slurm signals the job and kills it after its ``KillWait``. A single task
+        of an array (``<array>_<task>``) is cancelled alone."""
         try:
             self._run("scancel", native_id)
+            if "_" in native_id:
+                self._cancelled.add(native_id)
         except CommandFailed as exc:  # already gone or finished: nothing left to stop
             log.info("slurm: scancel %s: %s", native_id, exc)
 
-    def hold(self, native_id: str) -> None:
-        """Keep a pending job from starting (``scontrol hold``)."""
+    def hold(self, native_id: str, reason: str = "") -> None:
+        """Keep a pending job from starting (``scontrol hold``; Slurm keeps no reason, jobmill
+        records it in the job's event). Slurm accepts a hold of a running job and leaves it
+        running: the next poll says EXECUTING."""
         self._run("scontrol", "hold", native_id)
 
-    def release(self, native_id: str) -> None:
+    def release(self, native_id: str, reason: str = "") -> None:
         """Let a held job start again (``scontrol release``)."""
         self._run("scontrol", "release", native_id)
 
@@ -294,7 +426,36 @@ class SlurmExecutor:
                 ids = [i for i in (line.strip() for line in out.splitlines()) if _JOB_ID.match(i)]
         except CommandFailed as exc:  # not knowing is not "not there": look again later
             raise ExecutorUnavailable(str(exc)) from None
-        return max(ids, key=int) if ids else None
+        return max(ids, key=int) if ids else self._find_in_arrays(job_id)
+
+    def _find_in_arrays(self, job_id: str) -> str | None:
+        """The task of a jobmill job array that runs ``job_id``: the arrays Slurm still knows
+        (squeue, then sacct) are named after their directory, whose task table says."""
+        arrays: dict[str, Path] = {}
+        try:
+            out = self._run(
+                "squeue", "--me", "-h", "-t", "all", "-O", "ArrayJobID:|,Name:|,WorkDir:|"
+            )
+            arrays = parse_arrays(out)
+            if not arrays:
+                out = self._run(
+                    "sacct",
+                    "-X",
+                    "-P",
+                    "-n",
+                    "-S",
+                    ARRAY_FIND_WINDOW,
+                    "-o",
+                    "JobID,JobName,WorkDir",
+                )
+                arrays = parse_arrays(out)
+        except CommandFailed as exc:
+            raise ExecutorUnavailable(str(exc)) from None
+        for array_id, directory in sorted(arrays.items(), key=lambda item: -int(item[0])):
+            task = read_task_table(directory).get(job_id)
+            if task is not None:
+                return f"{array_id}_{task}"
+        return None
 
     def details(self, native_id: str) -> str:
         """``scontrol show job``; once slurmctld has forgotten the job, its sacct record."""
@@ -312,8 +473,27 @@ class SlurmExecutor:
         header, values = rows[0], rows[-1]
         return "".join(f"{k}={v}\n" for k, v in zip(header, values, strict=False))
 
+    def _task_ended(self, native_id: str) -> None:
+        """Remove an array's directory once every one of its tasks has ended."""
+        array_id, _, task = native_id.partition("_")
+        array = self._arrays.get(array_id) if task else None
+        if array is None:
+            return
+        array.unfinished.discard(native_id)
+        if not array.unfinished:
+            del self._arrays[array_id]
+            shutil.rmtree(array.directory, ignore_errors=True)
+
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _Array:
+    """A job array submitted by this process: its directory and the tasks still unfinished."""
+
+    directory: Path
+    unfinished: set[str]
 
 
 # -- parsing and mapping (pure functions, tested on their own) --------------------------------
@@ -393,6 +573,59 @@ def script_body(spec: LaunchSpec) -> list[str]:
         lines.append(f"export {name}={shlex.quote(value)}")
     lines.append("exec " + " ".join(shlex.quote(arg) for arg in spec.argv))
     return lines
+
+
+def task_script(spec: LaunchSpec) -> str:
+    """The script one task of a job array runs: into the job's working directory, then the
+    job's environment and argv exactly as ``script_body`` writes them for a single job."""
+    return (
+        "\n".join(
+            [
+                "#!/bin/sh",
+                f"# jobmill job {spec.job_id}, one task of a Slurm job array",
+                f"cd {shlex.quote(str(spec.workdir))} || exit 1",
+                *script_body(spec),
+            ]
+        )
+        + "\n"
+    )
+
+
+def parse_arrays(out: str) -> dict[str, Path]:
+    """``<array id>|<name>|<work dir>`` lines (squeue ``ArrayJobID,Name,WorkDir`` or sacct
+    ``JobID,JobName,WorkDir``) -> the directory of each jobmill job array."""
+    arrays: dict[str, Path] = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3:
+            continue
+        array_id = parts[0].split("_")[0]
+        match = _ARRAY_NAME.match(parts[1])
+        directory = Path(parts[2])
+        if _JOB_ID.match(array_id) and match and directory.name == match.group(1):
+            arrays[array_id] = directory
+    return arrays
+
+
+def read_task_table(directory: Path) -> dict[str, int]:
+    """An array directory's task table: jobmill job id -> task index ({} if unreadable)."""
+    table: dict[str, int] = {}
+    try:
+        text = (directory / ARRAY_TASKS).read_text()
+    except OSError:
+        return table
+    for line in text.splitlines():
+        task, _, job_id = line.partition(" ")
+        if task.isdigit() and job_id:
+            table[job_id] = int(task)
+    return table
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (task scripts carry the job's token)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def time_limit_minutes(walltime: int | None, execution_duration: int) -> int | None:

@@ -1,8 +1,9 @@
 """Dispatch: turn a queued job into a running one on its executor.
 
-A job is claimed with a checked transition before its process starts, so two jobmill processes
-sharing a database never start the same job twice. Its secret token is made here, handed to the
-process in its environment, and only its hash is stored.
+Jobs are claimed in groups with checked transitions (``JobStore.claim_queued``) before their
+processes start, so two jobmill processes sharing a database never start the same job twice.
+Each job's secret token is made here, handed to its process in its environment, and only its
+hash is stored.
 """
 
 from __future__ import annotations
@@ -81,29 +82,26 @@ class Dispatcher:
         self.files = files
         self.jobtypes = jobtypes
 
-    def claim(self, job: Job) -> tuple[Job, str] | None:
-        """Move a ready job to EXECUTING on this node (local executor); None if another
-        process won it."""
-        return self._claim(job, Action.START, None)
+    def claim_group(self, executor: str, limit: int, *, local: bool) -> list[tuple[Job, str]]:
+        """Claim up to ``limit`` ready jobs of ``executor`` in one transaction, oldest first:
+        ``local`` jobs move to EXECUTING on this node, batch jobs to QUEUED (reason
+        ``backend``).
+        Jobs another process claimed first are skipped. Returns each job with its token."""
+        tokens: dict[str, str] = {}
 
-    def claim_for_backend(self, job: Job) -> tuple[Job, str] | None:
-        """Mark a ready job as handed to its batch system (QUEUED, reason ``backend``)."""
-        return self._claim(job, Action.WAIT, Reason.BACKEND.value)
+        def values_for(job_id: str) -> dict[str, str]:
+            tokens[job_id] = token = secrets.token_urlsafe(24)
+            return {"node": self.settings.node, "token_hash": hash_secret(token)}
 
-    def _claim(self, job: Job, action: Action, reason: str | None) -> tuple[Job, str] | None:
-        token = secrets.token_urlsafe(24)
-        try:
-            claimed = self.store.transition(
-                job.id,
-                action,
-                actor=ACTOR,
-                reason=reason,
-                expect_reason=Reason.CAPACITY.value,
-                values={"node": self.settings.node, "token_hash": hash_secret(token)},
-            )
-        except (Conflict, NotFound):
-            return None
-        return claimed, token
+        claimed = self.store.claim_queued(
+            executor=executor,
+            action=Action.START if local else Action.WAIT,
+            reason=None if local else Reason.BACKEND.value,
+            limit=limit,
+            actor=ACTOR,
+            values_for=values_for,
+        )
+        return [(job, tokens[job.id]) for job in claimed]
 
     def backend_unavailable(self, job: Job, why: str) -> None:
         """The backend refused or could not be reached: keep the job, retry later (ARP's

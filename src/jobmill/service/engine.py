@@ -22,7 +22,7 @@ import queue
 import select
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,10 +30,16 @@ from jobmill.config import Settings
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
 from jobmill.domain.lifecycle import TERMINAL, Action, Phase, Reason
-from jobmill.executors.base import Executor, ExecutorUnavailable, NativeStatus
+from jobmill.executors.base import (
+    Executor,
+    ExecutorUnavailable,
+    LaunchSpec,
+    NativeStatus,
+    PartlySubmitted,
+)
 from jobmill.executors.local import LocalExecutor
 from jobmill.service.dispatcher import ACTOR, Dispatcher
-from jobmill.storage.jobs import JobStore
+from jobmill.storage.jobs import Change, Entry, JobStore
 
 log = logging.getLogger(__name__)
 RUNNING_PHASES = (Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED, Phase.UNKNOWN)
@@ -46,6 +52,7 @@ _STATE_ACTIONS = {
     Phase.HELD: Action.HOLD,
     Phase.SUSPENDED: Action.SUSPEND,
 }
+_ENDED = (Phase.COMPLETED, Phase.ERROR, Phase.ABORTED)
 _BACK_TO_QUEUE = {Phase.HELD: Action.RELEASE, Phase.EXECUTING: Action.REQUEUE}
 
 
@@ -78,6 +85,8 @@ class Engine:
         self.tracked: dict[str, Tracked] = {}
         self._by_native: dict[tuple[str, str], str] = {}
         self._cancels: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # Called (on the engine thread) after jobs ended, e.g. to wake the rules at once.
+        self.on_ended: Callable[[], None] | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -154,6 +163,8 @@ class Engine:
             self._next_retry = now + RETRY_UNAVAILABLE
             self._retry_unavailable()
         timeout = max(0.0, self._next_reconcile - time.monotonic())
+        if self._queued_hint:
+            timeout = 0.0  # more jobs are waiting: only look at what has happened meanwhile
         fds: dict[int, tuple[str, str]] = {}
         for name, executor in self.executors.items():
             wait = executor.tick()
@@ -189,58 +200,99 @@ class Engine:
         return sum(1 for t in self.tracked.values() if t.executor == name)
 
     def _dispatch_local(self, name: str, executor: Executor) -> None:
-        free = self.settings.max_local_jobs - self._local_running(name)
-        while free > 0:
-            candidates = self.store.ids_in_phase(
-                [Phase.QUEUED], executor=name, reason=Reason.CAPACITY.value, limit=free
-            )
-            if not candidates:
-                return
-            for job in candidates:
-                claimed = self.dispatcher.claim(job)
-                if claimed is not None and self._submit(name, executor, *claimed):
-                    free -= 1
-            if len(candidates) < free:
+        while (free := self.settings.max_local_jobs - self._local_running(name)) > 0:
+            claimed = self.dispatcher.claim_group(name, free, local=True)
+            self._submit_group(name, executor, claimed)
+            if len(claimed) < free:
                 return
 
     def _dispatch_batch(self, name: str, executor: Executor) -> None:
-        candidates = self.store.ids_in_phase(
-            [Phase.QUEUED], executor=name, reason=Reason.CAPACITY.value, limit=SUBMIT_BATCH
-        )
-        for job in candidates:
-            claimed = self.dispatcher.claim_for_backend(job)
-            if claimed is not None:
-                self._submit(name, executor, *claimed)
-        if len(candidates) == SUBMIT_BATCH:
-            self._queued_hint = True  # more are waiting: next cycle
+        """Claim up to SUBMIT_BATCH queued jobs (one transaction), hand them to the backend in
+        groups, record their ids (one transaction). With more waiting, the next cycle does it
+        again without sleeping, after cancellations and finished local jobs had their turn."""
+        claimed = self.dispatcher.claim_group(name, SUBMIT_BATCH, local=False)
+        self._submit_group(name, executor, claimed)
+        if len(claimed) == SUBMIT_BATCH:
+            self._queued_hint = True  # more are waiting: the next cycle does not sleep
 
-    def _submit(self, name: str, executor: Executor, job: Job, token: str) -> bool:
-        spec = self.dispatcher.spec_for(job, token)
-        if isinstance(spec, str):
-            self.dispatcher.fail(job, spec)
-            return False
+    def _submit_group(self, name: str, executor: Executor, claimed: list[tuple[Job, str]]) -> None:
+        """Start claimed jobs: one ``submit_many`` per ``batch_key`` group, then ONE transaction
+        records every native id. Until then a crash leaves them QUEUED (reason ``backend``)
+        without an id: recovery finds them by name (``executor.find``)."""
+        groups: dict[Hashable, list[tuple[Job, LaunchSpec]]] = {}
+        for job, token in claimed:
+            spec = self.dispatcher.spec_for(job, token)
+            if isinstance(spec, str):
+                self.dispatcher.fail(job, spec)
+            else:
+                groups.setdefault(executor.batch_key(spec), []).append((job, spec))
+        submitted: dict[str, Entry] = {}
+        for members in groups.values():
+            self._submit_members(executor, members, submitted)
+        if not submitted:
+            return
+        recorded = self.store.record_many("submitted", submitted, actor=ACTOR)
+        for job_id, entry in submitted.items():
+            native_id = entry.values["native_id"]
+            changed = recorded.get(job_id)
+            if changed is None:  # deleted meanwhile
+                executor.cancel(native_id)
+            else:
+                self._track(changed, name, native_id)
+
+    def _submit_members(
+        self,
+        executor: Executor,
+        members: list[tuple[Job, LaunchSpec]],
+        submitted: dict[str, Entry],
+    ) -> str | None:
+        """Submit one group; what went in lands in ``submitted``. A backend that cannot be
+        reached leaves the rest QUEUED for a retry (and that error is returned); a group the
+        backend refuses as a whole is submitted again job by job, so only the job at fault
+        fails."""
         started = time.monotonic()
         try:
-            native_id = executor.submit(spec)
-        except ExecutorUnavailable as exc:
-            self.dispatcher.backend_unavailable(job, str(exc))
-            return False
-        except OSError as exc:
-            self.dispatcher.fail(job, f"cannot start the job: {exc.strerror or exc}")
-            return False
+            native_ids = executor.submit_many([spec for _, spec in members])
+            error: Exception | None = None
+        except PartlySubmitted as exc:
+            native_ids, error = exc.native_ids, exc.error
+        except Exception as exc:
+            native_ids, error = [], exc
         took = time.monotonic() - started
-        data = {"native_id": native_id, "seconds": round(took, 3)}
+        for (job, _), native_id in zip(members, native_ids, strict=False):
+            submitted[job.id] = self._submitted_entry(native_id, took, len(members))
+        rest = members[len(native_ids) :]
+        if error is None or not rest:
+            return None
+        if isinstance(error, ExecutorUnavailable):
+            for job, _ in rest:
+                self.dispatcher.backend_unavailable(job, str(error))
+            return str(error)
+        if len(rest) > 1 and not native_ids:  # refused as a whole: which job is at fault?
+            for n, member in enumerate(rest):
+                unavailable = self._submit_members(executor, [member], submitted)
+                if unavailable is not None:
+                    for job, _ in rest[n + 1 :]:
+                        self.dispatcher.backend_unavailable(job, unavailable)
+                    return unavailable
+            return None
+        self._refused(rest[0][0], error)
+        return self._submit_members(executor, rest[1:], submitted) if rest[1:] else None
+
+    def _refused(self, job: Job, error: Exception) -> None:
+        if isinstance(error, OSError):
+            self.dispatcher.fail(job, f"cannot start the job: {error.strerror or error}")
+        else:  # a bug: say so in the job rather than retry it for ever
+            log.error("job %s: submission failed", job.id, exc_info=error)
+            self.dispatcher.fail(job, f"cannot start the job: internal error: {error!r}")
+
+    def _submitted_entry(self, native_id: str, took: float, together: int) -> Entry:
+        data: dict[str, object] = {"native_id": native_id, "seconds": round(took, 3)}
+        if together > 1:
+            data["submitted_with"] = together  # jobs in the same backend call
         if took > self.settings.slow_submit:
             data["slow"] = True  # ARP's "LSF_Slow": flagged, then reconciled by polling
-        try:
-            job = self.store.record(
-                job.id, "submitted", actor=ACTOR, data=data, values={"native_id": native_id}
-            )
-        except NotFound:  # deleted meanwhile
-            executor.cancel(native_id)
-            return True
-        self._track(job, name, native_id)
-        return True
+        return Entry(data=data, values={"native_id": native_id})
 
     def _track(self, job: Job, executor: str, native_id: str) -> None:
         self.tracked[job.id] = Tracked(job.id, executor, native_id, job.phase, _deadline(job))
@@ -272,18 +324,20 @@ class Engine:
     # -- monitoring -----------------------------------------------------------------------
 
     def _apply(self, executor: str, statuses: Mapping[str, NativeStatus]) -> None:
+        ended: list[tuple[Tracked, NativeStatus]] = []
         for native_id, status in statuses.items():
             job_id = self._by_native.get((executor, native_id))
             tracked = self.tracked.get(job_id) if job_id else None
             if tracked is None:
                 continue
-            if status.phase in (Phase.COMPLETED, Phase.ERROR, Phase.ABORTED):
-                self._finish(tracked, status)
+            if status.phase in _ENDED:
+                ended.append((tracked, status))
             elif status.phase in _STATE_ACTIONS and status.phase is not tracked.phase:
                 self._move(tracked, status, _STATE_ACTIONS[status.phase])
             elif status.phase is Phase.QUEUED and tracked.phase in _BACK_TO_QUEUE:
                 # Released from a hold, or requeued by the backend (preemption, node failure).
                 self._move(tracked, status, _BACK_TO_QUEUE[tracked.phase])
+        self._finish_many(ended)
 
     def _move(self, tracked: Tracked, status: NativeStatus, action: Action) -> None:
         data = {"state": status.native_state}
@@ -293,37 +347,42 @@ class Engine:
             job = self.store.transition(
                 tracked.job_id, action, actor=ACTOR, data=data, reason=Reason.BACKEND.value
             )
-        except (Conflict, NotFound):
+        except Conflict as exc:  # e.g. a user's hold or release recorded it first: follow it
+            with contextlib.suppress(ValueError):
+                tracked.phase = Phase(str(exc.extra.get("phase")))
+            return
+        except NotFound:
             return
         tracked.phase = job.phase
         tracked.deadline = _deadline(job)
 
     def _finish(self, tracked: Tracked, status: NativeStatus) -> None:
-        values: dict[str, object] = {"exit_code": status.exit_code}
-        if status.phase is Phase.COMPLETED:
-            action = Action.COMPLETE
-        elif status.phase is Phase.ABORTED:
-            action = Action.ABORT
-            values["error"] = status.error or "cancelled outside jobmill"
-        else:
-            action = Action.FAIL
-            values["error"] = status.error or status.native_state
-        data = {"exit_code": status.exit_code, "state": status.native_state}
-        try:
-            self.store.transition(tracked.job_id, action, actor=ACTOR, values=values, data=data)
-        except Conflict:
-            # Already ended (aborted, timed out): keep the exit status for the record.
-            with contextlib.suppress(NotFound):
-                self.store.record(
-                    tracked.job_id,
-                    "exited",
-                    actor=ACTOR,
-                    data={"exit_code": status.exit_code},
-                    values={"exit_code": status.exit_code},
-                )
-        except NotFound:
-            pass
-        self._untrack(tracked.job_id)
+        self._finish_many([(tracked, status)])
+
+    def _finish_many(self, ended: list[tuple[Tracked, NativeStatus]]) -> None:
+        """Record the end of jobs that ended together, in one transaction."""
+        if not ended:
+            return
+        outcomes = self.store.transition_many(
+            [_end_change(tracked.job_id, status) for tracked, status in ended], actor=ACTOR
+        )
+        for tracked, status in ended:
+            if isinstance(outcomes.get(tracked.job_id), Conflict):
+                # Already ended (aborted, timed out): keep the exit status for the record.
+                with contextlib.suppress(Conflict, NotFound):
+                    self.store.record(
+                        tracked.job_id,
+                        "exited",
+                        actor=ACTOR,
+                        data={"exit_code": status.exit_code},
+                        values={"exit_code": status.exit_code},
+                    )
+            self._untrack(tracked.job_id)
+        if self.on_ended is not None:
+            try:
+                self.on_ended()
+            except Exception:  # a listener must not stop the engine
+                log.exception("on_ended listener failed")
 
     def _drain_cancels(self) -> None:
         while True:
@@ -421,6 +480,8 @@ class Engine:
     def _recover_local(self, name: str, executor: LocalExecutor) -> None:
         jobs = self.store.ids_in_phase(RUNNING_PHASES, executor=name, node=self.settings.node)
         for job in jobs:
+            if job.phase is Phase.HELD and job.native_id is None:
+                continue  # held by a user before it started: it waits in the database
             workdir = self.dispatcher.files.workdir(job.id)
             native_id = job.native_id or executor.find_started(workdir)
             if native_id is None:
@@ -447,6 +508,8 @@ class Engine:
         for job in jobs:
             if job.phase is Phase.QUEUED and job.reason != Reason.BACKEND.value:
                 continue
+            if job.phase is Phase.HELD and job.native_id is None:
+                continue  # held by a user before it was handed over: not lost
             native_id = job.native_id
             if native_id is None:
                 try:
@@ -472,6 +535,21 @@ class Engine:
             self.store.transition(
                 job.id, action, actor=ACTOR, reason=Reason.CAPACITY.value, data={"why": why}
             )
+
+
+def _end_change(job_id: str, status: NativeStatus) -> Change:
+    """The transition that records a job's end as the backend reported it."""
+    values: dict[str, object] = {"exit_code": status.exit_code}
+    if status.phase is Phase.COMPLETED:
+        action = Action.COMPLETE
+    elif status.phase is Phase.ABORTED:
+        action = Action.ABORT
+        values["error"] = status.error or "cancelled outside jobmill"
+    else:
+        action = Action.FAIL
+        values["error"] = status.error or status.native_state
+    data = {"exit_code": status.exit_code, "state": status.native_state}
+    return Change(job_id, action, data=data, values=values)
 
 
 def _deadline(job: Job) -> float | None:
