@@ -34,9 +34,7 @@ JobList = list[JobDict]
 class JobmillClientError(Exception):
     """A refused request (``status`` >= 400) or an unreachable server (``status`` 0)."""
 
-    def __init__(
-        self, status: int, code: str, message: str, field: str | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -160,6 +158,21 @@ class Client:
         body = _job_body(type, parameters, run_id, executor, execution_duration, log_dir, phase)
         return self._json("POST", "/jobs", json=body)
 
+    def render(
+        self,
+        type: str,
+        parameters: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        executor: str | None = None,
+        execution_duration: int | None = None,
+        log_dir: str | None = None,
+        phase: str | None = None,
+    ) -> JobDict:
+        """A dry run of ``submit``: validated the same way, nothing created. Returns
+        ``{"executor", "script", "job_id"}``: the exact script or submit description."""
+        body = _job_body(type, parameters, run_id, executor, execution_duration, log_dir, phase)
+        return self._json("POST", "/jobs/render", json=body)
+
     def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
         """Create many jobs (dicts with ``submit``'s keys) in one all-or-nothing request."""
         body = {"jobs": [_job_body(**dict(job)) for job in jobs]}
@@ -181,8 +194,14 @@ class Client:
         """One page of jobs, newest first."""
         phases = [phase] if isinstance(phase, str) else [*phase] if phase else []
         params: dict[str, Any] = {"phase": phases} if phases else {}
-        for key, value in (("type", type), ("owner", owner), ("run_id", run_id),
-                           ("created_after", created_after), ("limit", limit), ("cursor", cursor)):
+        for key, value in (
+            ("type", type),
+            ("owner", owner),
+            ("run_id", run_id),
+            ("created_after", created_after),
+            ("limit", limit),
+            ("cursor", cursor),
+        ):
             if value is not None:
                 params[key] = value
         body = self._json("GET", "/jobs", params=params)
@@ -205,6 +224,19 @@ class Client:
         """Queue a PENDING job."""
         return self._json("POST", f"/jobs/{job_id}/run")
 
+    def hold(self, job_id: str) -> JobDict:
+        """Keep a QUEUED job from starting (HELD) until ``release``."""
+        return self._json("POST", f"/jobs/{job_id}/hold")
+
+    def release(self, job_id: str) -> JobDict:
+        """Let a HELD job start again (QUEUED)."""
+        return self._json("POST", f"/jobs/{job_id}/release")
+
+    def details(self, job_id: str) -> JobDict:
+        """What the job's backend says about it: ``{"id", "phase", "executor", "native_id",
+        "details"}``, ``details`` being the backend's own text (``scontrol show job``...)."""
+        return self._json("GET", f"/jobs/{job_id}/details")
+
     def delete(self, job_id: str) -> None:
         self._send("DELETE", f"/api/v1/jobs/{job_id}")
 
@@ -213,7 +245,11 @@ class Client:
         return self._json("GET", f"/jobs/{job_id}/events", params={"after": after})
 
     def log(
-        self, job_id: str, stream: str = "stdout", offset: int = 0, tail: int | None = None,
+        self,
+        job_id: str,
+        stream: str = "stdout",
+        offset: int = 0,
+        tail: int | None = None,
         limit: int | None = None,
     ) -> LogChunk:
         """Bytes of ``stdout``/``stderr`` from ``offset`` (or the last ``tail`` bytes)."""
@@ -263,6 +299,17 @@ class Client:
     def health(self) -> JobDict:
         return self._send("GET", "/healthz").json()
 
+    # -- rules --------------------------------------------------------------------------------
+
+    def rules(self) -> JobList:
+        return self._json("GET", "/rules")
+
+    def rule(self, name: str) -> JobDict:
+        return self._json("GET", f"/rules/{name}")
+
+    def rule_firings(self, name: str, limit: int = 100) -> JobList:
+        return self._json("GET", f"/rules/{name}/firings", params={"limit": limit})
+
     # -- inside a job ---------------------------------------------------------------------------
 
     def report(self, /, counters: Mapping[str, Any] | None = None, **fields: Any) -> JobDict:
@@ -274,7 +321,8 @@ class Client:
         url, token = os.environ.get("JOBMILL_REPORT_URL"), os.environ.get("JOBMILL_TOKEN")
         if not url or not token:
             raise JobmillClientError(
-                0, "not_in_job",
+                0,
+                "not_in_job",
                 "JOBMILL_REPORT_URL and JOBMILL_TOKEN are not set: report works only inside a job",
             )
         payload = dict(fields)
@@ -301,9 +349,13 @@ def _job_body(
     phase: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": type, "parameters": dict(parameters or {})}
-    for key, value in (("run_id", run_id), ("executor", executor),
-                       ("execution_duration", execution_duration), ("log_dir", log_dir),
-                       ("phase", phase)):
+    for key, value in (
+        ("run_id", run_id),
+        ("executor", executor),
+        ("execution_duration", execution_duration),
+        ("log_dir", log_dir),
+        ("phase", phase),
+    ):
         if value is not None:
             body[key] = value
     return body

@@ -67,7 +67,11 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the installed ``jobmill`` script."""
     return subprocess.run(  # noqa: S603
-        [JOBMILL, *args], capture_output=True, text=True, timeout=timeout, env=clean_env(**env),
+        [JOBMILL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(**env),
     )
 
 
@@ -82,7 +86,14 @@ def free_port() -> int:
 
 def test_values_look_like_numbers_or_stay_strings() -> None:
     assert [scalar(v) for v in ("3", "-2", "2.5", "1e3", "x", "3a", "")] == [
-        3, -2, 2.5, 1000.0, "x", "3a", ""]
+        3,
+        -2,
+        2.5,
+        1000.0,
+        "x",
+        "3a",
+        "",
+    ]
     assert counter_value("12") == 12
     assert counter_value("12:red") == [12, "red"]
     assert counter_value("0.5:#00ff00") == [0.5, "#00ff00"]
@@ -205,6 +216,59 @@ def test_unreachable_server(live: Any) -> None:
     assert result.stderr.startswith(f"error: cannot reach jobmill at {url}")
 
 
+def test_hold_release_and_details(live: Any) -> None:
+    slots = live.jobmill.settings.max_local_jobs
+    front = [cli(live, "submit", "sleep", "seconds=60").stdout.strip() for _ in range(slots)]
+    with Client(live.url) as jm:
+        deadline = time.monotonic() + 20
+        while any(jm.get(j)["native_id"] is None for j in front) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job_id = cli(live, "submit", "echo", "message=waits").stdout.strip()
+        assert jm.get(job_id)["phase"] == "QUEUED"  # every slot is taken
+
+        held = cli(live, "hold", job_id)
+        assert held.exit_code == 0 and held.stdout == f"{job_id} HELD\n"
+        again = cli(live, "hold", job_id)
+        assert again.exit_code == 1
+        assert again.stderr == f"error: job {job_id} is HELD: only a QUEUED job can be held\n"
+        running = cli(live, "hold", front[0])
+        assert running.exit_code == 1 and "does not suspend" in running.stderr
+
+        shown = cli(live, "details", front[0])
+        assert shown.exit_code == 0 and "(running)" in shown.stdout and "sleep.py" in shown.stdout
+        as_json = json.loads(cli(live, "details", front[0], "--json").stdout)
+        assert as_json["native_id"] == jm.get(front[0])["native_id"]
+        never = cli(live, "details", job_id)
+        assert never.exit_code == 1 and "has not reached its backend yet (HELD)" in never.stderr
+
+        released = cli(live, "release", job_id)
+        assert released.exit_code == 0 and released.stdout == f"{job_id} QUEUED\n"
+        assert cli(live, "release", job_id).exit_code == 1
+        for job in front:
+            jm.abort(job)
+        assert jm.wait(job_id, timeout=20)["phase"] == "COMPLETED"
+    assert "Traceback" not in held.output + again.output + never.output
+
+
+def test_submit_dry_run_prints_the_script_and_creates_nothing(live: Any) -> None:
+    dry = cli(live, "submit", "echo", "message=hi; rm -rf /", "--run-id", "dry", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "# dry run: executor local; nothing was submitted"
+    assert lines[1].startswith("# local process group, working directory ")
+    assert "'hi; rm -rf /'" in dry.stdout
+    as_json = json.loads(cli(live, "submit", "sleep", "--dry-run", "--json").stdout)
+    assert as_json["executor"] == "local" and "sleep.py" in as_json["script"]
+    with Client(live.url) as jm:
+        assert jm.list(run_id="dry").jobs == [] and jm.list(type="sleep").jobs == []
+
+    refused = cli(live, "submit", "echo", "--dry-run")
+    assert refused.exit_code == 1
+    assert refused.stderr == "error: parameters.message: missing required parameter 'message'\n"
+    both = cli(live, "submit", "echo", "message=x", "--dry-run", "--wait")
+    assert both.exit_code == 2 and "cannot be combined" in both.stderr
+
+
 def test_counters_job_progress(live: Any) -> None:
     result = cli(live, "submit", "counters", "interval=0", "--wait")
     assert result.exit_code == 0, result.output
@@ -220,8 +284,10 @@ def test_cli_report_inside_a_job(live: Any) -> None:
     job_id = result.stdout.split()[0]
     with Client(live.url) as jm:
         report = jm.get(job_id)["report"]
-    assert report == {"counters": {"files": 7, "stage": ["calibrating", "green"]},
-                      "note": "half way"}
+    assert report == {
+        "counters": {"files": 7, "stage": ["calibrating", "green"]},
+        "note": "half way",
+    }
     assert "calibrating" in result.stdout
 
 
@@ -257,8 +323,10 @@ def test_token_create_and_db_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyP
     home = tmp_path / "home"
     upgraded = runner.invoke(app, ["db", "upgrade", "--home", str(home)])
     assert upgraded.exit_code == 0 and "up to date" in upgraded.stdout
-    created = runner.invoke(app, ["token", "create", "--user", "alice", "--admin",
-                                  "--home", str(home), "--note", "tests"])
+    created = runner.invoke(
+        app,
+        ["token", "create", "--user", "alice", "--admin", "--home", str(home), "--note", "tests"],
+    )
     assert created.exit_code == 0
     secret = created.stdout.strip()
     assert len(secret) >= 40 and "shown" in created.stderr
@@ -281,14 +349,25 @@ def test_script_submit_wait_and_refusal(live: Any) -> None:
     missing = run("submit", "echo", "--url", live.url)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [
-        "error: parameters.message: missing required parameter 'message'"]
+        "error: parameters.message: missing required parameter 'message'"
+    ]
     env_url = run("ls", "--json", JOBMILL_URL=live.url)
     assert env_url.returncode == 0 and len(json.loads(env_url.stdout)) == 1
 
 
 def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
-    result = run("serve", "--host", "0.0.0.0", "--port", str(free_port()),
-                 "--home", str(tmp_path / "home"), "--jobtypes", str(EXAMPLES), timeout=30)
+    result = run(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        "--home",
+        str(tmp_path / "home"),
+        "--jobtypes",
+        str(EXAMPLES),
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "error: refusing to listen on 0.0.0.0 without a user token" in result.stderr
     assert "Traceback" not in result.stderr
@@ -299,9 +378,21 @@ def test_serve_public_address_with_a_token(tmp_path: Path) -> None:
     secret = run("token", "create", "--user", "ops", "--home", home).stdout.strip()
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603
-        [JOBMILL, "serve", "--host", "0.0.0.0", "--port", str(port), "--home", home,
-         "--jobtypes", str(EXAMPLES)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(),
+        [
+            JOBMILL,
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--home",
+            home,
+            "--jobtypes",
+            str(EXAMPLES),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -332,8 +423,16 @@ def test_serve_stops_on_a_broken_job_type_file(tmp_path: Path) -> None:
     broken.write_text(
         "name: broken\ncommand: [echo]\nparameters:\n  x:\n    type: nonsense\n", encoding="utf-8"
     )
-    result = run("serve", "--port", str(free_port()), "--home", str(tmp_path / "home"),
-                 "--jobtypes", str(broken), timeout=30)
+    result = run(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--home",
+        str(tmp_path / "home"),
+        "--jobtypes",
+        str(broken),
+        timeout=30,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: job types: {broken}:5: ")

@@ -77,8 +77,9 @@ def write_script(
     gates.mkdir(exist_ok=True)
     path = directory / name
     path.write_text(
-        SCRIPT.format(python=sys.executable, post=post, wait=wait, code=code, gates=str(gates),
-                      keys=ENV_KEYS)  # fmt: skip
+        SCRIPT.format(
+            python=sys.executable, post=post, wait=wait, code=code, gates=str(gates), keys=ENV_KEYS
+        )  # fmt: skip
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(path)
@@ -242,9 +243,7 @@ def test_definition_jobtype_keeps_parameters_literal() -> None:
 # -- b.5.2, b.5.5, b.5.11: apply, argv and environment, counters, status ----------------------
 
 
-def test_apply_runs_the_executable_and_reports_counters(
-    http: httpx.Client, tmp_path: Path
-) -> None:
+def test_apply_runs_the_executable_and_reports_counters(http: httpx.Client, tmp_path: Path) -> None:
     executable = write_script(tmp_path, post=True, wait=True)
     define(http, "example", executable, "param1 param2")
     applied = apply(http, 134261, "example")
@@ -324,9 +323,10 @@ def test_two_definitions_on_one_run_are_two_jobs(client: TestClient, tmp_path: P
     assert first["job_id"] != second["job_id"]
     again = client.post(f"{API}/runs/42/apply", json={"hash": "smd"})
     assert error(again, 409)["field"] == "definition"
-    assert error(client.post(f"{API}/runs/42/apply", json={"definition": "nope"}), 404)[
-        "field"
-    ] == "name"
+    assert (
+        error(client.post(f"{API}/runs/42/apply", json={"definition": "nope"}), 404)["field"]
+        == "name"
+    )
     for job_id in (first["job_id"], second["job_id"]):
         assert wait_status(client, job_id)["status"] == "DONE"
     args = {json.loads(client.get(f"{API}/jobs/{j}/log").text)["argv"][3]
@@ -505,9 +505,7 @@ def test_kill_cancels_the_process_and_reports_success(client: TestClient, tmp_pa
     assert error(client.post(f"{API}/jobs/{uuid.uuid4()}/kill"), 404)["field"] == "id"
 
 
-def test_delete_refuses_a_running_job_unless_killed_too(
-    client: TestClient, tmp_path: Path
-) -> None:
+def test_delete_refuses_a_running_job_unless_killed_too(client: TestClient, tmp_path: Path) -> None:
     executable = write_script(tmp_path, wait=True)
     define(client, "long", executable)
     job_id = apply(client, 6, "long")["job_id"]
@@ -533,9 +531,10 @@ def test_delete_refuses_a_running_job_unless_killed_too(
 
     # A job deleted through the native API leaves its run free for a new one too.
     third = apply(client, 6, "long")["job_id"]
-    assert error(client.post(f"{API}/runs/6/apply", json={"definition": "long"}), 409)[
-        "job_id"
-    ] == third
+    assert (
+        error(client.post(f"{API}/runs/6/apply", json={"definition": "long"}), 409)["job_id"]
+        == third
+    )
     wait_status(client, third)
     assert client.delete(f"/api/v1/jobs/{third}").status_code == 204
     assert apply(client, 6, "long")["job_id"] not in (job_id, second, third)
@@ -564,9 +563,10 @@ def test_log_tells_no_log_from_an_empty_log_and_details_need_a_backend(
         no_log = client.get(f"{API}/jobs/{job_id}/log")
         assert error(no_log, 404)["code"] == "no_log"
         assert error(client.get(f"{API}/jobs/{uuid.uuid4()}/log"), 404)["code"] == "not_found"
-        assert error(client.get(f"{API}/jobs/{job_id}/log", params={"stream": "x"}), 422)[
-            "field"
-        ] == "stream"
+        assert (
+            error(client.get(f"{API}/jobs/{job_id}/log", params={"stream": "x"}), 422)["field"]
+            == "stream"
+        )
         assert error(client.get(f"{API}/jobs/{job_id}/details"), 409)["field"] == "id"
         assert entry(client, job_id)["status"] == "Request Sent"
     with TestClient(create_app(jobmill)) as client:
@@ -688,4 +688,3 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
-

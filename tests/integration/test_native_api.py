@@ -139,6 +139,9 @@ def test_unknown_things_are_404(client: TestClient) -> None:
         assert response.status_code == 404, path
     assert client.delete("/api/v1/jobs/nosuch").status_code == 404
     assert client.post("/api/v1/jobs/nosuch/abort").status_code == 404
+    for action in ("hold", "release"):
+        assert client.post(f"/api/v1/jobs/nosuch/{action}").status_code == 404
+    assert client.get("/api/v1/jobs/nosuch/details").status_code == 404
 
 
 def test_logs_bounds_and_streams(client: TestClient) -> None:
@@ -176,4 +179,6 @@ def test_jobtypes_health_and_openapi(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     spec = client.get("/openapi.json").json()
     assert "/api/v1/jobs" in spec["paths"]
+    for path in ("render", "{job_id}/hold", "{job_id}/release", "{job_id}/details"):
+        assert f"/api/v1/jobs/{path}" in spec["paths"], path
     assert client.get("/docs").status_code == 200

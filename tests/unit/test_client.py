@@ -29,8 +29,14 @@ def job(job_id: str = "j1", phase: str = "QUEUED", **extra: Any) -> dict[str, An
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("JOBMILL_URL", "JOBMILL_HOST", "JOBMILL_PORT", "JOBMILL_API_TOKEN",
-                 "JOBMILL_REPORT_URL", "JOBMILL_TOKEN"):
+    for name in (
+        "JOBMILL_URL",
+        "JOBMILL_HOST",
+        "JOBMILL_PORT",
+        "JOBMILL_API_TOKEN",
+        "JOBMILL_REPORT_URL",
+        "JOBMILL_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -78,8 +84,14 @@ def test_submit_sends_only_given_fields() -> None:
     jm.submit("sleep", run_id="r7", execution_duration=0, executor="local", phase="PENDING")
     assert bodies == [
         {"type": "echo", "parameters": {"message": "hi"}},
-        {"type": "sleep", "parameters": {}, "run_id": "r7", "executor": "local",
-         "execution_duration": 0, "phase": "PENDING"},
+        {
+            "type": "sleep",
+            "parameters": {},
+            "run_id": "r7",
+            "executor": "local",
+            "execution_duration": 0,
+            "phase": "PENDING",
+        },
     ]
 
 
@@ -87,14 +99,20 @@ def test_submit_many_posts_one_batch() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/v1/jobs/batch"
         body = json.loads(request.content)
-        assert body == {"jobs": [{"type": "echo", "parameters": {"message": "a"}},
-                                 {"type": "echo", "parameters": {"message": "b"}, "run_id": "x"}]}
+        assert body == {
+            "jobs": [
+                {"type": "echo", "parameters": {"message": "a"}},
+                {"type": "echo", "parameters": {"message": "b"}, "run_id": "x"},
+            ]
+        }
         return httpx.Response(201, json={"count": 2, "ids": ["a", "b"]})
 
-    ids = fake(handler).submit_many([
-        {"type": "echo", "parameters": {"message": "a"}},
-        {"type": "echo", "parameters": {"message": "b"}, "run_id": "x"},
-    ])
+    ids = fake(handler).submit_many(
+        [
+            {"type": "echo", "parameters": {"message": "a"}},
+            {"type": "echo", "parameters": {"message": "b"}, "run_id": "x"},
+        ]
+    )
     assert ids == ["a", "b"]
 
 
@@ -110,25 +128,77 @@ def test_list_repeats_phase_and_iter_jobs_follows_cursors() -> None:
     jm = fake(handler)
     page = jm.list(phase=["QUEUED", "EXECUTING"], type="echo", limit=2)
     assert [j["id"] for j in page.jobs] == ["a", "b"] and page.next_cursor == "10"
-    assert queries[0] == [("phase", "QUEUED"), ("phase", "EXECUTING"), ("type", "echo"),
-                          ("limit", "2")]
+    assert queries[0] == [
+        ("phase", "QUEUED"),
+        ("phase", "EXECUTING"),
+        ("type", "echo"),
+        ("limit", "2"),
+    ]
     queries.clear()
     assert [j["id"] for j in jm.iter_jobs(phase="COMPLETED", limit=2)] == list("abcde")
     assert [dict(q).get("cursor") for q in queries] == [None, "10", "5"]
     assert all(("phase", "COMPLETED") in q for q in queries)
 
 
+def test_hold_release_details_and_render_requests() -> None:
+    seen: list[tuple[str, str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.method, request.url.path, body))
+        if request.url.path.endswith("/details"):
+            return httpx.Response(200, json={"id": "j1", "details": "JobId=7 JobState=PENDING"})
+        if request.url.path.endswith("/render"):
+            return httpx.Response(200, json={"executor": "slurm", "script": "#!/bin/sh\n"})
+        return httpx.Response(200, json=job(phase="HELD"))
+
+    jm = fake(handler)
+    assert jm.hold("j1")["phase"] == "HELD"
+    jm.release("j1")
+    assert jm.details("j1")["details"] == "JobId=7 JobState=PENDING"
+    assert jm.render("echo", {"message": "hi"}, executor="slurm")["executor"] == "slurm"
+    assert seen == [
+        ("POST", "/api/v1/jobs/j1/hold", None),
+        ("POST", "/api/v1/jobs/j1/release", None),
+        ("GET", "/api/v1/jobs/j1/details", None),
+        ("POST", "/api/v1/jobs/render",
+         {"type": "echo", "parameters": {"message": "hi"}, "executor": "slurm"}),
+    ]  # fmt: skip
+
+
+def test_hold_refusal_keeps_status_and_message() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = "job j1 is EXECUTING: only a job that has not started can be held"
+        return httpx.Response(
+            409, json={"error": {"code": "conflict", "message": message, "phase": "EXECUTING"}}
+        )
+
+    with pytest.raises(JobmillClientError) as caught:
+        fake(handler).hold("j1")
+    assert (caught.value.status, caught.value.code) == (409, "conflict")
+    assert str(caught.value).startswith("job j1 is EXECUTING")
+
+
 def test_log_returns_bytes_next_offset_and_existence() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/v1/jobs/j1/logs/stderr"
         if request.url.params.get("tail") == "4":
-            return httpx.Response(200, content=b"end\n", headers={
-                "X-Log-Offset": "96", "X-Log-Size": "100", "X-Log-Exists": "true"})
+            return httpx.Response(
+                200,
+                content=b"end\n",
+                headers={"X-Log-Offset": "96", "X-Log-Size": "100", "X-Log-Exists": "true"},
+            )
         if request.url.params["offset"] == "0":
-            return httpx.Response(200, content=b"", headers={
-                "X-Log-Offset": "0", "X-Log-Size": "0", "X-Log-Exists": "false"})
-        return httpx.Response(200, content=b"abc", headers={
-            "X-Log-Offset": "7", "X-Log-Size": "10", "X-Log-Exists": "true"})
+            return httpx.Response(
+                200,
+                content=b"",
+                headers={"X-Log-Offset": "0", "X-Log-Size": "0", "X-Log-Exists": "false"},
+            )
+        return httpx.Response(
+            200,
+            content=b"abc",
+            headers={"X-Log-Offset": "7", "X-Log-Size": "10", "X-Log-Exists": "true"},
+        )
 
     jm = fake(handler)
     assert tuple(jm.log("j1", "stderr")) == (b"", 0, False)
@@ -160,9 +230,16 @@ def test_wait_times_out() -> None:
 
 def test_error_json_becomes_client_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(422, json={"error": {
-            "code": "invalid", "message": "missing required parameter 'message'",
-            "field": "parameters.message"}})
+        return httpx.Response(
+            422,
+            json={
+                "error": {
+                    "code": "invalid",
+                    "message": "missing required parameter 'message'",
+                    "field": "parameters.message",
+                }
+            },
+        )
 
     with pytest.raises(JobmillClientError) as info:
         fake(handler).submit("echo")
@@ -264,8 +341,9 @@ def test_live_round_trip(live: Any) -> None:
 
 def test_live_batch_pending_run_abort_delete(live: Any) -> None:
     with Client(live.url) as jm:
-        ids = jm.submit_many([{"type": "echo", "parameters": {"message": str(i)}, "run_id": "b"}
-                              for i in range(5)])
+        ids = jm.submit_many(
+            [{"type": "echo", "parameters": {"message": str(i)}, "run_id": "b"} for i in range(5)]
+        )
         assert len(ids) == 5
         seen = [j["id"] for j in jm.iter_jobs(run_id="b", limit=2)]
         assert sorted(seen) == sorted(ids) and len(seen) == 5

@@ -9,11 +9,13 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from jobmill.api.auth import current_user
 from jobmill.api.schemas import (
+    DetailsOut,
     EventOut,
     JobBatchCreate,
     JobCreate,
     JobOut,
     JobPage,
+    RenderOut,
     condition_out,
     event_out,
     job_out,
@@ -67,6 +69,15 @@ def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
     return JSONResponse(
         job_out(job), status_code=201, headers={"Location": f"/api/v1/jobs/{job.id}"}
     )
+
+
+@router.post("/jobs/render", response_model=RenderOut)
+def render_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> dict[str, Any]:
+    """A dry run: validate the job exactly as ``POST /jobs`` does (the same 4xx answers) and
+    return the script or submit description its executor would be given. Nothing is created:
+    no job, no event, no file or directory."""
+    rendered = jobs.render(user, _request(body))
+    return {"executor": rendered.executor, "script": rendered.script, "job_id": rendered.job_id}
 
 
 @router.post("/jobs/batch", status_code=201)
@@ -125,6 +136,38 @@ def job_wait_for(job_id: str, jobs: ServiceDep, user: UserDep) -> dict[str, Any]
 def abort_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
     """Abort a job: a running one gets SIGTERM, then SIGKILL after the grace period."""
     return JSONResponse(job_out(jobs.abort(user, job_id)))
+
+
+@router.post("/jobs/{job_id}/hold", response_model=JobOut)
+def hold_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """Keep a QUEUED job from starting (HELD): in the database, or in its batch system. 409
+    for a job that started or is in another phase; 503 when the batch system cannot be asked."""
+    return JSONResponse(job_out(jobs.hold(user, job_id)))
+
+
+@router.post("/jobs/{job_id}/release", response_model=JobOut)
+def release_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """Let a HELD job start again (back to QUEUED)."""
+    return JSONResponse(job_out(jobs.release(user, job_id)))
+
+
+@router.get("/jobs/{job_id}/details", response_model=DetailsOut)
+def job_details(job_id: str, jobs: ServiceDep, user: UserDep, request: Request) -> Response:
+    """What the backend says about the job (``scontrol show job``, ``condor_q -l``, ``bjobs
+    -l``, the local process), as JSON, or as plain text with ``Accept: text/plain``. 409 for a
+    job never handed to a backend; 503 when the backend cannot be asked."""
+    job, text = jobs.details(user, job_id)
+    if request.headers.get("accept", "").startswith("text/plain"):
+        return Response(text, media_type="text/plain; charset=utf-8")
+    return JSONResponse(
+        {
+            "id": job.id,
+            "phase": job.phase.value,
+            "executor": job.executor,
+            "native_id": job.native_id,
+            "details": text,
+        }
+    )
 
 
 @router.post("/jobs/{job_id}/run", response_model=JobOut)

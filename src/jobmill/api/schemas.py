@@ -101,6 +101,24 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
+class RenderOut(BaseModel):
+    """``POST /api/v1/jobs/render``: what a job would be submitted with (nothing is created)."""
+
+    executor: str = Field(description="the executor that would run the job")
+    script: str = Field(description="the exact script or submit description")
+    job_id: str = Field(description="the id the script was written for; a real job gets a new one")
+
+
+class DetailsOut(BaseModel):
+    """``GET /api/v1/jobs/{id}/details``: the backend's own description of the job."""
+
+    id: str
+    phase: str
+    executor: str
+    native_id: str
+    details: str = Field(description="scontrol show job, condor_q -l, bjobs -l, or the process")
+
+
 class EventOut(BaseModel):
     n: int
     at: str | None

@@ -32,8 +32,10 @@ app = typer.Typer(
 )
 token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on the database).")
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
+rules_app = typer.Typer(no_args_is_help=True, help="Rules that create jobs (docs/triggers.md).")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(rules_app, name="rules")
 
 # Piped output is not cut to 80 columns: tables stay one row per job for grep and friends.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -229,13 +231,31 @@ def submit(
         int | None, typer.Option("--duration", help="Maximum execution duration in seconds.")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Validate, print the script the executor would get; create nothing."
+        ),
+    ] = False,
     json_: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Submit a job and print its id (with --wait: exit 0 only if it COMPLETED)."""
     values = pairs(parameters, "parameter")
+    if dry_run and wait:
+        fail("--dry-run and --wait cannot be combined", 2)
     with connect(ctx, url, token) as jm:
+        if dry_run:
+            rendered = jm.render(
+                jobtype, values, run_id=run_id, executor=executor, execution_duration=duration
+            )
+            if json_:
+                print_json(rendered)
+            else:
+                typer.echo(f"# dry run: executor {rendered['executor']}; nothing was submitted")
+                typer.echo(rendered["script"], nl=False)
+            return
         job = jm.submit(
             jobtype, values, run_id=run_id, executor=executor, execution_duration=duration
         )
@@ -385,6 +405,50 @@ def abort(
     typer.echo(f"{job['id']} {job['phase']}")
 
 
+@app.command()
+def hold(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Hold a QUEUED job: it does not start until released."""
+    with connect(ctx, url, token) as jm:
+        job = jm.hold(job_id)
+    typer.echo(f"{job['id']} {job['phase']}")
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Release a HELD job (back to QUEUED)."""
+    with connect(ctx, url, token) as jm:
+        job = jm.release(job_id)
+    typer.echo(f"{job['id']} {job['phase']}")
+
+
+@app.command()
+def details(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Print what the job's backend says about it (scontrol show job, condor_q -l, bjobs -l)."""
+    with connect(ctx, url, token) as jm:
+        answer = jm.details(job_id)
+    if json_:
+        print_json(answer)
+        return
+    text = answer["details"]
+    typer.echo(text if text.endswith("\n") else text + "\n", nl=False)
+
+
 @app.command("rm")
 def remove(
     ctx: typer.Context,
@@ -415,6 +479,56 @@ def types(
         out.print(render.parameters_table(result))
     else:
         out.print(render.jobtypes_table(result))
+
+
+@rules_app.command("list")
+def rules_list(
+    ctx: typer.Context, json_: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None
+) -> None:
+    """List the rules: name, kind, what fires them, the job type they create, on or off."""
+    with connect(ctx, url, token) as jm:
+        rules = jm.rules()
+    if json_:
+        print_json(rules)
+        return
+    from rich.table import Table
+
+    table = Table("NAME", "KIND", "WHEN", "CREATES", "ENABLED", "SOURCE", box=None)
+    for rule in rules:
+        definition = rule["definition"]
+        when = str(definition.get(rule["kind"], ""))
+        table.add_row(
+            rule["name"],
+            rule["kind"],
+            when,
+            definition.get("create", ""),
+            "yes" if rule["enabled"] else "no",
+            rule["origin"],
+        )
+    out.print(table)
+
+
+@rules_app.command("show")
+def rules_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The rule's name.")],
+    firings: Annotated[int, typer.Option("--firings", help="How many firings to show.")] = 10,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show one rule and its latest firings."""
+    with connect(ctx, url, token) as jm:
+        rule = jm.rule(name)
+        latest = jm.rule_firings(name, limit=max(1, firings))
+    if json_:
+        print_json({"rule": rule, "firings": latest})
+        return
+    typer.echo(json.dumps(rule["definition"], indent=2))
+    typer.echo(f"enabled: {'yes' if rule['enabled'] else 'no'}   source: {rule['origin']}")
+    for firing in latest:
+        outcome = firing["job_id"] or f"error: {firing['error']}"
+        typer.echo(f"{firing['fired_at']}  {firing['key']}  {outcome}")
 
 
 # -- inside a job ------------------------------------------------------------------------------

@@ -84,8 +84,13 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], width: int = 200) -> Table:
         created = short_time(job.get("created"))
         if wide:
             table.add_row(
-                text(job["id"]), text(job["type"]), phase(job), text(job.get("run_id")),
-                text(job.get("owner")), created, text(job.get("exit_code")),
+                text(job["id"]),
+                text(job["type"]),
+                phase(job),
+                text(job.get("run_id")),
+                text(job.get("owner")),
+                created,
+                text(job.get("exit_code")),
             )
         else:
             table.add_row(text(job["id"]), text(job["type"]), phase(job), created[5:16])
@@ -126,8 +131,10 @@ def job_details(job: Mapping[str, Any]) -> Table:
         ("ended", text(job.get("ended"))),
         ("exit code", text(job.get("exit_code"))),
         ("error", text(job.get("error"), style="red")),
-        ("max duration", text(f"{job['execution_duration']} s" if job.get("execution_duration")
-                              else None)),
+        (
+            "max duration",
+            text(f"{job['execution_duration']} s" if job.get("execution_duration") else None),
+        ),
         ("destruction", text(job.get("destruction"))),
         ("parent", text(job.get("parent"))),
         ("log dir", text(job.get("log_dir"))),
@@ -158,8 +165,12 @@ def events_table(events: Iterable[Mapping[str, Any]]) -> Table:
             change = f"{event.get('from_phase') or '-'} -> {event['to_phase']}"
         data = event.get("data") or {}
         table.add_row(
-            text(event["n"]), short_time(event.get("at")), text(event["name"]), text(change),
-            text(event.get("actor")), text(", ".join(f"{k}={v}" for k, v in data.items())),
+            text(event["n"]),
+            short_time(event.get("at")),
+            text(event["name"]),
+            text(change),
+            text(event.get("actor")),
+            text(", ".join(f"{k}={v}" for k, v in data.items())),
         )
     return table
 
@@ -176,7 +187,10 @@ def jobtypes_table(types: Iterable[Mapping[str, Any]]) -> Table:
             p["name"] + ("*" if p.get("required") else "") for p in jt.get("parameters", [])
         )
         table.add_row(
-            text(jt["name"]), text(jt.get("version")), text(jt.get("executor")), text(params),
+            text(jt["name"]),
+            text(jt.get("version")),
+            text(jt.get("executor")),
+            text(params),
             text(jt.get("description")),
         )
     return table
@@ -186,10 +200,21 @@ def parameters_table(jobtype: Mapping[str, Any]) -> Table:
     title = f"{jobtype['name']} {jobtype.get('version', '')}: {jobtype.get('description', '')}"
     table = Table(
         title=Text(title),
-        title_justify="left", box=None, pad_edge=False, header_style="bold",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
     )
-    for column in ("PARAMETER", "TYPE", "REQUIRED", "DEFAULT", "ALLOWED", "UNIT", "DELIVERY",
-                   "DESCRIPTION"):
+    for column in (
+        "PARAMETER",
+        "TYPE",
+        "REQUIRED",
+        "DEFAULT",
+        "ALLOWED",
+        "UNIT",
+        "DELIVERY",
+        "DESCRIPTION",
+    ):
         table.add_column(column)
     for p in jobtype.get("parameters", []):
         if p.get("options"):
@@ -202,8 +227,13 @@ def parameters_table(jobtype: Mapping[str, Any]) -> Table:
         if delivery != "argv":
             delivery = f"{delivery} ${p.get('env')}"
         table.add_row(
-            text(p["name"]), text(p.get("type")), text(bool(p.get("required"))),
-            text(p.get("default")), text(allowed), text(p.get("unit")), text(delivery),
+            text(p["name"]),
+            text(p.get("type")),
+            text(bool(p.get("required"))),
+            text(p.get("default")),
+            text(allowed),
+            text(p.get("unit")),
+            text(delivery),
             text(p.get("description")),
         )
     return table

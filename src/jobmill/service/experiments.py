@@ -26,7 +26,7 @@ from jobmill.domain.errors import Conflict, Forbidden, JobmillError, NotFound, V
 from jobmill.domain.jobs import Job
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import TERMINAL, Phase
-from jobmill.executors.base import Executor, ExecutorUnavailable
+from jobmill.executors.base import Executor
 from jobmill.service.files import LogChunk
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.storage.experiments import Applied, ExperimentStore
@@ -48,13 +48,6 @@ class LogUnreadable(JobmillError):
 
     status = 503
     code = "log_unreadable"
-
-
-class BackendUnavailable(JobmillError):
-    """The job's backend cannot be asked right now."""
-
-    status = 503
-    code = "backend_unavailable"
 
 
 @dataclass
@@ -459,23 +452,9 @@ class ExperimentService:
         return chunk
 
     def details(self, user: User, experiment: str, job_id: str) -> tuple[Entry, str]:
-        """The backend's own description of the job (``LocalExecutor.details``, ``scontrol
-        show job``...)."""
+        """The backend's own description of the job (``JobService.backend_details``)."""
         entry = self.entry(user, experiment, job_id)
-        job = entry.job
-        if not job.native_id:
-            raise Conflict(
-                f"job {job.id} has not reached its backend yet ({job.phase.value})",
-                field="id",
-                phase=job.phase.value,
-            )
-        executor = self.executors.get(job.executor)
-        if executor is None:
-            raise Conflict(f"executor '{job.executor}' is not configured here", field="id")
-        try:
-            return entry, executor.details(job.native_id)
-        except ExecutorUnavailable as exc:
-            raise BackendUnavailable(f"{job.executor}: {exc}", field="id") from None
+        return entry, self.jobs.backend_details(entry.job)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""JobService: create, validate, look at, abort and delete jobs. Every face calls this."""
+"""JobService: create, validate, look at, abort, hold, release and delete jobs; show what a
+job's backend says about it and the exact script a job would be submitted with. Every face
+calls this."""
 
 from __future__ import annotations
 
@@ -11,10 +13,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobmill.domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
+from jobmill.domain.errors import (
+    Conflict,
+    Forbidden,
+    JobmillError,
+    NotFound,
+    Unauthorized,
+    ValidationError,
+)
 from jobmill.domain.jobs import Event, Job, NewJob, parse_job_id, utcnow
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import ACTIVE, TERMINAL, Action, Phase, Reason
+from jobmill.executors.base import Executor, ExecutorUnavailable, Holding, LaunchSpec
 from jobmill.service import reports
 from jobmill.service.files import JobFiles, LogChunk
 from jobmill.service.results import ResultFile, find_result, list_results
@@ -26,6 +36,30 @@ if TYPE_CHECKING:
 
 MAX_RUN_ID = 256
 TOKEN_CACHE_SECONDS = 10.0
+DRY_RUN_TOKEN = "<made when the job starts>"
+"""Stands for the job's secret token in a dry run's script (the token exists only once the
+job is dispatched)."""
+NOT_HANDED_OVER = frozenset({Reason.CAPACITY.value, Reason.BACKEND_UNAVAILABLE.value})
+"""Reasons of a QUEUED job that is ready but not in a backend yet: held in the database."""
+
+LaunchSpecFor = Callable[[Job, str], LaunchSpec | str]
+
+
+class BackendUnavailable(JobmillError):
+    """The job's backend cannot be asked right now (503; try again later)."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a dry run shows: the executor and the exact script or submit description."""
+
+    executor: str
+    script: str
+    job_id: str
+    """The id the script was written for; a real submission gets a new one."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +108,15 @@ class JobService:
         on_queued: Callable[[], None] = lambda: None,
         on_cancel: Callable[[Job], None] = lambda job: None,
         data: DataTriggers | None = None,
+        backends: Mapping[str, Executor] | None = None,
+        launch_spec: LaunchSpecFor | None = None,
     ) -> None:
+        """``executors`` names the executors jobs may ask for; ``backends`` are those
+        executors themselves (hold, release, details, render) and ``launch_spec`` builds a
+        job's ``LaunchSpec`` the way dispatch does (``Dispatcher.spec_for``)."""
         self.store = store
+        self.backends = dict(backends or {})
+        self.launch_spec = launch_spec
         self.data = data
         self.jobtypes = dict(jobtypes)
         self.files = files
@@ -95,8 +136,12 @@ class JobService:
 
     # -- creation ---------------------------------------------------------------------------
 
-    def validate(self, user: User, request: JobRequest, *, prefix: str = "") -> NewJob:
-        """Check a request against its job type; raise ``ValidationError`` naming the field."""
+    def validate(
+        self, user: User, request: JobRequest, *, prefix: str = "", dry_run: bool = False
+    ) -> NewJob:
+        """Check a request against its job type; raise ``ValidationError`` naming the field.
+
+        ``dry_run`` checks a ``log_dir`` without creating it."""
         if not isinstance(request.type, str) or not request.type:
             raise ValidationError("missing job type", field=f"{prefix}type")
         jobtype = self.jobtypes.get(request.type)
@@ -105,10 +150,16 @@ class JobService:
             raise ValidationError(
                 f"unknown job type '{request.type}' (known: {known})", field=f"{prefix}type"
             )
-        return self.validate_for(jobtype, user, request, prefix=prefix)
+        return self.validate_for(jobtype, user, request, prefix=prefix, dry_run=dry_run)
 
     def validate_for(
-        self, jobtype: JobType, user: User, request: JobRequest, *, prefix: str = ""
+        self,
+        jobtype: JobType,
+        user: User,
+        request: JobRequest,
+        *,
+        prefix: str = "",
+        dry_run: bool = False,
     ) -> NewJob:
         """``validate`` against a prepared job type that is not in ``jobtypes`` (an ARP
         definition, see ``service.experiments``)."""
@@ -136,7 +187,7 @@ class JobService:
             raise ValidationError(f"longer than {MAX_RUN_ID} characters", field=f"{prefix}run_id")
         log_dir = None
         if request.log_dir is not None:
-            log_dir = self._log_dir(request.log_dir, f"{prefix}log_dir")
+            log_dir = self._log_dir(request.log_dir, f"{prefix}log_dir", create=not dry_run)
         return NewJob(
             type=jobtype.name,
             owner=user.name,
@@ -154,10 +205,17 @@ class JobService:
         )
 
     @staticmethod
-    def _log_dir(value: str, field_name: str) -> str:
+    def _log_dir(value: str, field_name: str, *, create: bool = True) -> str:
         if not value or "\x00" in value:
             raise ValidationError("must be a directory path", field=field_name)
         path = Path(value).expanduser().resolve()
+        if not create:  # a dry run: the same answer, nothing made
+            existing = next(p for p in (path, *path.parents) if p.exists())
+            if not existing.is_dir():
+                raise ValidationError(f"cannot create '{value}': not a directory", field=field_name)
+            if not os.access(existing, os.W_OK):
+                raise ValidationError(f"'{value}' is not writable", field=field_name)
+            return str(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -209,6 +267,30 @@ class JobService:
         if any(job.phase is Phase.QUEUED and job.reason == Reason.CAPACITY for job in jobs):
             self.on_queued()
         return jobs
+
+    def render(self, user: User, request: JobRequest) -> Rendered:
+        """A dry run: validate ``request`` exactly as ``create`` does and return the script or
+        submit description its executor would be given, creating nothing (no row, no file,
+        no directory). A job the executor cannot write (a newline in a Slurm path...) is a
+        ``ValidationError``, where a real submission would fail at dispatch."""
+        new = self.validate(user, request, dry_run=True)
+        if request.wait_for is not None:
+            if self.data is None:
+                raise ValidationError("waiting for data is not enabled", field="wait_for")
+            self.data.prepare(request.wait_for, new.id, field="wait_for")
+        executor = self.backends.get(new.executor)
+        if executor is None or self.launch_spec is None:
+            raise Conflict(f"executor '{new.executor}' is not configured here", field="executor")
+        spec = self.launch_spec(_unsaved(new), DRY_RUN_TOKEN)
+        if isinstance(spec, str):
+            raise ValidationError(spec, field="parameters")
+        try:
+            script = executor.render(spec)
+        except ValueError as exc:
+            raise ValidationError(
+                f"the {new.executor} executor cannot write this job: {exc}", field="parameters"
+            ) from None
+        return Rendered(new.executor, script, new.id)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -322,8 +404,11 @@ class JobService:
         return find_result(self.files, self.jobtypes.get(job.type), job, result_id)
 
     def run(self, user: User, job_id: str) -> Job:
-        """Queue a PENDING job (UWS ``PHASE=RUN``)."""
+        """Queue a PENDING job (UWS ``PHASE=RUN``); a HELD job is released (UWS: HELD waits
+        for ``PHASE=RUN`` like PENDING)."""
         job = self.get(user, job_id)
+        if job.phase is Phase.HELD:
+            return self.release(user, job.id)
         waits = self.data is not None and self.data.has_condition(job.id)
         reason = Reason.DATA if waits else Reason.CAPACITY
         job = self.store.transition(job.id, Action.RUN, actor=user.name, reason=reason.value)
@@ -349,6 +434,141 @@ class JobService:
         if job.native_id:
             self.on_cancel(job)
         return job
+
+    # -- hold and release -------------------------------------------------------------------
+
+    def hold(self, user: User, job_id: str) -> Job:
+        """Keep a QUEUED job from starting (HELD) until ``release``.
+
+        A job not yet handed to a backend is held in the database (dispatch takes only QUEUED
+        jobs); one waiting in a batch system is held there first (``scontrol hold``, ``bstop``,
+        ``JobAction.Hold``) and recorded HELD once the backend said yes. A job that started
+        cannot be held (suspending is not holding), nor one still waiting for data or
+        upstream jobs: 409 naming its phase.
+        """
+        job = self.get(user, job_id)
+        if job.phase is Phase.EXECUTING:
+            raise Conflict(
+                f"job {job.id} is EXECUTING: only a job that has not started can be held "
+                "(hold does not suspend a running job)",
+                phase=job.phase.value,
+            )
+        if job.phase is not Phase.QUEUED:
+            raise Conflict(
+                f"job {job.id} is {job.phase.value}: only a QUEUED job can be held",
+                phase=job.phase.value,
+            )
+        by = {"by": user.name}
+        if job.native_id is None:
+            if job.reason not in NOT_HANDED_OVER:
+                raise Conflict(_not_holdable(job), phase=job.phase.value, reason=job.reason)
+            return self._change(
+                job, Action.HOLD, user, data={**by, "where": "jobmill"}, expect_reason=job.reason
+            )
+        why = f"held through jobmill by {user.name}"
+        self._backend_call(job, "hold", lambda executor: executor.hold(str(job.native_id), why))
+        return self._change(
+            job,
+            Action.HOLD,
+            user,
+            data={**by, "where": job.executor, "why": why},
+            expect_reason=Reason.BACKEND.value,
+        )
+
+    def release(self, user: User, job_id: str) -> Job:
+        """Let a HELD job start: back to QUEUED, in the database or in its batch system (which
+        may refuse a hold it did not get from this user, such as an administrator's)."""
+        job = self.get(user, job_id)
+        if job.phase is not Phase.HELD:
+            raise Conflict(
+                f"job {job.id} is {job.phase.value}: only a HELD job can be released",
+                phase=job.phase.value,
+            )
+        by = {"by": user.name}
+        if job.native_id is None:
+            job = self._change(job, Action.RELEASE, user, data=by, reason=Reason.CAPACITY.value)
+            self.on_queued()
+            return job
+        why = f"released through jobmill by {user.name}"
+        self._backend_call(
+            job, "release", lambda executor: executor.release(str(job.native_id), why)
+        )
+        return self._change(
+            job, Action.RELEASE, user, data={**by, "why": why}, reason=Reason.BACKEND.value
+        )
+
+    def _backend_call(self, job: Job, what: str, call: Callable[[Holding], None]) -> None:
+        """Ask the job's backend to hold or release it: 503 when it cannot be reached, 409 when
+        it refuses or cannot hold at all."""
+        executor = self.backends.get(job.executor)
+        if not isinstance(executor, Holding):
+            raise Conflict(
+                f"the {job.executor} executor cannot {what} a job it runs", phase=job.phase.value
+            )
+        try:
+            call(executor)
+        except ExecutorUnavailable as exc:
+            raise BackendUnavailable(f"{job.executor}: {exc}", field="id") from None
+        except OSError as exc:
+            raise Conflict(
+                f"{job.executor} refused to {what} job {job.id}: {exc}", phase=job.phase.value
+            ) from None
+
+    def _change(
+        self,
+        job: Job,
+        action: Action,
+        user: User,
+        *,
+        data: Mapping[str, Any],
+        reason: str | None = None,
+        expect_reason: str | None = None,
+    ) -> Job:
+        """A user's hold or release; when the engine (or a backend) got there first, the job
+        as it is now if it already reached the same phase, else 409 naming its phase."""
+        try:
+            return self.store.transition(
+                job.id,
+                action,
+                actor=user.name,
+                data=data,
+                reason=reason,
+                expect_reason=expect_reason,
+            )
+        except Conflict:
+            now = self.store.require(job.id)
+            wanted = Phase.HELD if action is Action.HOLD else Phase.QUEUED
+            if now.phase is wanted:
+                return now
+            state = f"{now.phase.value} ({now.reason})" if now.reason else now.phase.value
+            raise Conflict(
+                f"job {job.id} became {state} meanwhile: it cannot {action.value} now",
+                phase=now.phase.value,
+            ) from None
+
+    # -- what the backend says --------------------------------------------------------------
+
+    def details(self, user: User, job_id: str) -> tuple[Job, str]:
+        """The job and its backend's own description of it (``scontrol show job``,
+        ``condor_q -l``, ``bjobs -l``, the local process)."""
+        job = self.get(user, job_id)
+        return job, self.backend_details(job)
+
+    def backend_details(self, job: Job) -> str:
+        """``details`` for a job already found (the ARP face finds its own)."""
+        if not job.native_id:
+            raise Conflict(
+                f"job {job.id} has not reached its backend yet ({job.phase.value})",
+                field="id",
+                phase=job.phase.value,
+            )
+        executor = self.backends.get(job.executor)
+        if executor is None:
+            raise Conflict(f"executor '{job.executor}' is not configured here", field="id")
+        try:
+            return executor.details(job.native_id)
+        except ExecutorUnavailable as exc:
+            raise BackendUnavailable(f"{job.executor}: {exc}", field="id") from None
 
     def delete(self, user: User, job_id: str) -> None:
         job = self.get(user, job_id)
@@ -386,6 +606,35 @@ class JobService:
             self._verified.clear()
         self._verified[key] = now + TOKEN_CACHE_SECONDS
         return True
+
+
+def _not_holdable(job: Job) -> str:
+    if job.reason == Reason.BACKEND.value:
+        return f"job {job.id} is being handed to its backend right now: try again in a moment"
+    return (
+        f"job {job.id} is QUEUED ({job.reason or 'no reason'}): it can be held once it is "
+        "ready to run"
+    )
+
+
+def _unsaved(new: NewJob) -> Job:
+    """The job ``new`` would become, without storing it (for a dry run)."""
+    return Job(
+        id=new.id,
+        type=new.type,
+        owner=new.owner,
+        phase=new.phase,
+        parameters=dict(new.parameters),
+        created_at=utcnow(),
+        run_id=new.run_id,
+        reason=new.reason,
+        extra_parameters=dict(new.extra_parameters),
+        executor=new.executor,
+        execution_duration=new.execution_duration,
+        destruction_at=new.destruction_at,
+        parent_id=new.parent_id,
+        log_dir=new.log_dir,
+    )
 
 
 def parse_time(value: str, field_name: str) -> datetime:
