@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from jobmill.config import Settings
 from jobmill.domain.jobtype_files import load_jobtypes
 from jobmill.domain.jobtypes import JobType
+from jobmill.domain.rule_files import load_rules
 from jobmill.executors.registry import build_executors
 from jobmill.service.datawatch import DataWatcher, WatchSettings
 from jobmill.service.dispatcher import Dispatcher
@@ -19,12 +20,14 @@ from jobmill.service.engine import Engine as JobEngine
 from jobmill.service.experiments import ExperimentService, JobTypes
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService
+from jobmill.service.rules import RuleEngine
 from jobmill.service.triggers import DataTriggers
 from jobmill.storage import migrate
 from jobmill.storage.conditions import ConditionStore
 from jobmill.storage.db import make_engine
 from jobmill.storage.experiments import ExperimentStore
 from jobmill.storage.jobs import JobStore
+from jobmill.storage.rules import RuleStore
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Jobmill:
     engine: JobEngine
     data: DataTriggers | None = None
     experiments: ExperimentService | None = None
+    rules: RuleEngine | None = None
 
     def start(self) -> None:
         self.engine.start()
@@ -48,8 +52,12 @@ class Jobmill:
             self.experiments.autorun_missed()
         if self.data is not None:
             self.data.watcher.start()
+        if self.rules is not None:
+            self.rules.start()
 
     def close(self) -> None:
+        if self.rules is not None:
+            self.rules.stop()
         if self.data is not None:
             self.data.watcher.stop()
         self.engine.stop()
@@ -72,6 +80,7 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> JobStore:
 def build(settings: Settings) -> Jobmill:
     """Build (but do not start) a jobmill. Raises ``JobTypeFileError`` for a broken job type."""
     jobtypes = load_jobtypes(settings.jobtypes)
+    rule_specs = load_rules(settings.jobtypes, jobtypes)
     store = open_store(settings)
     files = JobFiles(settings.home)
     executors = build_executors(settings)
@@ -90,11 +99,30 @@ def build(settings: Settings) -> Jobmill:
         on_queued=engine.notify_queued,
         on_cancel=engine.request_cancel,
         data=data,
+        backends=executors,
+        launch_spec=dispatcher.spec_for,
     )
     experiments = ExperimentService(experiment_store, service, dispatch_types, executors)
+    rules = RuleEngine(
+        RuleStore(store),
+        service,
+        rule_specs,
+        watcher=data.watcher,
+        data_root=data.data_root,
+        default_owner=settings.local_user,
+    )
+    engine.on_ended = rules.notify_ended
     log.info("jobmill: %d job types, database %s", len(jobtypes), store.engine.url)
     return Jobmill(
-        settings, store.engine, store, jobtypes, service, engine, data, experiments=experiments
+        settings,
+        store.engine,
+        store,
+        jobtypes,
+        service,
+        engine,
+        data,
+        experiments=experiments,
+        rules=rules,
     )
 
 

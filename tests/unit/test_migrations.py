@@ -18,6 +18,7 @@ from jobmill.storage.tables import metadata
 
 TABLES = {"jobs", "events", "tokens", "data_conditions"}
 TABLES |= {"experiment_definitions", "experiment_runs", "experiment_applications"}
+TABLES |= {"rules", "rule_firings", "rule_cursors"}
 
 
 @pytest.fixture

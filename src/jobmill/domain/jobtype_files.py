@@ -23,6 +23,8 @@ from jobmill.domain.errors import JobTypeFileError
 from jobmill.domain.jobtypes import JobType, resolve_command
 
 SUFFIXES = (".yaml", ".yml")
+RULES_SUFFIXES = (".rules.yaml", ".rules.yml")
+"""Rules files (``domain.rule_files``) sit beside job types; they are not job types."""
 _FIELD = re.compile(r"^([A-Za-z_][\w.-]*): ")
 
 
@@ -32,7 +34,11 @@ def load_jobtypes(sources: Iterable[str | os.PathLike[str]]) -> dict[str, JobTyp
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            files = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix in SUFFIXES and p.is_file() and not p.name.endswith(RULES_SUFFIXES)
+            )
         elif path.is_file():
             files = [path]
         else:

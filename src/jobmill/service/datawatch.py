@@ -22,6 +22,10 @@ job still QUEUED and waiting for data changes, so releases are exactly once even
 watchers in several jobmill processes. Every ``refresh_interval`` the watcher reloads the set
 of waiting jobs from the database, picking up jobs created by other jobmill processes and
 dropping jobs aborted, released or deleted elsewhere.
+
+File rules (``service.rules``) use the same watcher through ``listen``: a ``FileListener`` is
+indexed like a waiting condition, hears of every complete file its patterns match (those
+already there first), and is never released or dropped by the reload.
 """
 
 from __future__ import annotations
@@ -70,6 +74,22 @@ class WatchSettings:
     use_inotify: bool = True
 
 
+@dataclass(frozen=True)
+class FileListener:
+    """Someone other than a waiting job who wants to hear of every complete file matching
+    ``condition.paths`` (a file rule, see ``service.rules``), by the same completeness rules.
+
+    ``wanted(path)`` says whether the file still matters (False once it was handled), so a
+    scanned directory does not hand over the same file at every scan; ``arrived(path)`` is
+    called in the watcher's thread and must return at once.
+    """
+
+    key: str
+    condition: DataCondition
+    wanted: Callable[[str], bool]
+    arrived: Callable[[str], None]
+
+
 @dataclass(slots=True)
 class _Pattern:
     text: str
@@ -88,6 +108,7 @@ class _Wait:
     stable: float
     deadline: float | None  # epoch seconds
     added: float  # monotonic
+    listener: FileListener | None = None
 
 
 @dataclass(slots=True)
@@ -190,6 +211,15 @@ class DataWatcher:
             self._inbox.append(("add", items))
             self._wake()
 
+    def listen(self, listener: FileListener) -> None:
+        """Hand every complete file matching the listener's patterns to it, starting with the
+        files already there (``unlisten`` with its key stops it)."""
+        self._inbox.append(("listen", listener))
+        self._wake()
+
+    def unlisten(self, key: str) -> None:
+        self.forget([key])
+
     def forget(self, job_ids: Iterable[str]) -> None:
         """Stop watching for these jobs (released by hand, aborted...)."""
         ids = list(job_ids)
@@ -280,6 +310,13 @@ class DataWatcher:
                     wait = self._index(item)
                     if wait is not None:
                         fresh.append(wait)
+            elif what == "listen":
+                listener: FileListener = payload  # type: ignore[assignment]
+                item = WaitingCondition(listener.key, listener.condition, None, datetime.now(UTC))
+                wait = self._index(item)
+                if wait is not None:
+                    wait.listener = listener
+                    fresh.append(wait)
             else:
                 for job_id in payload:  # type: ignore[attr-defined]
                     self._unindex(job_id)
@@ -482,6 +519,8 @@ class DataWatcher:
         for wait, i in candidates:
             if wait.arrived[i] or wait.job_id not in self.waits:
                 continue
+            if wait.listener is not None and not wait.listener.wanted(path):
+                continue
             if wait.condition.marker:
                 if os.path.exists(path + MARKER_SUFFIX) and os.path.exists(path):
                     self._arrive(wait, i, path)
@@ -548,6 +587,10 @@ class DataWatcher:
             self._settle(path, track, now)
 
     def _arrive(self, wait: _Wait, i: int, path: str) -> None:
+        if wait.listener is not None:  # listeners hear of every file and never complete
+            if wait.listener.wanted(path):
+                wait.listener.arrived(path)
+            return
         wait.arrived[i] = True
         if wait.condition.holds(wait.arrived):
             self._unindex(wait.job_id)
@@ -601,7 +644,12 @@ class DataWatcher:
         started = time.monotonic()
         self._next_refresh = started + self.settings.refresh_interval
         ids = self.store.waiting_ids()
-        for job_id in [j for j, w in self.waits.items() if j not in ids and w.added < started]:
+        gone = [
+            j
+            for j, w in self.waits.items()
+            if j not in ids and w.added < started and w.listener is None
+        ]
+        for job_id in gone:
             self._unindex(job_id)
         missing = [j for j in ids if j not in self.waits and j not in self._to_release]
         if not missing:

@@ -1,9 +1,10 @@
-"""Triggers: what releases jobs without a person. For now: waiting for data.
+"""Triggers: jobs that wait for data.
 
 ``DataTriggers`` is what ``JobService`` and the faces call: it resolves conditions, stores jobs
 with their conditions in one transaction, hands them to the one ``DataWatcher``, and releases a
-job by its secret key (OCPS ``monitor/complete``). Experiments/autorun (ARP) and rules are not
-here yet (see ``docs/triggers.md``).
+job by its secret key (OCPS ``monitor/complete``). The other triggers live beside it:
+experiments and autorun (ARP) in ``service.experiments``, rules in ``service.rules`` (see
+``docs/triggers.md``).
 """
 
 from __future__ import annotations

@@ -55,9 +55,12 @@ jobs = Table(
     Column("parent_id", String(36)),
     Column("log_dir", Text),
     Column("event_count", Integer, nullable=False),
-    Index(None, "phase", "executor"),
+    # The engine's claim: QUEUED jobs of one executor with one reason, oldest first.
+    Index(None, "phase", "executor", "reason", "seq"),
     Index(None, "owner", "seq"),
     Index(None, "type", "seq"),
+    # Job lists filtered by phase (UWS ``PHASE=EXECUTING&LAST=100``), newest first.
+    Index(None, "type", "phase", "seq"),
     Index(None, "run_id"),
     Index(None, "created_at"),
 )
@@ -153,3 +156,41 @@ experiment_applications = Table(
 )
 """A definition applied to a run: at most one row, hence one job, per (experiment, run,
 definition); written in the transaction that creates its job."""
+
+rules = Table(
+    "rules",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("source", String(8), nullable=False),
+    Column("definition", JSON),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+"""Rules created through the API (``source`` "api", with their definition), and the switch of
+a rule declared in a rules file (``source`` "file", no definition) once it was flipped."""
+
+rule_firings = Table(
+    "rule_firings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False),
+    Column("key", String(1024), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="SET NULL")),
+    Column("error", Text),
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("rule", "key"),
+    Index(None, "job_id"),
+)
+"""Each firing of a rule: at most one row, hence one job, per (rule, key); written in the
+transaction that creates its job (see ``storage.rules``)."""
+
+rule_cursors = Table(
+    "rule_cursors",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("seq", Integer, nullable=False),
+)
+"""How far job rules have read the events table (shared by every jobmill process)."""
