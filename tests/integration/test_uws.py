@@ -225,6 +225,51 @@ def test_job_list_shows_its_type_only_with_resolving_links(
     assert client.get("/uws/echo/async").content == client.get("/uws/echo").content
 
 
+def test_job_list_carries_any_run_id_like_the_job_document(
+    client: TestClient, schema: xmlschema.XMLSchema
+) -> None:
+    """The list is written as text: markup, quotes, CR/LF/tab and control characters in a
+    RUNID come out as in the job document (which lxml writes)."""
+    odd = "a&b<c>\"d'\r\n\te\x01]]>"
+    url = create(client, RUNID=odd)
+    create(client)  # no RUNID: no runId element
+    root = valid(schema, client.get("/uws/echo").content)
+    listed = [child(ref, "runId") for ref in root]
+    assert listed[1].text == "a&b<c>\"d'\r\n\te\ufffd]]>"
+    assert listed[0] is None
+    assert child(valid(schema, client.get(url).content), "runId").text == listed[1].text
+    assert [j.runid for j in parse_job_list(io.BytesIO(client.get("/uws/echo").content))] == [
+        None,
+        listed[1].text,
+    ]
+
+
+def test_index_lists_every_job_type_with_its_parameters(
+    client: TestClient, jobmill: Jobmill, schema: xmlschema.XMLSchema
+) -> None:
+    jm = "{urn:jobmill}"
+    response = client.get("/uws")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/xml")
+    root = etree.fromstring(response.content)
+    assert root.tag == jm + "jobLists"
+    lists = {entry.get("name"): entry for entry in root}
+    assert list(lists) == sorted(jobmill.jobtypes)
+    for name, entry in lists.items():
+        href = entry.get(XLINK + "href")
+        assert href == f"http://testserver/uws/{name}"
+        valid(schema, client.get(href).content)  # a UWS job list
+    dump = lists["dump"]
+    params = {p.get("name"): p for p in dump.findall(jm + "parameter")}
+    assert params["message"].get("required") == "true"
+    assert (
+        params["data"].get("type") == "path" and params["data"].text == "A file, usually uploaded."
+    )
+    assert [r.get("name") for r in dump.findall(jm + "result")] == ["dump"]
+    assert dump.findtext(jm + "description") == "Dump argv and environment to dump.json."
+    assert client.get("/uws/", follow_redirects=True).content == response.content
+
+
 def test_error_job_has_a_fatal_error_summary_and_error_text(
     client: TestClient, schema: xmlschema.XMLSchema
 ) -> None:
@@ -243,6 +288,44 @@ def test_error_job_has_a_fatal_error_summary_and_error_text(
     job = parse_job(io.BytesIO(body))
     assert job.phase == "ERROR" and job.errorsummary.message.content
     assert job.errorsummary.type_ == "fatal"
+
+
+def test_an_archived_job_keeps_its_document_but_no_result_files(
+    client: TestClient, jobmill: Jobmill, schema: xmlschema.XMLSchema
+) -> None:
+    """Past its destruction time a job is ARCHIVED: its files are gone, so its results list
+    only the provenance documents (kept in the database); everything still validates."""
+    response = client.post(
+        "/uws/dump",
+        data={"MESSAGE": "m", "PHASE": "RUN"},
+        files={"DATA": ("t.vot", b"<VOTABLE/>", "text/xml")},
+        follow_redirects=False,
+    )
+    url = response.headers["location"]
+    assert until(client, url) == "COMPLETED"
+    before = valid(schema, client.get(f"{url}/results").content)
+    assert "dump" in [r.get("id") for r in before]
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    assert client.post(url, data={"DESTRUCTION": past}, follow_redirects=False).status_code == 303
+    assert until(client, url, "ARCHIVED", timeout=30) == "ARCHIVED"
+    assert not jobmill.jobs.files.workdir(job_id(url)).exists()
+    job = valid(schema, client.get(url).content)
+    assert child(job, "phase").text == "ARCHIVED"
+    results = valid(schema, client.get(f"{url}/results").content)
+    ids = [r.get("id") for r in results]
+    assert "dump" not in ids
+    assert [r.get("id") for r in child(job, "results")] == ids
+    for result in results:  # the provenance documents still resolve
+        assert client.get(result.get(XLINK + "href")).status_code == 200
+    gone = client.get(f"{url}/results/dump")
+    assert gone.status_code == 404 and gone.headers["content-type"].startswith("text/plain")
+    params = {p.get("id"): p for p in valid(schema, client.get(f"{url}/parameters").content)}
+    assert params["data"].get("byReference") is None  # the upload went with the files
+    assert params["data"].text == "uploads/data"
+    assert parse_job(io.BytesIO(client.get(url).content)).phase == "ARCHIVED"
+    assert client.get(url, params={"WAIT": "5"}).status_code == 200  # at once: not active
+    refused = client.post(url, data={"DESTRUCTION": past})
+    assert refused.status_code == 403 and "archived" in refused.text
 
 
 def test_abort_gives_a_transient_error_summary(
@@ -404,6 +487,63 @@ def test_multipart_upload_is_saved_served_back_and_given_to_the_process(
     assert response.status_code == 303
     assert client.get(f"{pending}/parameters/tab").content == b"T"
     assert client.get(f"{pending}/parameters/UPLOAD").text == "t,param:tab"
+
+
+def test_uploads_have_their_own_limit(jobmill: Jobmill, settings: Settings) -> None:
+    """Uploads may exceed the 1 MiB request limit, up to JOBMILL_MAX_UPLOAD; over it, 413 names
+    the limit and nothing is left behind, whether the size is announced or streamed."""
+    big = b"v" * (settings.max_request_bytes + 1000)
+    jobmill.settings = settings.with_(max_upload_bytes=len(big) + 4096)
+    with TestClient(create_app(jobmill, start_engine=False)) as client:
+        response = client.post(
+            "/uws/dump",
+            data={"MESSAGE": "m"},
+            files={"DATA": ("big.bin", big, "application/octet-stream")},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, response.text
+        url = response.headers["location"]
+        assert client.get(f"{url}/parameters/data").content == big
+        # The same file over the limit: refused, announced (Content-Length) or streamed.
+        too_big = big + b"w" * 8192
+        request = client.build_request(
+            "POST", "/uws/dump", data={"MESSAGE": "m"}, files={"DATA": ("b", too_big)}
+        )
+        body = request.read()
+        streamed = (body[i : i + 65536] for i in range(0, len(body), 65536))
+        headers = {"content-type": request.headers["content-type"]}
+        for response in [
+            client.send(request),
+            client.post("/uws/dump", content=streamed, headers=headers),
+            client.post(f"{url}/parameters", content=body, headers=headers),
+        ]:
+            assert response.status_code == 413
+            assert response.headers["content-type"].startswith("text/plain")
+            assert str(len(big) + 4096) in response.text and "JOBMILL_MAX_UPLOAD" in response.text
+        assert jobmill.store.count() == 1
+        assert client.get(f"{url}/parameters/data").content == big
+        assert not list((jobmill.jobs.files.workdir(job_id(url)) / "uploads").glob(".*"))
+        # Bodies that are not uploads keep the request limit.
+        form = client.post("/uws/dump", data={"MESSAGE": "m", "NOTE": big.decode()})
+        assert form.status_code == 413 and "request limit" in form.text
+        assert jobmill.store.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "size"), [("5000", 5000), ("512K", 512 << 10), ("100M", 100 << 20), ("2GiB", 2 << 30)]
+)
+def test_max_upload_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, size: int
+) -> None:
+    monkeypatch.setenv("JOBMILL_MAX_UPLOAD", value)
+    assert Settings.from_env().max_upload_bytes == size
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "0", "1.5M"])
+def test_a_bad_max_upload_stops_with_its_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("JOBMILL_MAX_UPLOAD", value)
+    with pytest.raises(SystemExit, match="JOBMILL_MAX_UPLOAD"):
+        Settings.from_env()
 
 
 def test_values_xml_cannot_carry_are_given_by_reference(
@@ -624,8 +764,9 @@ def test_pyvo_parses_every_job_document(client: TestClient) -> None:
         parse_job_list(io.BytesIO(client.get(f"/uws/{type_name}").content))
 
 
-def test_last_is_fast_with_many_jobs(settings: Settings) -> None:
-    """LAST and PHASE on 100,000 jobs answer in milliseconds (indexed, newest first)."""
+def test_last_and_phase_pick_the_newest_of_many_jobs(settings: Settings) -> None:
+    """LAST, PHASE and AFTER on 100,000 jobs select the newest matches (the timings are in
+    bench/bench_uws_list.py)."""
     from jobmill.storage.tables import jobs
 
     jm = build(settings)
@@ -653,11 +794,8 @@ def test_last_is_fast_with_many_jobs(settings: Settings) -> None:
                 ({"LAST": 10, "AFTER": after}, newest[:7]),
                 ({"LAST": 10, "PHASE": "EXECUTING"}, []),  # none: the worst case
             ]:
-                started = time.perf_counter()
                 response = client.get("/uws/echo", params=params)
-                elapsed = time.perf_counter() - started
                 assert response.status_code == 200
                 assert [r.get("id") for r in etree.fromstring(response.content)] == expected
-                assert elapsed < 0.5, (params, elapsed)
     finally:
         jm.close()

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobmill import __version__
-from jobmill.api import arp, native, ocps, provenance, uws
+from jobmill.api import arp, native, ocps, provenance, rules, uws
 from jobmill.api.auth import Authenticator
 from jobmill.domain.errors import JobmillError
 from jobmill.factory import Jobmill
@@ -75,7 +75,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
-        jobmill.store.count()
+        jobmill.store.ping()
         return {"status": "ok", "version": __version__}
 
     app.include_router(native.router)
@@ -83,30 +83,49 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     app.include_router(provenance.router)
     app.include_router(uws.router)
     app.include_router(arp.router)
+    app.include_router(rules.router)
     app.add_middleware(
         BodyLimit,
         limit=jobmill.settings.max_request_bytes,
         batch_limit=jobmill.settings.max_batch_request_bytes,
+        upload_limit=jobmill.settings.max_upload_bytes,
     )
     return app
 
 
 class BodyLimit:
-    """Refuses request bodies over a limit with 413 (DESIGN rule 10), streamed or not."""
+    """Refuses request bodies over a limit with 413 (DESIGN rule 10), streamed or not.
 
-    def __init__(self, app: ASGIApp, limit: int, batch_limit: int) -> None:
+    Batch submissions have their own limit, and so have multipart requests to the UWS face (file
+    uploads, ``JOBMILL_MAX_UPLOAD``), whose files Starlette spools to temporary files on disk.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, batch_limit: int, upload_limit: int | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
         self.batch_limit = batch_limit
+        self.upload_limit = upload_limit or limit
+
+    def limit_for(self, scope: Scope) -> tuple[int, str]:
+        """The body limit of this request, and what sets it (for the 413's message)."""
+        path: str = scope["path"]
+        if path.endswith("/batch"):
+            return self.batch_limit, "the batch limit"
+        if path.startswith("/uws/") and scope["method"] == "POST" and _multipart(scope):
+            return self.upload_limit, "JOBMILL_MAX_UPLOAD"
+        return self.limit, "the request limit"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.batch_limit if scope["path"].endswith("/batch") else self.limit
+        limit, setting = self.limit_for(scope)
+        text = scope["path"].startswith("/uws/")  # the UWS face answers errors in plain text
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _too_large(send, limit)
+                await _too_large(send, limit, setting, text=text)
                 return
         seen = 0
 
@@ -122,24 +141,30 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await _too_large(send, limit)
+            await _too_large(send, limit, setting, text=text)
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = (
-        b'{"error":{"code":"too_large","message":"request body over '
-        + str(limit).encode()
-        + b' bytes","field":"body"}}'
-    )
+def _multipart(scope: Scope) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return bool(value.lower().startswith(b"multipart/form-data"))
+    return False
+
+
+async def _too_large(send: Send, limit: int, setting: str, *, text: bool = False) -> None:
+    message = f"request body over {limit} bytes ({setting})"
+    if text:
+        body, media = message.encode(), b"text/plain; charset=utf-8"
+    else:
+        body = (
+            b'{"error":{"code":"too_large","message":"' + message.encode() + b'","field":"body"}}'
+        )
+        media = b"application/json"
     await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json")],
-        }
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", media)]}
     )
     await send({"type": "http.response.body", "body": body})

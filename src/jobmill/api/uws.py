@@ -252,7 +252,14 @@ def parse_control(values: Mapping[str, str]) -> Control:
     return control
 
 
-# -- the job list -------------------------------------------------------------------------------
+# -- the index and the job lists ----------------------------------------------------------------
+
+
+@router.get("")
+def index(ctx: CtxDep) -> Response:
+    """The job lists (one per job type) with their URLs, parameters and results."""
+    jobtypes = sorted(ctx.jobs.jobtypes.values(), key=lambda jobtype: jobtype.name)
+    return xml.document(xml.job_lists((jt, ctx.list_url(jt.name)) for jt in jobtypes))
 
 
 @router.get("/{job_type}")
@@ -354,7 +361,7 @@ def _job_document(ctx: Ctx, job: Job) -> bytes:
 
 
 @router.get("/{job_type}/{job_id}")
-async def get_job(job: JobDep, ctx: CtxDep) -> Response:
+async def get_job(job_type: str, job_id: str, ctx: CtxDep) -> Response:
     """The job. ``WAIT=n`` blocks while the job is PENDING, QUEUED or EXECUTING until its phase
     changes, at most ``n`` seconds (``-1``: the server's maximum, ``JOBMILL_MAX_WAIT``); with
     ``PHASE=p``, only while the job is in ``p``. A waiting request holds no thread."""
@@ -363,10 +370,17 @@ async def get_job(job: JobDep, ctx: CtxDep) -> Response:
     cap = ctx.request.app.state.jobmill.settings.max_wait
     wait = xml.wait_seconds(wait_arg, cap) if wait_arg is not None else 0.0
     guard = xml.parse_phase(phase_arg) if phase_arg is not None else None
-    if wait > 0 and job.phase in WAITABLE and guard in (None, job.phase):
-        if await ctx.feed.wait(job.id, job.phase, wait):
-            job = await ctx.call(find_job, job.type, job.id, ctx)
-    return xml.document(await ctx.call(_job_document, ctx, job))
+    if wait > 0:
+        job = await ctx.call(find_job, job_type, job_id, ctx)
+        if job.phase not in WAITABLE or guard not in (None, job.phase):
+            return xml.document(await ctx.call(_job_document, ctx, job))
+        await ctx.feed.wait(job.id, job.phase, wait)
+    # Read (again, after a wait) and render in one worker-thread call; 404 if it is gone.
+    return xml.document(await ctx.call(_document_of, ctx, job_type, job_id))
+
+
+def _document_of(ctx: Ctx, job_type: str, job_id: str) -> bytes:
+    return _job_document(ctx, find_job(job_type, job_id, ctx))
 
 
 @router.post("/{job_type}/{job_id}")

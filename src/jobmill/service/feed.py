@@ -1,11 +1,11 @@
 """ChangeFeed: wakes blocked requests (UWS ``WAIT``) when a job's phase changes, in any process.
 
 One asyncio task serves every waiter. While anyone waits it reads the global change feed
-(``JobStore.events_since``) every ``interval`` seconds in a worker thread, one short indexed
-query, and wakes the waiters of each job that had a phase-changing event. A waiting request
-holds no thread and no database connection, only an ``asyncio.Future``; changes made by another
-jobmill process sharing the database are seen like local ones, because they are read from the
-database.
+(``JobStore.events_since``) every ``interval`` seconds (a fixed period) in a worker thread, one
+short indexed query, and wakes the waiters of each job that had a phase-changing event. A
+waiting request holds no thread and no database connection, only an ``asyncio.Future``; changes
+made by another jobmill process sharing the database are seen like local ones, because they are
+read from the database.
 
 Two checks close the gaps an event feed alone would leave:
 
@@ -152,6 +152,7 @@ class ChangeFeed:
                 await self._wakeup.wait()
                 continue
             self._wakeup.clear()
+            started = time.monotonic()
             try:
                 more = await self._pass()
             except asyncio.CancelledError:
@@ -162,8 +163,12 @@ class ChangeFeed:
                 continue
             if more:
                 continue  # a backlog: read on at once
+            # A fixed period from the start of each pass, not a pause after it: a change made by
+            # another process is then seen within ``interval`` plus one read, not two. A short
+            # floor keeps a slow database from being read back to back.
+            pause = max(self.interval - (time.monotonic() - started), self.interval / 5)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.interval)
+                await asyncio.wait_for(self._wakeup.wait(), pause)
 
     async def _pass(self) -> bool:
         """One pass over the event log and the phases to check; True if more events wait."""
