@@ -219,8 +219,18 @@ def main() -> int:
             f"{ms(f['ended'], 50):.0f} / {ms(f['ended'], 99):.0f}",
         ])  # fmt: skip
     print_table(
-        ["case", "runs", "jobs", "dups", "missing", "DONE", "POST end ms p50/p99",
-         "end->created ms", "end->submitted ms", "end->ended ms"],  # fmt: skip
+        [
+            "case",
+            "runs",
+            "jobs",
+            "dups",
+            "missing",
+            "DONE",
+            "POST end ms p50/p99",
+            "end->created ms",
+            "end->submitted ms",
+            "end->ended ms",
+        ],  # fmt: skip
         rows,
     )
     exact = (

@@ -26,21 +26,39 @@ from jobmill.domain.lifecycle import Phase, Reason
 from jobmill.factory import Jobmill
 from tests.conftest import EXAMPLES, ROOT, LiveServer, wait_for
 
-AP_VARS = ["AP_JOB_OUTPUT_DIR", "AP_VISIT_ID", "AP_CCD_NUM", "AP_REPO", "AP_TEMPLATE",
-           "AP_CALIB", "AP_FILTER"]
+AP_VARS = [
+    "AP_JOB_OUTPUT_DIR",
+    "AP_VISIT_ID",
+    "AP_CCD_NUM",
+    "AP_REPO",
+    "AP_TEMPLATE",
+    "AP_CALIB",
+    "AP_FILTER",
+]
 HEX = re.compile(r"^[0-9a-f]{32}$")
-CORS = {"access-control-allow-origin": "*",
-        "access-control-allow-methods": "POST, PUT, DELETE, OPTIONS, GET"}
+CORS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "POST, PUT, DELETE, OPTIONS, GET",
+}
 JOB = "/api/v1/job"
 
 
 def ap_body(tmp_path: Path, **env: Any) -> dict[str, Any]:
-    values = {"AP_JOB_OUTPUT_DIR": str(tmp_path / "output"), "AP_VISIT_ID": 411371,
-              "AP_CCD_NUM": 56, "AP_REPO": "/repo", "AP_TEMPLATE": "/repo/templates",
-              "AP_CALIB": "/calib", "AP_FILTER": "g"}
+    values = {
+        "AP_JOB_OUTPUT_DIR": str(tmp_path / "output"),
+        "AP_VISIT_ID": 411371,
+        "AP_CCD_NUM": 56,
+        "AP_REPO": "/repo",
+        "AP_TEMPLATE": "/repo/templates",
+        "AP_CALIB": "/calib",
+        "AP_FILTER": "g",
+    }
     values.update(env)
-    return {"type": "ap", "env": {k: v for k, v in values.items() if v is not None},
-            "log_dir": str(tmp_path / "logs")}
+    return {
+        "type": "ap",
+        "env": {k: v for k, v in values.items() if v is not None},
+        "log_dir": str(tmp_path / "logs"),
+    }
 
 
 def submitted(response: Any) -> str:
@@ -99,13 +117,16 @@ def test_json_submission_runs_and_completes(client: TestClient, tmp_path: Path) 
 
 def test_javascript_and_form_encoded_submissions(client: TestClient, tmp_path: Path) -> None:
     body = ap_body(tmp_path, AP_VISIT_ID="7")
-    js = client.post(JOB, content=json.dumps(body),
-                     headers={"Content-Type": "application/javascript"})
-    form = client.post(JOB, data={"type": "ap", "env": json.dumps(body["env"]),
-                                  "log_dir": body["log_dir"]})
+    js = client.post(
+        JOB, content=json.dumps(body), headers={"Content-Type": "application/javascript"}
+    )
+    form = client.post(
+        JOB, data={"type": "ap", "env": json.dumps(body["env"]), "log_dir": body["log_dir"]}
+    )
     draft = [{"name": k, "value": v} for k, v in body["env"].items()]
-    listed = client.post(JOB, data={"type": "ap", "env": json.dumps(draft),
-                                    "log_dir": body["log_dir"]})
+    listed = client.post(
+        JOB, data={"type": "ap", "env": json.dumps(draft), "log_dir": body["log_dir"]}
+    )
     for response in (js, form, listed):
         assert ended(client, submitted(response))["job"]["phase"] == "completed"
 
@@ -156,9 +177,16 @@ def test_bad_values_are_4xx(client: TestClient, tmp_path: Path) -> None:
 def test_get_waiting_unknown_and_malformed(
     client: TestClient, jobmill: Jobmill, tmp_path: Path
 ) -> None:
-    waiting = NewJob(type="ap", owner="tester", parameters={}, executor="local",
-                     execution_duration=0, destruction_at=datetime.now(UTC) + timedelta(days=1),
-                     phase=Phase.QUEUED, reason=Reason.DATA.value)
+    waiting = NewJob(
+        type="ap",
+        owner="tester",
+        parameters={},
+        executor="local",
+        execution_duration=0,
+        destruction_at=datetime.now(UTC) + timedelta(days=1),
+        phase=Phase.QUEUED,
+        reason=Reason.DATA.value,
+    )
     job = jobmill.store.create([waiting], actor="tester")[0]
     data = client.get(JOB, params={"id": uuid.UUID(job.id).hex}).json()
     assert data["status"] == "ok"
@@ -171,14 +199,23 @@ def test_get_waiting_unknown_and_malformed(
 
 
 def test_state_vocabulary() -> None:
-    expected = {"PENDING": "idle", "QUEUED": "idle", "EXECUTING": "running",
-                "COMPLETED": "completed", "ERROR": "completed", "ABORTED": "removed",
-                "HELD": "held", "SUSPENDED": "suspended", "UNKNOWN": "unknown",
-                "ARCHIVED": "completed"}
+    expected = {
+        "PENDING": "idle",
+        "QUEUED": "idle",
+        "EXECUTING": "running",
+        "COMPLETED": "completed",
+        "ERROR": "completed",
+        "ABORTED": "removed",
+        "HELD": "held",
+        "SUSPENDED": "suspended",
+        "UNKNOWN": "unknown",
+        "ARCHIVED": "completed",
+    }
     now = datetime.now(UTC)
     for phase in Phase:
-        job = Job(id=str(uuid.uuid4()), type="ap", owner="u", phase=phase, parameters={},
-                  created_at=now)
+        job = Job(
+            id=str(uuid.uuid4()), type="ap", owner="u", phase=phase, parameters={}, created_at=now
+        )
         assert ocps_state(job) == expected[phase.value]
     job.phase, job.reason = Phase.QUEUED, Reason.DATA.value
     assert ocps_state(job) == "init"
@@ -187,12 +224,14 @@ def test_state_vocabulary() -> None:
 
 
 def test_failure_and_abort_are_visible(client: TestClient, tmp_path: Path) -> None:
-    failed = submitted(client.post(JOB, json={"type": "fail", "env": {"code": 4},
-                                              "log_dir": str(tmp_path)}))
+    failed = submitted(
+        client.post(JOB, json={"type": "fail", "env": {"code": 4}, "log_dir": str(tmp_path)})
+    )
     job = ended(client, failed)["job"]
     assert (job["state"], job["phase"], job["exitCode"]) == ("completed", "error", 4)
-    slow = submitted(client.post(JOB, json={"type": "sleep", "env": {"SECONDS": 30},
-                                            "log_dir": str(tmp_path)}))
+    slow = submitted(
+        client.post(JOB, json={"type": "sleep", "env": {"SECONDS": 30}, "log_dir": str(tmp_path)})
+    )
     assert client.post(f"/api/v1/jobs/{slow}/abort").status_code == 200
     job = ended(client, slow)["job"]
     assert job["state"] == "removed" and job["phase"] == "aborted" and "timeCompleted" in job
@@ -201,14 +240,13 @@ def test_failure_and_abort_are_visible(client: TestClient, tmp_path: Path) -> No
 # -- a.5.10: per-job environments ---------------------------------------------------------------
 
 
-def test_concurrent_jobs_see_only_their_own_environment(
-    client: TestClient, tmp_path: Path
-) -> None:
+def test_concurrent_jobs_see_only_their_own_environment(client: TestClient, tmp_path: Path) -> None:
     before = dict(os.environ)
     visits = ["1111", "2222"]
     with ThreadPoolExecutor(2) as pool:
-        responses = list(pool.map(
-            lambda v: client.post(JOB, json=ap_body(tmp_path, AP_VISIT_ID=v)), visits))
+        responses = list(
+            pool.map(lambda v: client.post(JOB, json=ap_body(tmp_path, AP_VISIT_ID=v)), visits)
+        )
     ids = [submitted(r) for r in responses]
     for job_id, mine, other in zip(ids, visits, reversed(visits), strict=True):
         assert ended(client, job_id)["job"]["phase"] == "completed"
@@ -239,8 +277,15 @@ def test_api_basepath_is_honoured(jobmill: Jobmill, tmp_path: Path) -> None:
 
 
 def test_api_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("JOBMILL_PORT", "JOBMILL_PUBLIC_URL", "JOBMILL_HOST", "API_PORT", "API_BASEPATH",
-                 "API_DOMAIN", "API_PROTOCOL"):
+    for name in (
+        "JOBMILL_PORT",
+        "JOBMILL_PUBLIC_URL",
+        "JOBMILL_HOST",
+        "API_PORT",
+        "API_BASEPATH",
+        "API_DOMAIN",
+        "API_PROTOCOL",
+    ):
         monkeypatch.delenv(name, raising=False)
     defaults = Settings.from_env()
     assert (defaults.port, defaults.ocps_basepath) == (8080, "/api/v1")
@@ -262,16 +307,22 @@ def test_cors_headers_and_preflight(client: TestClient, tmp_path: Path) -> None:
         preflight = client.options(path)
         assert preflight.status_code == 204
         assert CORS.items() <= preflight.headers.items()
-    answers = [client.post(JOB, json=ap_body(tmp_path)), client.post(JOB, json={}),
-               client.get(JOB, params={"id": "x"}), client.get("/api/v1/schema/ap")]
+    answers = [
+        client.post(JOB, json=ap_body(tmp_path)),
+        client.post(JOB, json={}),
+        client.get(JOB, params={"id": "x"}),
+        client.get("/api/v1/schema/ap"),
+    ]
     for response in answers:
         assert CORS.items() <= response.headers.items()
 
 
 def test_bad_token_gets_the_ocps_envelope(client: TestClient, tmp_path: Path) -> None:
     headers = {"Authorization": "Bearer not-a-token"}
-    for response in (client.post(JOB, json=ap_body(tmp_path), headers=headers),
-                     client.get(JOB, params={"id": "x"}, headers=headers)):
+    for response in (
+        client.post(JOB, json=ap_body(tmp_path), headers=headers),
+        client.get(JOB, params={"id": "x"}, headers=headers),
+    ):
         assert "token" in error_of(response, 401)
         assert CORS.items() <= response.headers.items()
     assert no_jobs(client)
@@ -283,12 +334,27 @@ def test_bad_token_gets_the_ocps_envelope(client: TestClient, tmp_path: Path) ->
 def test_demo_client_runs_four_jobs(live: LiveServer, tmp_path: Path) -> None:
     workdir = tmp_path / "client"
     workdir.mkdir()
-    env = os.environ | {"API_PROTOCOL": "http", "API_DOMAIN": "127.0.0.1",
-                        "API_PORT": str(live.jobmill.settings.port), "API_BASEPATH": "/api/v1"}
+    env = os.environ | {
+        "API_PROTOCOL": "http",
+        "API_DOMAIN": "127.0.0.1",
+        "API_PORT": str(live.jobmill.settings.port),
+        "API_BASEPATH": "/api/v1",
+    }
     proc = subprocess.run(  # noqa: S603 - fixed argv
-        [sys.executable, str(ROOT / "examples/ocps/client.py"), "--interval", "0.2",
-         "--timeout", "60"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(ROOT / "examples/ocps/client.py"),
+            "--interval",
+            "0.2",
+            "--timeout",
+            "60",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("POST /api/v1/job :") == 4

@@ -26,7 +26,13 @@ from jobmill.domain.conditions import DataCondition
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import Action, Phase, Reason, transition
-from jobmill.storage.jobs import JobStore, _job_from_values, hash_secret, job_row
+from jobmill.storage.jobs import (
+    JobStore,
+    _job_from_values,
+    created_event_row,
+    hash_secret,
+    job_row,
+)
 from jobmill.storage.jobs import aware as _aware
 from jobmill.storage.tables import data_conditions, events, jobs
 
@@ -108,7 +114,7 @@ class ConditionStore:
         condition_rows: list[dict[str, Any]] = []
         for new, condition in zip(new_jobs, conditions, strict=True):
             job_rows.append(job_row(new, now))
-            data: dict[str, Any] = {"reason": new.reason} if new.reason else {}
+            data: dict[str, Any] = {}
             if condition is not None:
                 data["wait_for"] = condition_dict(condition)
                 deadline = None
@@ -127,18 +133,7 @@ class ConditionStore:
                         "created_at": now,
                     }
                 )
-            event_rows.append(
-                {
-                    "job_id": new.id,
-                    "n": 1,
-                    "at": now,
-                    "name": "created",
-                    "from_phase": None,
-                    "to_phase": new.phase.value,
-                    "actor": actor,
-                    "data": data,
-                }
-            )
+            event_rows.append(created_event_row(new, now, actor, data))
         with self.engine.begin() as conn:
             seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
             for row, seq in zip(job_rows, seqs, strict=True):

@@ -19,7 +19,7 @@ from jobmill.domain.arp import Application, Definition, Run
 from jobmill.domain.errors import Conflict
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL, Phase
-from jobmill.storage.jobs import JobStore, _job, _job_from_values, job_row
+from jobmill.storage.jobs import JobStore, _job, _job_from_values, created_event_row, job_row
 from jobmill.storage.jobs import aware as _aware
 from jobmill.storage.tables import (
     events,
@@ -332,24 +332,8 @@ class ExperimentStore:
         re-apply); autorun never does."""
         now = utcnow()
         new_row = job_row(new, now)
-        event_row = {
-            "job_id": new.id,
-            "n": 1,
-            "at": now,
-            "name": "created",
-            "from_phase": None,
-            "to_phase": new.phase.value,
-            "actor": actor,
-            "data": {
-                **({"reason": new.reason} if new.reason else {}),
-                "arp": {
-                    "experiment": experiment,
-                    "run": run,
-                    "definition": definition,
-                    "trigger": trigger,
-                },
-            },
-        }
+        arp = {"experiment": experiment, "run": run, "definition": definition, "trigger": trigger}
+        event_row = created_event_row(new, now, actor, {"arp": arp})
         app_values = {
             "experiment": experiment,
             "run": run,
