@@ -257,6 +257,23 @@ def test_list_filters(
     store: JobStore, population: list[Job], flt: JobFilter, expected: tuple[int, ...]
 ) -> None:
     assert listed(store, flt) == ids(population, *expected)
+    # The job list's lean variant selects the same jobs in the same order.
+    assert [ref.id for ref in store.list_refs(flt, limit=100)] == ids(population, *expected)
+
+
+def test_list_refs_carry_what_a_jobref_shows(store: JobStore, population: list[Job]) -> None:
+    refs = store.list_refs(JobFilter(), limit=2)
+    assert [ref.id for ref in refs] == ids(population, 4, 5)
+    for ref in refs:
+        job = store.require(ref.id)
+        assert (ref.phase, ref.run_id, ref.owner, ref.created_at, ref.seq) == (
+            job.phase,
+            job.run_id,
+            job.owner,
+            job.created_at,
+            job.seq,
+        )
+        assert ref.created_at.tzinfo is not None
 
 
 def test_list_created_after(store: JobStore, population: list[Job]) -> None:

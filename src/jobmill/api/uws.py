@@ -279,8 +279,8 @@ def list_jobs(job_type: str, ctx: CtxDep) -> Response:
         type=job_type,
         created_after=xml.created_after(after) if after is not None else None,
     )
-    page = ctx.jobs.list(ctx.user, flt, limit=min(limit, MAX_LIST))
-    return xml.document(xml.job_list(page.jobs, ctx.list_url(job_type)))
+    refs = ctx.jobs.list_refs(ctx.user, flt, limit=min(limit, MAX_LIST))
+    return xml.document(xml.job_list(refs, ctx.list_url(job_type)))
 
 
 @router.post("/{job_type}")

@@ -30,6 +30,7 @@ from jobmill.domain.lifecycle import Phase
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import parse_time
 from jobmill.service.results import ResultFile
+from jobmill.storage.jobs import JobRef
 
 UWS_NS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"
@@ -300,7 +301,7 @@ def _quote(value: str) -> str:
     return clean(value).translate(_ATTR_ESCAPES)
 
 
-def job_list(jobs: Iterable[Job], list_url: str) -> bytes:
+def job_list(jobs: Iterable[Job | JobRef], list_url: str) -> bytes:
     """``<uws:jobs>``: one ``jobref`` per job with phase, runId, ownerId and creationTime.
 
     Written as text rather than through lxml: a list has up to 1000 entries, and building

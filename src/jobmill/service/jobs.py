@@ -28,7 +28,7 @@ from jobmill.executors.base import Executor, ExecutorUnavailable, Holding, Launc
 from jobmill.service import reports
 from jobmill.service.files import JobFiles, LogChunk
 from jobmill.service.results import ResultFile, find_result, list_results
-from jobmill.storage.jobs import JobFilter, JobStore, hash_secret
+from jobmill.storage.jobs import JobFilter, JobRef, JobStore, hash_secret
 
 if TYPE_CHECKING:
     from jobmill.domain.conditions import DataCondition
@@ -304,10 +304,8 @@ class JobService:
     def list(
         self, user: User, flt: JobFilter, *, limit: int = 100, cursor: str | None = None
     ) -> Page:
-        if not user.admin:
-            if flt.owner and flt.owner != user.name:
-                return Page([], None)
-            flt.owner = user.name
+        if not _visible_to(user, flt):
+            return Page([], None)
         before = None
         if cursor:
             try:
@@ -320,6 +318,14 @@ class JobService:
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return Page(jobs, str(jobs[-1].seq) if more and jobs else None)
+
+    def list_refs(self, user: User, flt: JobFilter, *, limit: int) -> builtins.list[JobRef]:
+        """The newest ``limit`` (1 to 1000) jobs matching ``flt`` as ``JobRef``s (UWS lists)."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("must be between 1 and 1000", field="limit")
+        if not _visible_to(user, flt):
+            return []
+        return self.store.list_refs(flt, limit=limit)
 
     def events(
         self, user: User, job_id: str, *, after: int = 0, limit: int = 1000
@@ -646,3 +652,14 @@ def parse_time(value: str, field_name: str) -> datetime:
     except ValueError:
         raise ValidationError(f"'{value}' is not an ISO 8601 time", field=field_name) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _visible_to(user: User, flt: JobFilter) -> bool:
+    """Narrow ``flt`` to what ``user`` may see (a user sees their own jobs, an admin all);
+    False when it asked for somebody else's jobs."""
+    if user.admin:
+        return True
+    if flt.owner and flt.owner != user.name:
+        return False
+    flt.owner = user.name
+    return True
