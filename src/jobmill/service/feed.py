@@ -61,7 +61,7 @@ class _Pass:
 class ChangeFeed:
     """Wakes per-job waiters on phase changes read from the store's event log."""
 
-    def __init__(self, store: JobStore, *, interval: float = 0.05, reconcile: float = 1.0) -> None:
+    def __init__(self, store: JobStore, *, interval: float = 0.03, reconcile: float = 1.0) -> None:
         self.store = store
         self.interval = interval
         self.reconcile = reconcile
