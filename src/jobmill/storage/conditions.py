@@ -28,9 +28,9 @@ from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import Action, Phase, Reason, transition
 from jobmill.storage.jobs import (
     JobStore,
-    _job_from_values,
     created_event_row,
     hash_secret,
+    insert_jobs,
     job_row,
 )
 from jobmill.storage.jobs import aware as _aware
@@ -39,7 +39,6 @@ from jobmill.storage.tables import data_conditions, events, jobs
 CHUNK = 500
 RELEASE = transition(Action.WAIT)
 assert Phase.QUEUED in RELEASE.sources and RELEASE.target is Phase.QUEUED
-_INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
 _MARK_RELEASED = (
     update(data_conditions)
     .where(data_conditions.c.job_id == bindparam("b_id"))
@@ -135,13 +134,10 @@ class ConditionStore:
                 )
             event_rows.append(created_event_row(new, now, actor, data))
         with self.engine.begin() as conn:
-            seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
-            for row, seq in zip(job_rows, seqs, strict=True):
-                row["seq"] = seq
-            conn.execute(insert(events), event_rows)
+            created = insert_jobs(conn, job_rows, event_rows)
             if condition_rows:
                 conn.execute(insert(data_conditions), condition_rows)
-        return [_job_from_values(row) for row in job_rows]
+        return created
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -120,6 +120,23 @@ def _settable(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return extra
 
 
+def _phase_columns(
+    row_def: Transition, reason: str | None, started_at: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """The columns every phase change sets: the phase, ``updated_at``, the reason (kept only
+    in QUEUED), ``started_at`` on a first start and ``ended_at`` on an ending."""
+    changes: dict[str, Any] = {
+        "phase": row_def.target.value,
+        "updated_at": now,
+        "reason": reason if row_def.target is Phase.QUEUED else None,
+    }
+    if row_def.target is Phase.EXECUTING and started_at is None:
+        changes["started_at"] = now
+    if row_def.target in TERMINAL and row_def.target is not Phase.ARCHIVED:
+        changes["ended_at"] = now
+    return changes
+
+
 def _transition_in(
     conn: Connection,
     job_id: str,
@@ -150,15 +167,7 @@ def _transition_in(
             action=action.value,
         )
     now = utcnow()
-    changes: dict[str, Any] = {
-        "phase": row_def.target.value,
-        "updated_at": now,
-        "reason": reason if row_def.target is Phase.QUEUED else None,
-    }
-    if row_def.target is Phase.EXECUTING and current.started_at is None:
-        changes["started_at"] = now
-    if row_def.target in TERMINAL and row_def.target is not Phase.ARCHIVED:
-        changes["ended_at"] = now
+    changes = _phase_columns(row_def, reason, current.started_at, now)
     changes.update(extra)
     statement = _update_statement(
         frozenset(changes), True, True, reason_checked=expect_reason is not None
@@ -263,6 +272,28 @@ def created_event_row(
         "actor": actor,
         "data": {**({"reason": new.reason} if new.reason else {}), **(data or {})},
     }
+
+
+def insert_jobs(
+    conn: Connection,
+    job_rows: builtins.list[dict[str, Any]],
+    event_rows: builtins.list[dict[str, Any]],
+    *,
+    with_seq: bool = True,
+) -> builtins.list[Job]:
+    """Insert new jobs (``job_row``) and their events (``created_event_row``) in the caller's
+    transaction, and return the jobs; with ``with_seq`` their ``seq`` is read back."""
+    if len(job_rows) == 1:
+        job_rows[0]["seq"] = conn.execute(_INSERT_JOB_SEQ, job_rows[0]).scalar_one()
+    elif with_seq and job_rows:
+        seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
+        for row, seq in zip(job_rows, seqs, strict=True):
+            row["seq"] = seq
+    elif job_rows:
+        conn.execute(_INSERT_JOBS, job_rows)
+    if event_rows:
+        conn.execute(_INSERT_EVENT, event_rows)
+    return [_job_from_values(row) for row in job_rows]
 
 
 def _job_from_values(values: dict[str, Any]) -> Job:
@@ -381,16 +412,7 @@ class JobStore:
         if not job_rows:
             return []
         with self.engine.begin() as conn:
-            if len(job_rows) == 1:
-                job_rows[0]["seq"] = conn.execute(_INSERT_JOB_SEQ, job_rows[0]).scalar_one()
-            elif with_seq:
-                seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
-                for row, seq in zip(job_rows, seqs, strict=True):
-                    row["seq"] = seq
-            else:
-                conn.execute(_INSERT_JOBS, job_rows)
-            conn.execute(_INSERT_EVENT, event_rows)
-        return [_job_from_values(row) for row in job_rows]
+            return insert_jobs(conn, job_rows, event_rows, with_seq=with_seq)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -622,13 +644,7 @@ class JobStore:
             ).all()
             now = utcnow()
             for candidate in candidates:
-                changes: dict[str, Any] = {
-                    "phase": row_def.target.value,
-                    "updated_at": now,
-                    "reason": reason if row_def.target is Phase.QUEUED else None,
-                }
-                if row_def.target is Phase.EXECUTING and candidate.started_at is None:
-                    changes["started_at"] = now
+                changes = _phase_columns(row_def, reason, candidate.started_at, now)
                 changes.update(_settable(values_for(candidate.id), "a claim"))
                 statement = _update_statement(frozenset(changes), True, True, reason_checked=True)
                 params = {f"v_{k}": v for k, v in changes.items()}

@@ -22,9 +22,9 @@ from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL
 from jobmill.storage.jobs import (
     JobStore,
-    _job_from_values,
     aware,
     created_event_row,
+    insert_jobs,
     job_row,
 )
 from jobmill.storage.tables import events, jobs, rule_cursors, rule_firings, rules
@@ -33,7 +33,6 @@ JOB_EVENTS = "job-events"
 """The ``rule_cursors`` row of the job rules."""
 TERMINAL_PHASES = sorted(p.value for p in TERMINAL)
 CHUNK = 500
-_INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
 
 
 @dataclass
@@ -261,14 +260,10 @@ class RuleStore:
             job_rows.append(job_row(new, now))
             rule_data = {"name": item.rule, "kind": item.kind, "key": item.key, **item.detail}
             event_rows.append(created_event_row(new, now, f"rule:{item.rule}", {"rule": rule_data}))
-        if job_rows:
-            seqs = conn.execute(_INSERT_JOBS_SEQ, job_rows).scalars().all()
-            for row, seq in zip(job_rows, seqs, strict=True):
-                row["seq"] = seq
-            conn.execute(insert(events), event_rows)
+        created = insert_jobs(conn, job_rows, event_rows)
         if firing_rows:
             conn.execute(insert(rule_firings), firing_rows)
-        return [_job_from_values(row) for row in job_rows]
+        return created
 
     def fired(self, rule: str, key: str) -> bool:
         query = select(rule_firings.c.id).where(
