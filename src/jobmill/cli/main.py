@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
@@ -392,43 +392,26 @@ def write(data: bytes) -> None:
         typer.echo(data, nl=False)
 
 
-@app.command()
-def abort(
-    ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Abort a job (a running one is terminated)."""
-    with connect(ctx, url, token) as jm:
-        job = jm.abort(job_id)
-    typer.echo(f"{job['id']} {job['phase']}")
+def _phase_command(name: str, doc: str, call: Callable[[Client, str], JobDict]) -> None:
+    """Register ``jobmill <name> ID``: one call that changes a job's phase, then its new phase."""
+
+    def command(
+        ctx: typer.Context,
+        job_id: Annotated[str, typer.Argument(metavar="ID")],
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        with connect(ctx, url, token) as jm:
+            job = call(jm, job_id)
+        typer.echo(f"{job['id']} {job['phase']}")
+
+    command.__doc__ = doc
+    app.command(name=name)(command)
 
 
-@app.command()
-def hold(
-    ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Hold a QUEUED job: it does not start until released."""
-    with connect(ctx, url, token) as jm:
-        job = jm.hold(job_id)
-    typer.echo(f"{job['id']} {job['phase']}")
-
-
-@app.command()
-def release(
-    ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Release a HELD job (back to QUEUED)."""
-    with connect(ctx, url, token) as jm:
-        job = jm.release(job_id)
-    typer.echo(f"{job['id']} {job['phase']}")
+_phase_command("abort", "Abort a job (a running one is terminated).", Client.abort)
+_phase_command("hold", "Hold a QUEUED job: it does not start until released.", Client.hold)
+_phase_command("release", "Release a HELD job (back to QUEUED).", Client.release)
 
 
 @app.command()

@@ -120,6 +120,22 @@ def _settable(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return extra
 
 
+def _note_row(
+    job: Job, now: datetime, name: str, actor: str, data: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The event row of a change that is not a phase change (``record``): a note on ``job``."""
+    return {
+        "job_id": job.id,
+        "n": job.event_count,
+        "at": now,
+        "name": name,
+        "from_phase": None,
+        "to_phase": None,
+        "actor": actor,
+        "data": dict(data or {}),
+    }
+
+
 def _phase_columns(
     row_def: Transition, reason: str | None, started_at: datetime | None, now: datetime
 ) -> dict[str, Any]:
@@ -687,18 +703,7 @@ class JobStore:
                 if result is None:
                     continue
                 job = changed[job_id] = _job(result)
-                event_rows.append(
-                    {
-                        "job_id": job_id,
-                        "n": job.event_count,
-                        "at": now,
-                        "name": name,
-                        "from_phase": None,
-                        "to_phase": None,
-                        "actor": actor,
-                        "data": dict(entry.data),
-                    }
-                )
+                event_rows.append(_note_row(job, now, name, actor, entry.data))
             if event_rows:
                 conn.execute(_INSERT_EVENT, event_rows)
         return changed
@@ -745,19 +750,7 @@ class JobStore:
                     f"cannot change a job that is {current} ({name})", phase=current, action=name
                 )
             job = _job(result)
-            conn.execute(
-                _INSERT_EVENT,
-                {
-                    "job_id": job_id,
-                    "n": job.event_count,
-                    "at": now,
-                    "name": name,
-                    "from_phase": None,
-                    "to_phase": None,
-                    "actor": actor,
-                    "data": dict(data or {}),
-                },
-            )
+            conn.execute(_INSERT_EVENT, _note_row(job, now, name, actor, data))
         return job
 
     def merge_report(
