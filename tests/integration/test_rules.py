@@ -357,6 +357,24 @@ def test_rules_api_create_list_switch_delete(api: tuple[Jobmill, TestClient]) ->
     assert client.get(f"{RULES}/raw-echo/firings").json() == []
 
 
+def test_an_api_rule_hidden_by_a_rules_file_rule_can_be_deleted(
+    api: tuple[Jobmill, TestClient],
+) -> None:
+    """An API rule stored before the rules file declared a rule of the same name: the file's
+    rule wins, switching it is refused until the hidden API rule is deleted, which works."""
+    jm, client = api
+    assert jm.rules is not None
+    jm.rules.store.add("raw-echo", {**SCHEDULE_BODY, "name": "raw-echo"}, enabled=True, actor="x")
+    assert client.get(f"{RULES}/raw-echo").json()["source"] == "file"
+    refused = client.post(f"{RULES}/raw-echo/disable")
+    assert refused.status_code == 409 and "delete it first" in refused.json()["error"]["message"]
+    assert client.get(f"{RULES}/raw-echo").json()["enabled"] is True  # nothing changed
+    assert client.delete(f"{RULES}/raw-echo").status_code == 204  # the hidden API rule
+    assert client.get(f"{RULES}/raw-echo").json()["source"] == "file"
+    assert client.post(f"{RULES}/raw-echo/disable").json()["enabled"] is False
+    assert client.delete(f"{RULES}/raw-echo").status_code == 409  # the file's own rule
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

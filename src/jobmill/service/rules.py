@@ -246,12 +246,12 @@ class RuleEngine:
     def delete(self, user: User, name: str) -> None:
         _require_admin(user)
         rule = self.get(name)
-        if rule.source == "file":
+        # Removes the stored API rule of that name, also one a rules-file rule hides.
+        if not self.store.remove(name) and rule.source == "file":
             raise Conflict(
                 f"rule '{name}' is declared in {rule.origin}: remove it there (or disable it)",
                 field="name",
             )
-        self.store.remove(name)
         self._wake.set()
 
     def set_enabled(self, user: User, name: str, enabled: bool) -> Rule:

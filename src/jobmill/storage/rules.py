@@ -175,11 +175,17 @@ class RuleStore:
                 )
         except IntegrityError:  # flipped by someone else at the same moment: set it again
             with self.engine.begin() as conn:
-                conn.execute(
+                changed = conn.execute(
                     update(rules)
-                    .where(rules.c.name == name)
+                    .where(rules.c.name == name, rules.c.source == source)
                     .values(enabled=enabled, updated_at=now)
-                )
+                ).rowcount
+            if not changed:  # the name is taken by a stored API rule the rules file hides
+                raise Conflict(
+                    f"a stored API rule is also named '{name}' (the rules file's rule hides it):"
+                    f" delete it first (DELETE /api/v1/rules/{name})",
+                    field="name",
+                ) from None
 
     def remove(self, name: str) -> bool:
         """Delete a stored API rule (its firings stay: the same keys never fire again)."""
