@@ -402,11 +402,28 @@ class DataWatcher:
 
     def _plan(self) -> None:
         """Watch (or scan) every directory a waiting pattern can match, or the nearest existing
-        ancestor of a missing one; look into directories that are new to the plan."""
+        ancestor of a missing one; look into directories that are new to the plan.
+
+        A directory created between reading the tree and adding the watch on its parent sent
+        its ``IN_CREATE`` before that watch existed: the tree is read again after the watches
+        are in place, and the plan made again while it changed."""
         self._replan = False
+        wanted = self._wanted()
+        for _ in range(8):
+            self._plan_for(wanted)
+            again = self._wanted()
+            if again == wanted:
+                return
+            wanted = again
+        self._replan = True  # a tree still changing: once more at the next cycle
+
+    def _wanted(self) -> set[str]:
         wanted: set[str] = set()
         for spec in self._specs:
             wanted |= self.dirs.expand(spec)
+        return wanted
+
+    def _plan_for(self, wanted: set[str]) -> None:
         for directory in list(self._watched):
             if directory not in wanted:
                 self._unwatch(directory)
