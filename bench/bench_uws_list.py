@@ -113,7 +113,7 @@ def fill(store: JobStore, n: int) -> list[str]:
                 "error = CASE WHEN phase = 'ERROR' THEN 'exit code 1' END"
             )
         )
-    store.add_token("alice", TOKEN, admin=False)
+    store.tokens.add("alice", TOKEN, admin=False)
     return ids
 
 

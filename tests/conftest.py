@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.factory import Jobmill, build
+from jobmill.paths import default_token_file, read_token_file
+from jobmill.service.credentials import ensure_local_token
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "jobtypes"
@@ -38,6 +40,16 @@ def require_service(available: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is not available in CI")
     pytest.skip(f"{what} is not available (set it up to run this test)")
+
+
+@pytest.fixture(autouse=True)
+def token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own local credential file (``JOBMILL_TOKEN_FILE``): tests never read or write
+    the real ``~/.config/jobmill/token``, and servers started by a test write theirs here."""
+    path = tmp_path / "config" / "jobmill" / "token"
+    monkeypatch.setenv("JOBMILL_TOKEN_FILE", str(path))
+    monkeypatch.delenv("JOBMILL_API_TOKEN", raising=False)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -85,24 +97,60 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         kill_grace=1.0,
         max_local_jobs=4,
         local_user="tester",
+        allowed_hosts=("testserver",),  # the Host TestClient sends
+        # log_dir and data waits may lead anywhere under the test's own directory
+        log_roots=("logs/{user}", str(tmp_path)),
+        data_roots=(str(tmp_path),),
     )
 
 
 @pytest.fixture
 def jobmill(settings: Settings) -> Iterator[Jobmill]:
-    """A built jobmill whose engine is not started (see ``client``/``live`` for that)."""
+    """A built jobmill whose engine is not started (see ``client``/``live`` for that), with the
+    local credential of its user (``settings.local_user``, an administrator) in ``token_file``,
+    as ``jobmill serve`` makes it."""
     jm = build(settings)
     try:
+        if settings.token_file is not None:
+            ensure_local_token(jm.store.tokens, settings.local_user, settings.token_file)
         yield jm
     finally:
         jm.close()
 
 
 @pytest.fixture
-def client(jobmill: Jobmill) -> Iterator[TestClient]:
-    """An in-process HTTP client; the engine runs, but jobs cannot call back over HTTP."""
-    with TestClient(create_app(jobmill)) as test_client:
+def admin_token(jobmill: Jobmill) -> str:
+    """The local credential of the test jobmill's own user (an administrator)."""
+    assert jobmill.settings.token_file is not None
+    return ensure_local_token(
+        jobmill.store.tokens, jobmill.settings.local_user, jobmill.settings.token_file
+    )
+
+
+@pytest.fixture
+def client(jobmill: Jobmill, admin_token: str) -> Iterator[TestClient]:
+    """An in-process HTTP client, authenticated as the jobmill's own user (an administrator:
+    send ``Authorization: ""`` to be anonymous); the engine runs, but jobs cannot call back."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    with TestClient(create_app(jobmill), headers=headers) as test_client:
         yield test_client
+
+
+def local_headers() -> dict[str, str]:
+    """The ``Authorization`` header of the local credential a ``jobmill serve`` started by the
+    test wrote (``JOBMILL_TOKEN_FILE``)."""
+    token = read_token_file(default_token_file())
+    assert token is not None, "no local credential: has the server started?"
+    return {"Authorization": f"Bearer {token}"}
+
+
+def app_client(jm: Jobmill, *, start_engine: bool = True) -> TestClient:
+    """A test client of ``jm``'s app, authenticated as its own user (an administrator), as the
+    ``client`` fixture is; use it as a context manager."""
+    assert jm.settings.token_file is not None
+    token = ensure_local_token(jm.store.tokens, jm.settings.local_user, jm.settings.token_file)
+    app = create_app(jm, start_engine=start_engine)
+    return TestClient(app, headers={"Authorization": f"Bearer {token}"})
 
 
 class LiveServer:
@@ -113,6 +161,11 @@ class LiveServer:
 
         self.jobmill = jobmill
         self.url = f"http://127.0.0.1:{jobmill.settings.port}"
+        assert jobmill.settings.token_file is not None
+        token = ensure_local_token(
+            jobmill.store.tokens, jobmill.settings.local_user, jobmill.settings.token_file
+        )
+        self.headers = {"Authorization": f"Bearer {token}"}  # the server's own user (admin)
         config = uvicorn.Config(
             create_app(jobmill), host="127.0.0.1", port=jobmill.settings.port, log_level="warning"
         )

@@ -7,12 +7,15 @@ It plays the OCPS CSC the way the OCPS prototype client did, against jobmill's O
     python examples/ocps/client.py --config examples/ocps/config.yaml
 
 The server address comes from ``API_PROTOCOL``, ``API_DOMAIN``, ``API_PORT`` and ``API_BASEPATH``
-(defaults ``http``, ``localhost``, ``8080``, ``/api/v1``). When jobmill requires a login, put an
-API token in ``JOBMILL_API_TOKEN``.
+(defaults ``http``, ``localhost``, ``8080``, ``/api/v1``). jobmill needs a token: the one in
+``JOBMILL_API_TOKEN``, else (for the user who started the server) the local credential that
+``jobmill serve`` wrote to ``~/.config/jobmill/token`` (``JOBMILL_TOKEN_FILE``).
 
 Images come from the Butler registry named by ``data.db`` (an SQLite file with a ``raw`` table)
-when it exists; otherwise four demo images are used. Relative ``job.output_dir`` and
-``job.log_dir`` are made absolute against the directory the client runs in.
+when it exists; otherwise four demo images are used. A relative ``job.output_dir`` is made
+absolute against the directory the client runs in; a relative ``job.log_dir`` is sent as it is,
+and the server keeps the logs under its log root for the caller (``JOBMILL_LOG_ROOTS``: by
+default ``<JOBMILL_HOME>/logs/<user>``; an absolute ``log_dir`` must lie under such a root).
 
 Standard library and PyYAML only. Exits 0 when all four jobs completed successfully.
 """
@@ -57,6 +60,17 @@ def api_base_url() -> str:
     )
 
 
+def local_token() -> str | None:
+    """The local credential ``jobmill serve`` wrote for the user who started it, if any."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    path = os.environ.get("JOBMILL_TOKEN_FILE") or os.path.join(config, "jobmill", "token")
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
+
+
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One request; an error answer from the server is returned like any other envelope."""
     headers = {"Accept": "application/json"}
@@ -64,7 +78,7 @@ def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str,
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    if token := os.environ.get("JOBMILL_API_TOKEN"):
+    if token := os.environ.get("JOBMILL_API_TOKEN") or local_token():
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
@@ -129,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with open(args.config, encoding="utf-8") as handle:
         conf = yaml.safe_load(handle)
-    for key in ("output_dir", "log_dir"):
+    for key in ("output_dir",):
         conf["job"][key] = os.path.abspath(conf["job"][key])
     base = api_base_url()
     basepath = urllib.parse.urlsplit(base).path

@@ -15,6 +15,7 @@ code, message and field; a server that cannot be reached gives status 0.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from jobmill.domain.lifecycle import TERMINAL
+from jobmill.paths import default_token_file, read_token_file
 
 DEFAULT_TIMEOUT = 30.0
 TERMINAL_PHASES = frozenset(p.value for p in TERMINAL)
@@ -74,6 +76,19 @@ def default_url() -> str:
     return f"http://{host}:{os.environ.get('JOBMILL_PORT') or 8080}"
 
 
+def local_token(url: str) -> str | None:
+    """The local credential (``jobmill.paths.default_token_file``) when ``url`` is a server on
+    this machine; never sent anywhere else."""
+    host = (httpx.URL(url).host or "").strip("[]")
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:
+            return None
+    return read_token_file(default_token_file())
+
+
 def _error(response: httpx.Response) -> JobmillClientError:
     """The ``{"error": {code, message, field}}`` body as an exception (or a fallback for others)."""
     try:
@@ -96,9 +111,10 @@ def _error(response: httpx.Response) -> JobmillClientError:
 class Client:
     """A synchronous client of one jobmill server.
 
-    ``url`` defaults to ``JOBMILL_URL`` (see ``default_url``); ``token`` to ``JOBMILL_API_TOKEN``.
-    Without a token the server treats the caller as its local user, which it allows only when
-    bound to loopback.
+    ``url`` defaults to ``JOBMILL_URL`` (see ``default_url``); ``token`` to ``JOBMILL_API_TOKEN``,
+    else, for a server on this machine (a loopback URL), the local credential that ``jobmill
+    serve`` wrote for the user who started it (``~/.config/jobmill/token``, see ``local_token``).
+    Without a token the caller is anonymous.
     """
 
     def __init__(
@@ -109,7 +125,9 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = (url or default_url()).rstrip("/")
-        self.token = token if token is not None else os.environ.get("JOBMILL_API_TOKEN") or None
+        if token is None:
+            token = os.environ.get("JOBMILL_API_TOKEN") or local_token(self.url)
+        self.token = token or None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import os
 import socket
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jobmill.paths import default_token_file
 from jobmill.storage.db import sqlite_url
 
 
@@ -40,7 +42,7 @@ class Settings:
     poll_interval: float = 1.0
     pass_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
     node: str = field(default_factory=socket.gethostname)
-    local_user: str = field(default_factory=lambda: os.environ.get("USER") or "local")
+    local_user: str = field(default_factory=lambda: _login_name())  # the server's own user
     max_request_bytes: int = 1 << 20
     max_batch_request_bytes: int = 64 << 20
     max_upload_bytes: int = 100 << 20  # multipart UWS requests (file uploads)
@@ -70,6 +72,27 @@ class Settings:
     scan_interval: float = 2.0
     stable_seconds: float = 0.0  # 0: a file counts once closed
     ocps_wait_for_dat: tuple[str, ...] = ()  # OCPS job types that wait for <job_id>.dat; "*": all
+    # -- identity (api/auth.py; docs/security.md) ---------------------------------------------
+    admins: tuple[str, ...] = ()  # users who are administrators (besides admin tokens)
+    anonymous: str = "none"  # callers without a token: "none" (401) or "read" (GET/HEAD only)
+    token_file: Path | None = field(default_factory=default_token_file)  # the local credential
+    # -- browser safety (api/browser.py; docs/security.md) ------------------------------------
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides loopback and ours; "*": any (unsafe)
+    allowed_origins: tuple[str, ...] = ()  # browser origins (scheme://host[:port]) that may post
+    ocps_cors_origins: tuple[str, ...] = ()  # origins the OCPS face answers CORS for; "*": any
+    # -- confinement and limits (docs/security.md) --------------------------------------------
+    # Roots: "{user}" is the caller; a relative log root lies under home. (): log_dir refused;
+    # data_roots (): data_root (or the server's cwd).
+    log_roots: tuple[str, ...] = ("logs/{user}",)
+    data_roots: tuple[str, ...] = ()
+    umask: int = 0o077  # of local job processes (and their log files)
+    max_job_output: int = 1 << 30  # stdout + stderr of a local job; 0: no cap
+    min_free: int = 100 << 20  # free bytes under home needed to create and start jobs; 0: off
+    max_wait_paths: int = 32  # patterns in one job's wait_for
+    max_wait_wildcard_dirs: int = 4  # of which with a wildcard in a directory ("**" too)
+    max_user_waits: int = 10_000  # jobs of one user waiting for data (or PENDING with one)
+    max_user_wildcards: int = 1000  # patterns with a wildcard among one user's waiting jobs
+    max_user_wildcard_dirs: int = 64  # of which with a wildcard in a directory
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -119,6 +142,9 @@ class Settings:
         if (upload := _env("JOBMILL_MAX_UPLOAD")) is not None:
             env["max_upload_bytes"] = _size("JOBMILL_MAX_UPLOAD", upload)
         env.update(_data_settings())
+        env.update(_identity_settings())
+        env.update(_browser_settings())
+        env.update(_limit_settings())
         env.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(env.get("home"), str):
             env["home"] = Path(env["home"])
@@ -148,7 +174,7 @@ class Settings:
 
     @property
     def loopback(self) -> bool:
-        """Bound to loopback only: jobmill then runs without login as one local user."""
+        """Bound to loopback only (this grants nobody anything: see docs/security.md)."""
         if self.host == "localhost":
             return True
         try:
@@ -178,6 +204,93 @@ def _data_settings() -> dict[str, Any]:
         else:
             env["ocps_wait_for_dat"] = tuple(_list(dat))
     return env
+
+
+def _identity_settings() -> dict[str, Any]:
+    """Who is calling: ``JOBMILL_ADMINS``, ``JOBMILL_ANONYMOUS`` (``none`` or ``read``) and
+    ``JOBMILL_TOKEN_FILE`` (see docs/security.md)."""
+    env: dict[str, Any] = {}
+    if (admins := _env("JOBMILL_ADMINS")) is not None:
+        env["admins"] = tuple(_list(admins))
+    if (anonymous := _env("JOBMILL_ANONYMOUS")) is not None:
+        word = anonymous.strip().lower()
+        if word not in ("none", "read"):
+            raise SystemExit(f"JOBMILL_ANONYMOUS: '{anonymous}' is not 'none' or 'read'")
+        env["anonymous"] = word
+    return env
+
+
+def _browser_settings() -> dict[str, Any]:
+    """Host and Origin checks, OCPS CORS: ``JOBMILL_ALLOWED_HOSTS``, ``JOBMILL_ALLOWED_ORIGINS``
+    and ``JOBMILL_OCPS_CORS_ORIGINS``, comma lists (see docs/security.md)."""
+
+    def commas(value: str) -> tuple[str, ...]:  # not _list: origins and hosts contain ':'
+        return tuple(p.strip() for p in value.replace(",", " ").split() if p.strip())
+
+    def origins(name: str, value: str, wildcard: bool) -> tuple[str, ...]:
+        found = []
+        for entry in commas(value):
+            if entry == "*" and wildcard:
+                found.append(entry)
+                continue
+            scheme, sep, rest = entry.rstrip("/").partition("://")
+            if scheme.lower() not in ("http", "https") or not sep or not rest:
+                raise SystemExit(f"{name}: '{entry}' is not an origin (scheme://host[:port])")
+            if any(c in rest for c in "/?#@"):
+                raise SystemExit(f"{name}: '{entry}' is an origin without a path")
+            found.append(entry.rstrip("/").lower())
+        return tuple(found)
+
+    env: dict[str, Any] = {}
+    if (hosts := _env("JOBMILL_ALLOWED_HOSTS")) is not None:
+        env["allowed_hosts"] = commas(hosts)
+    if (allowed := _env("JOBMILL_ALLOWED_ORIGINS")) is not None:
+        env["allowed_origins"] = origins("JOBMILL_ALLOWED_ORIGINS", allowed, wildcard=False)
+    if (cors := _env("JOBMILL_OCPS_CORS_ORIGINS")) is not None:
+        env["ocps_cors_origins"] = origins("JOBMILL_OCPS_CORS_ORIGINS", cors, wildcard=True)
+    return env
+
+
+def _limit_settings() -> dict[str, Any]:
+    """Path roots, umask, output caps, data-wait caps, free space: ``JOBMILL_LOG_ROOTS``,
+    ``JOBMILL_DATA_ROOTS``, ``JOBMILL_UMASK``, ``JOBMILL_MAX_JOB_OUTPUT``, ``JOBMILL_MIN_FREE``,
+    ``JOBMILL_MAX_WAIT_PATHS``, ``JOBMILL_MAX_WAIT_WILDCARD_DIRS``, ``JOBMILL_MAX_USER_WAITS``,
+    ``JOBMILL_MAX_USER_WILDCARDS`` and ``JOBMILL_MAX_USER_WILDCARD_DIRS`` (docs/security.md)."""
+    off = ("0", "none", "off", "no", "false")
+    env: dict[str, Any] = {}
+    for name, var in (("log_roots", "JOBMILL_LOG_ROOTS"), ("data_roots", "JOBMILL_DATA_ROOTS")):
+        if (roots := _env(var)) is not None:
+            env[name] = () if roots.strip().lower() in off else tuple(_list(roots))
+    if (umask := _env("JOBMILL_UMASK")) is not None:
+        try:
+            mask = int(umask.strip().lower().removeprefix("0o"), 8)
+        except ValueError:
+            raise SystemExit(f"JOBMILL_UMASK: '{umask}' is not an octal mask like 077") from None
+        if not 0 <= mask <= 0o777:
+            raise SystemExit("JOBMILL_UMASK: must be between 000 and 777")
+        env["umask"] = mask
+    sizes = (("max_job_output", "JOBMILL_MAX_JOB_OUTPUT"), ("min_free", "JOBMILL_MIN_FREE"))
+    for name, var in sizes:
+        if (size := _env(var)) is not None:
+            env[name] = 0 if size.strip().lower() in off else _size(var, size)
+    for name, var, least in (
+        ("max_wait_paths", "JOBMILL_MAX_WAIT_PATHS", 1),
+        ("max_wait_wildcard_dirs", "JOBMILL_MAX_WAIT_WILDCARD_DIRS", 0),
+        ("max_user_waits", "JOBMILL_MAX_USER_WAITS", 1),
+        ("max_user_wildcards", "JOBMILL_MAX_USER_WILDCARDS", 0),
+        ("max_user_wildcard_dirs", "JOBMILL_MAX_USER_WILDCARD_DIRS", 0),
+    ):
+        if (count := _env(var)) is not None:
+            env[name] = max(least, _int(var, count))
+    return env
+
+
+def _login_name() -> str:
+    """The account running jobmill: ``$USER``, else the password database's name for the uid."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "local"
 
 
 def _zero(value: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from jobmill.config import Settings
+from jobmill.domain.confine import Roots
 from jobmill.domain.jobtype_files import load_jobtypes
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.rule_files import load_rules
@@ -21,7 +22,8 @@ from jobmill.service.experiments import ExperimentService, JobTypes
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService
 from jobmill.service.rules import RuleEngine
-from jobmill.service.triggers import DataTriggers
+from jobmill.service.space import DiskSpace
+from jobmill.service.triggers import DataTriggers, WaitLimits
 from jobmill.storage import migrate
 from jobmill.storage.conditions import ConditionStore
 from jobmill.storage.db import make_engine
@@ -101,6 +103,8 @@ def build(settings: Settings) -> Jobmill:
         data=data,
         backends=executors,
         launch_spec=dispatcher.spec_for,
+        log_roots=Roots(settings.log_roots, settings.home.resolve(), "JOBMILL_LOG_ROOTS"),
+        space=DiskSpace(settings.home.resolve(), settings.min_free),
     )
     experiments = ExperimentService(experiment_store, service, dispatch_types, executors)
     rules = RuleEngine(
@@ -142,6 +146,16 @@ def build_data_triggers(settings: Settings, store: JobStore, engine: JobEngine) 
         if not engine._closed:  # after the engine stopped, its wake-up pipe is gone
             engine.notify_queued()
 
-    data = DataTriggers(store, conditions, watcher, root, on_released=released)
+    roots = Roots(settings.data_roots or (str(root),), root, "JOBMILL_DATA_ROOTS")
+    limits = WaitLimits(
+        max_paths=settings.max_wait_paths,
+        max_wildcard_dirs=settings.max_wait_wildcard_dirs,
+        max_user_waits=settings.max_user_waits,
+        max_user_wildcards=settings.max_user_wildcards,
+        max_user_wildcard_dirs=settings.max_user_wildcard_dirs,
+    )
+    data = DataTriggers(
+        store, conditions, watcher, root, on_released=released, roots=roots, limits=limits
+    )
     watcher.on_released = data.released
     return data

@@ -26,10 +26,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.factory import Jobmill, build
-from tests.conftest import EXAMPLES, require_service, wait_for, wait_phase
+from tests.conftest import EXAMPLES, app_client, require_service, wait_for, wait_phase
 
 SCRIPTS = EXAMPLES / "scripts"
 POLL = 0.5
@@ -183,7 +182,7 @@ def contract_settings(settings: Settings, tmp_path: Path, backend: Backend) -> S
 def running(settings: Settings) -> Iterator[tuple[Jobmill, TestClient]]:
     jm = build(settings)
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             yield jm, client
     finally:
         jm.close()

@@ -60,7 +60,13 @@ def cli(live: Any, *args: str) -> Any:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBMILL_", "API_"))}
+    """The environment without jobmill settings, but with the test's own local credential file
+    (``JOBMILL_TOKEN_FILE``, set by the ``token_file`` fixture)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JOBMILL_", "API_")) or k == "JOBMILL_TOKEN_FILE"
+    }
     return env | extra
 
 
@@ -332,11 +338,44 @@ def test_token_create_and_db_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(secret) >= 40 and "shown" in created.stderr
     store = open_store(Settings(home=home), upgrade=False)
     try:
-        record = store.find_token(secret)
+        record = store.tokens.find(secret)
         assert record is not None and (record.user, record.admin) == ("alice", True)
     finally:
         store.engine.dispose()
         store.read_engine.dispose()
+
+
+def test_token_list_revoke_and_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOBMILL_DATABASE_URL", raising=False)
+    home = str(tmp_path / "home")
+    created = runner.invoke(
+        app, ["token", "create", "--user", "bob", "--expires", "90d", "--home", home]
+    )
+    assert created.exit_code == 0 and "valid until" in created.stderr
+    secret = created.stdout.strip()
+    runner.invoke(app, ["token", "create", "--user", "carol", "--home", home])
+    listed = runner.invoke(app, ["token", "list", "--json", "--home", home])
+    assert listed.exit_code == 0
+    rows = json.loads(listed.stdout)
+    assert [(r["user"], r["state"]) for r in rows] == [("bob", "active"), ("carol", "active")]
+    assert rows[0]["expires_at"] is not None and rows[1]["expires_at"] is None
+    assert secret not in listed.stdout and "hash" not in listed.stdout
+    table = runner.invoke(app, ["token", "list", "--home", home])
+    assert "bob" in table.stdout and "EXPIRES" in table.stdout
+    revoked = runner.invoke(app, ["token", "revoke", str(rows[0]["id"]), "--home", home])
+    assert revoked.exit_code == 0 and "revoked token" in revoked.stderr
+    active = json.loads(runner.invoke(app, ["token", "list", "--json", "--home", home]).stdout)
+    assert [r["user"] for r in active] == ["carol"]
+    every = runner.invoke(
+        app, ["token", "list", "--all", "--json", "--user", "bob", "--home", home]
+    )
+    assert [r["state"] for r in json.loads(every.stdout)] == ["revoked"]
+    missing = runner.invoke(app, ["token", "revoke", "999", "--home", home])
+    assert missing.exit_code == 1 and "no token 999" in missing.stderr
+    bad = runner.invoke(
+        app, ["token", "create", "--user", "x", "--expires", "soon", "--home", home]
+    )
+    assert bad.exit_code == 2 and "--expires" in bad.stderr
 
 
 # -- the real console script -------------------------------------------------------------------
@@ -355,25 +394,7 @@ def test_script_submit_wait_and_refusal(live: Any) -> None:
     assert env_url.returncode == 0 and len(json.loads(env_url.stdout)) == 1
 
 
-def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
-    result = run(
-        "serve",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(free_port()),
-        "--home",
-        str(tmp_path / "home"),
-        "--jobtypes",
-        str(EXAMPLES),
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert "error: refusing to listen on 0.0.0.0 without a user token" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_public_address_with_a_token(tmp_path: Path) -> None:
+def test_serve_public_address_with_a_token(tmp_path: Path, token_file: Path) -> None:
     home = str(tmp_path / "home")
     secret = run("token", "create", "--user", "ops", "--home", home).stdout.strip()
     port = free_port()
@@ -405,10 +426,17 @@ def test_serve_public_address_with_a_token(tmp_path: Path) -> None:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.1)
-        anonymous = run("ls", "--url", url)
+        # Another account on this host has no local credential: anonymous, refused.
+        nobody = str(tmp_path / "elsewhere" / "token")
+        anonymous = run("ls", "--url", url, JOBMILL_TOKEN_FILE=nobody)
         assert anonymous.returncode == 1 and "bearer token is required" in anonymous.stderr
         authorised = run("ls", "--json", "--url", url, "--token", secret)
         assert authorised.returncode == 0 and json.loads(authorised.stdout) == []
+        # The user who started the server: `serve` wrote their credential (0600), and the
+        # CLI reads it for a server on this machine.
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        mine = run("ls", "--json", "--url", url)
+        assert mine.returncode == 0, mine.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, local_headers, wait_for
 from tests.e2e.test_restart import SCRIPT, Server
 
 WAITING = "waiting for data"
@@ -44,6 +44,7 @@ def server(tmp_path: Path, types_dir: Path, data_dir: Path, db_url: str) -> Iter
     srv = Server(tmp_path / "home", types_dir, free_port(), db_url)
     srv.env["JOBMILL_DATA_ROOT"] = str(data_dir)
     srv.env["JOBMILL_OCPS_WAIT_FOR_DAT"] = "once"
+    srv.env["JOBMILL_LOG_ROOTS"] = str(tmp_path)  # the OCPS job's log_dir
     yield srv
     srv.stop()
 
@@ -78,7 +79,7 @@ def test_waiting_jobs_survive_sigkill_and_run_once(
 ) -> None:
     runlog = tmp_path / "runs.log"
     server.start()
-    http = httpx.Client(base_url=server.url, timeout=10)
+    http = httpx.Client(base_url=server.url, timeout=10, headers=local_headers())
 
     def submit(name: str) -> str:
         body = {

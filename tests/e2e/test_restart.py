@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, local_headers, wait_for
 
 JOBMILL = str(Path(sys.executable).with_name("jobmill"))
 
@@ -105,7 +105,7 @@ def test_sigkill_and_restart_loses_nothing_and_runs_nothing_twice(
 ) -> None:
     runlog = tmp_path / "runs.log"
     server.start()
-    http = httpx.Client(base_url=server.url, timeout=10)
+    http = httpx.Client(base_url=server.url, timeout=10, headers=local_headers())
 
     def submit(name: str, seconds: float, code: int = 0) -> str:
         response = http.post(

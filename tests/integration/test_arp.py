@@ -22,14 +22,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.domain.arp import definition_jobtype, status_names
 from jobmill.domain.jobs import Job, utcnow
 from jobmill.domain.jobtypes import build_argv
 from jobmill.domain.lifecycle import Phase, Reason
 from jobmill.factory import Jobmill, build
 from jobmill.service.jobs import JobRequest, User
-from tests.conftest import LiveServer, wait_for
+from tests.conftest import LiveServer, app_client, wait_for
 
 EXP = "xppi0915"
 API = f"/api/v1/arp/experiments/{EXP}"
@@ -161,15 +160,15 @@ def auth(token: str) -> dict[str, str]:
 @pytest.fixture
 def tokens(jobmill: Jobmill) -> dict[str, dict[str, str]]:
     secrets = {"alice": "alice-token", "bob": "bob-token", "root": "root-token"}
-    jobmill.store.add_token("alice", secrets["alice"], admin=False)
-    jobmill.store.add_token("bob", secrets["bob"], admin=False)
-    jobmill.store.add_token("root", secrets["root"], admin=True)
+    jobmill.store.tokens.add("alice", secrets["alice"], admin=False)
+    jobmill.store.tokens.add("bob", secrets["bob"], admin=False)
+    jobmill.store.tokens.add("root", secrets["root"], admin=True)
     return {name: auth(secret) for name, secret in secrets.items()}
 
 
 @pytest.fixture
 def http(live: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.url, timeout=30) as client:
+    with httpx.Client(base_url=live.url, timeout=30, headers=live.headers) as client:
         yield client
 
 
@@ -557,7 +556,7 @@ def test_a_definition_with_live_jobs_cannot_be_deleted(client: TestClient, tmp_p
 def test_log_tells_no_log_from_an_empty_log_and_details_need_a_backend(
     jobmill: Jobmill, tmp_path: Path
 ) -> None:
-    with TestClient(create_app(jobmill, start_engine=False)) as client:  # jobs stay queued
+    with app_client(jobmill, start_engine=False) as client:  # jobs stay queued
         define(client, "quiet", "/bin/true")
         job_id = apply(client, 3, "quiet")["job_id"]
         no_log = client.get(f"{API}/jobs/{job_id}/log")
@@ -569,7 +568,7 @@ def test_log_tells_no_log_from_an_empty_log_and_details_need_a_backend(
         )
         assert error(client.get(f"{API}/jobs/{job_id}/details"), 409)["field"] == "id"
         assert entry(client, job_id)["status"] == "Request Sent"
-    with TestClient(create_app(jobmill)) as client:
+    with app_client(jobmill) as client:
         done = wait_status(client, job_id)
         assert done["status"] == "DONE"
         empty = client.get(f"{API}/jobs/{job_id}/log")
@@ -609,7 +608,9 @@ def test_another_jobs_token_is_refused(http: httpx.Client, tmp_path: Path) -> No
     random_id = http.post(f"/api/v1/jobs/{uuid.uuid4()}/report", params={"token": token_of_second},
                           json={"counters": {"x": 1}})  # fmt: skip
     assert random_id.status_code == 403
-    assert http.post(f"/api/v1/jobs/{first}/report", json={"x": 1}).status_code == 401
+    no_token = {"Authorization": ""}
+    untokened = http.post(f"/api/v1/jobs/{first}/report", json={"x": 1}, headers=no_token)
+    assert untokened.status_code == 401
     assert http.post(urls[0], json={"counters": {"x": 1}}).status_code == 200
     assert entry(http, first)["counters"] == {"x": 1}
     assert entry(http, second)["counters"] == {}

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.domain.conditions import DataCondition, matches, parts, resolve
 from jobmill.domain.errors import ValidationError
 from jobmill.factory import Jobmill, build
-from tests.conftest import wait_for, wait_phase
+from tests.conftest import app_client, wait_for, wait_phase
 
 WAITING = "waiting for data"
 JOBS = "/api/v1/jobs"
@@ -48,7 +47,7 @@ def jm(data_settings: Settings) -> Iterator[Jobmill]:
 
 @pytest.fixture
 def api(jm: Jobmill) -> Iterator[TestClient]:
-    with TestClient(create_app(jm)) as test_client:
+    with app_client(jm) as test_client:
         assert jm.data is not None and jm.data.watcher.wait_loaded()
         yield test_client
 
@@ -287,7 +286,7 @@ def test_two_watchers_in_two_processes_launch_one_job(
         first.start()
         second.start()
         assert first.data is not None and second.data is not None
-        with TestClient(create_app(first, start_engine=False)) as api:
+        with app_client(first, start_engine=False) as api:
             ids = [submit(api, {"paths": [f"shared{i}.dat"]}) for i in range(5)]
             watched(first, *ids)
             watched(second, *ids)  # learnt from the database
@@ -344,7 +343,7 @@ def test_scanned_root(data_settings: Settings, data_dir: Path) -> None:
     nfs.mkdir()
     jm = build(data_settings.with_(scan_roots=(str(nfs),)))
     try:
-        with TestClient(create_app(jm)) as api:
+        with app_client(jm) as api:
             job_id = submit(api, {"paths": ["nfs/frame.dat"]})
             watched(jm, job_id)
             assert jm.data is not None

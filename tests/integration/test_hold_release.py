@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.executors.base import ExecutorUnavailable
 from jobmill.executors.htcondor import HTCondorExecutor
 from jobmill.factory import Jobmill, build
-from tests.conftest import EXAMPLES, require_service, wait_for, wait_phase
+from tests.conftest import EXAMPLES, app_client, require_service, wait_for, wait_phase
 from tests.integration.test_slurm import slurm_available
 
 SCRIPTS = EXAMPLES / "scripts"
@@ -126,8 +125,8 @@ def test_a_job_waiting_for_data_cannot_be_held(client: TestClient, tmp_path: Pat
 
 
 def test_held_jobs_are_only_the_owners(client: TestClient, jobmill: Jobmill) -> None:
-    jobmill.store.add_token("alice", "alice-secret-token", admin=False)
-    jobmill.store.add_token("bob", "bob-secret-token", admin=False)
+    jobmill.store.tokens.add("alice", "alice-secret-token", admin=False)
+    jobmill.store.tokens.add("bob", "bob-secret-token", admin=False)
     alice = {"Authorization": "Bearer alice-secret-token"}
     bob = {"Authorization": "Bearer bob-secret-token"}
     front = client.post(
@@ -168,7 +167,7 @@ def test_a_held_job_stays_held_across_a_restart(settings: Settings) -> None:
         first.close()
     second = build(settings)
     try:
-        with TestClient(create_app(second)) as client:
+        with app_client(second) as client:
             wait_for(lambda: not second.engine._queued_hint, timeout=10)  # recovery ran
             after = client.get(f"/api/v1/jobs/{job.id}").json()
             assert (after["phase"], after["native_id"]) == ("HELD", None)
@@ -438,7 +437,7 @@ def slurm_client(settings: Settings, tmp_path: Path) -> Iterator[tuple[Jobmill, 
         )
     )
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             yield jm, client
     finally:
         jm.close()

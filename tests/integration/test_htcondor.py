@@ -144,6 +144,7 @@ def settings(tmp_path: Path, db_url: str, types_dir: Path, schedd: Any) -> Setti
         executors=("local", "htcondor"),
         condor_schedd=os.environ.get("JOBMILL_CONDOR_SCHEDD") or None,
         condor_collector=os.environ.get("JOBMILL_CONDOR_COLLECTOR") or None,
+        allowed_hosts=("testserver",),  # the Host TestClient sends
     )
 
 
@@ -336,7 +337,7 @@ def test_removed_outside_jobmill_is_aborted_within_two_polls(
 
 
 def test_vanished_job_is_lost(settings: Settings, jobmill: Jobmill, schedd: Any) -> None:
-    with TestClient(_app(jobmill)) as client:
+    with _app(jobmill) as client:
         job = submit(client, "sleep", seconds=120)
         native = native_id(client, job["id"])
     jobmill.close()
@@ -345,7 +346,7 @@ def test_vanished_job_is_lost(settings: Settings, jobmill: Jobmill, schedd: Any)
     jobmill.store.record(job["id"], "test", actor="test", values={"native_id": "999999999.0"})
     again = build(settings)
     try:
-        with TestClient(_app(again)) as client:
+        with _app(again) as client:
             # Two polls, each reading the whole history for an id it never gave out (seconds
             # on a pool with a long history and a busy host).
             done = wait_phase(client, job["id"], timeout=30)
@@ -358,7 +359,7 @@ def test_vanished_job_is_lost(settings: Settings, jobmill: Jobmill, schedd: Any)
 def test_restart_reattaches_by_native_id_and_by_jobmill_id(
     settings: Settings, jobmill: Jobmill, schedd: Any
 ) -> None:
-    with TestClient(_app(jobmill)) as client:
+    with _app(jobmill) as client:
         first = submit(client, "sleep", seconds=4)
         second = submit(client, "sleep", seconds=4, code=5)
         natives = [native_id(client, job["id"]) for job in (first, second)]
@@ -367,7 +368,7 @@ def test_restart_reattaches_by_native_id_and_by_jobmill_id(
     jobmill.store.record(second["id"], "test", actor="test", values={"native_id": None})
     again = build(settings)
     try:
-        with TestClient(_app(again)) as client:
+        with _app(again) as client:
             done = [wait_phase(client, job["id"], timeout=JOB_TIMEOUT) for job in (first, second)]
     finally:
         again.close()
@@ -381,7 +382,7 @@ def test_restart_reattaches_by_native_id_and_by_jobmill_id(
 
 
 def test_jobs_report_progress_from_inside_the_pool(live: LiveServer) -> None:
-    with httpx.Client(base_url=live.url) as http:
+    with httpx.Client(base_url=live.url, headers=live.headers) as http:
         python = http.post("/api/v1/jobs", json={"type": "counters", "parameters": {}}).json()
         curl = http.post("/api/v1/jobs", json={"type": "curl", "parameters": {"files": 42}}).json()
 
@@ -434,7 +435,7 @@ def test_what_htcondor_cannot_carry_fails_the_job_at_once(client: TestClient) ->
 def test_unreachable_schedd_keeps_jobs_queued(settings: Settings) -> None:
     jm = build(settings.with_(condor_collector="127.0.0.1:1"))
     try:
-        with TestClient(_app(jm)) as client:
+        with _app(jm) as client:
             job = submit(client, "sleep", seconds=1)
 
             def parked() -> dict[str, Any] | None:
@@ -449,9 +450,9 @@ def test_unreachable_schedd_keeps_jobs_queued(settings: Settings) -> None:
 
 
 def _app(jm: Jobmill) -> Any:
-    from jobmill.api.app import create_app
+    from tests.conftest import app_client
 
-    return create_app(jm)
+    return app_client(jm)
 
 
 # -- the executor on its own --------------------------------------------------------------------

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from jobmill.config import Settings
 from jobmill.factory import Jobmill, build
-from tests.conftest import EXAMPLES, LiveServer, wait_for, wait_phase
+from tests.conftest import EXAMPLES, LiveServer, app_client, wait_for, wait_phase
 
 
 def submit(client: TestClient, type_: str, **parameters: object) -> dict:  # type: ignore[type-arg]
@@ -108,9 +108,8 @@ def test_process_environment_is_only_its_own(env_settings: Settings) -> None:
     before = dict(os.environ)
     jm = build(env_settings)
     try:
-        from jobmill.api.app import create_app
 
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             a = submit(client, "printenv", visit=1)
             b = submit(client, "printenv", visit=2)
             outputs = {}
@@ -145,7 +144,7 @@ def test_process_environment_is_only_its_own(env_settings: Settings) -> None:
 
 
 def test_counters_example_reports_through_batch_update_url(live: LiveServer) -> None:
-    with httpx.Client(base_url=live.url) as http:
+    with httpx.Client(base_url=live.url, headers=live.headers) as http:
         job = http.post("/api/v1/jobs", json={"type": "counters", "parameters": {"interval": 0}})
         job_id = job.json()["id"]
 
@@ -166,7 +165,7 @@ def test_counters_example_reports_through_batch_update_url(live: LiveServer) -> 
 
 def test_report_needs_the_jobs_own_token(live: LiveServer, tmp_path: Path) -> None:
     jm = live.jobmill
-    with httpx.Client(base_url=live.url) as http:
+    with httpx.Client(base_url=live.url, headers=live.headers) as http:
         first = http.post("/api/v1/jobs", json={"type": "sleep", "parameters": {"seconds": 30}})
         second = http.post("/api/v1/jobs", json={"type": "sleep", "parameters": {"seconds": 30}})
         ids = [first.json()["id"], second.json()["id"]]
@@ -177,7 +176,8 @@ def test_report_needs_the_jobs_own_token(live: LiveServer, tmp_path: Path) -> No
         url = f"/api/v1/jobs/{ids[0]}/report"
         ok = http.post(url, params={"token": tokens[0]}, json={"counters": {"files": 1}})
         assert ok.status_code == 200
-        assert http.post(url, json={"counters": {"files": 99}}).status_code == 401
+        no_token = {"Authorization": ""}
+        assert http.post(url, json={"counters": {"files": 99}}, headers=no_token).status_code == 401
         wrong = http.post(url, params={"token": tokens[1]}, json={"counters": {"files": 99}})
         assert wrong.status_code == 403
         bearer = http.post(url, headers={"Authorization": f"Bearer {tokens[0]}"}, json={"x": 2})
@@ -229,11 +229,10 @@ def stubborn_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def test_abort_escalates_to_sigkill_after_the_grace_period(stubborn_settings: Settings) -> None:
-    from jobmill.api.app import create_app
 
     jm = build(stubborn_settings)
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             job = submit(client, "stubborn")
             wait_for(lambda: "ignoring" in client.get(f"/api/v1/jobs/{job['id']}/logs/stdout").text)
             pid = int(client.get(f"/api/v1/jobs/{job['id']}").json()["native_id"].split("@")[0])

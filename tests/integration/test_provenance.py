@@ -402,8 +402,8 @@ def test_a_reference_loop_ends(client: TestClient, jobmill: Jobmill) -> None:
 
 @pytest.fixture
 def tokens(jobmill: Jobmill) -> dict[str, dict[str, str]]:
-    jobmill.store.add_token("alice", "alice-secret-token", admin=False)
-    jobmill.store.add_token("bob", "bob-secret-token", admin=False)
+    jobmill.store.tokens.add("alice", "alice-secret-token", admin=False)
+    jobmill.store.tokens.add("bob", "bob-secret-token", admin=False)
     return {
         "alice": {"Authorization": "Bearer alice-secret-token"},
         "bob": {"Authorization": "Bearer bob-secret-token"},

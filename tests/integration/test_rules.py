@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.domain.jobs import Job
 from jobmill.factory import Jobmill, build
 from jobmill.storage.jobs import JobFilter
-from tests.conftest import EXAMPLES, LiveServer, wait_for, wait_phase
+from tests.conftest import EXAMPLES, LiveServer, app_client, wait_for, wait_phase
 
 RULES = "/api/v1/rules"
 FILE_RULE = """
@@ -206,7 +205,7 @@ def test_a_finished_job_creates_the_downstream_job_from_its_results(
     assert jm.rules is not None
     jm.rules.interval = 0.1
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             sleep = client.post(
                 "/api/v1/jobs", json={"type": "sleep", "parameters": {"seconds": 0}}
             )
@@ -258,7 +257,7 @@ def test_a_job_rule_fires_for_jobs_that_ended_while_it_was_down(
     first.close()
     worker = build(settings.with_(data_root=data_dir))  # another jobmill without the rule
     try:
-        with TestClient(create_app(worker)) as client:
+        with app_client(worker) as client:
             job = client.post("/api/v1/jobs", json={"type": "sleep", "parameters": {"seconds": 0}})
             wait_phase(client, job.json()["id"])
     finally:
@@ -315,7 +314,7 @@ def test_a_schedule_fires_once_per_slot_and_only_the_latest_missed_one(
 def api(file_settings: Settings) -> Iterator[tuple[Jobmill, TestClient]]:
     jm = build(file_settings)
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             yield jm, client
     finally:
         jm.close()
@@ -407,7 +406,7 @@ def test_a_rule_body_that_is_not_an_object_is_a_422(api: tuple[Jobmill, TestClie
 
 def test_only_administrators_change_rules(api: tuple[Jobmill, TestClient]) -> None:
     jm, client = api
-    jm.store.add_token("bob", "bob-secret", admin=False)
+    jm.store.tokens.add("bob", "bob-secret", admin=False)
     bob = {"Authorization": "Bearer bob-secret"}
     assert client.get(RULES, headers=bob).status_code == 200
     assert client.post(RULES, json=SCHEDULE_BODY, headers=bob).status_code == 403

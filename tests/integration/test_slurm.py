@@ -21,12 +21,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.executors.slurm import SlurmExecutor
 from jobmill.factory import Jobmill, build
 from jobmill.service import engine as engine_module
-from tests.conftest import EXAMPLES, LiveServer, require_service, wait_for, wait_phase
+from tests.conftest import EXAMPLES, LiveServer, app_client, require_service, wait_for, wait_phase
 
 SCRIPTS = EXAMPLES / "scripts"
 POLL = 0.5
@@ -111,7 +110,7 @@ def jobmill_settings_array(settings: Settings) -> Settings:
 def running(settings: Settings) -> Iterator[tuple[Jobmill, TestClient]]:
     jm = build(settings)
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             yield jm, client
     finally:
         jm.close()
@@ -301,7 +300,7 @@ def test_unreachable_backend_keeps_the_job_then_submits_it(
 
 
 def test_progress_reports_from_a_slurm_job(live: LiveServer) -> None:
-    with httpx.Client(base_url=live.url, timeout=10) as http:
+    with httpx.Client(base_url=live.url, timeout=10, headers=live.headers) as http:
         created = http.post("/api/v1/jobs", json={"type": "s-counters", "parameters": {}})
         assert created.status_code == 201, created.text
         job_id = created.json()["id"]

@@ -1,4 +1,4 @@
-"""Users: bearer tokens, the loopback local user, and job ownership."""
+"""Users: bearer tokens, the local credential, anonymous callers, administrators, ownership."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.factory import Jobmill, build
+from tests.conftest import app_client
 
 
 @pytest.fixture
 def tokens(jobmill: Jobmill) -> dict[str, str]:
     store = jobmill.store
     secrets = {"alice": "alice-secret-token", "bob": "bob-secret-token", "root": "root-token"}
-    store.add_token("alice", secrets["alice"], admin=False)
-    store.add_token("bob", secrets["bob"], admin=False)
-    store.add_token("root", secrets["root"], admin=True)
+    store.tokens.add("alice", secrets["alice"], admin=False)
+    store.tokens.add("bob", secrets["bob"], admin=False)
+    store.tokens.add("root", secrets["root"], admin=True)
     return secrets
 
 
@@ -71,21 +71,72 @@ def test_invalid_bearer_token_is_401(client: TestClient, tokens: dict[str, str])
     assert response.json()["error"]["field"] == "Authorization"
 
 
-def test_loopback_anonymous_is_the_local_admin(client: TestClient, tokens: dict[str, str]) -> None:
-    job = new_job(client, {})
-    assert client.get(f"/api/v1/jobs/{job}").json()["owner"] == "tester"
-    # An Authorization header jobmill does not use (empty Basic credentials) stays anonymous.
-    basic = client.get(f"/api/v1/jobs/{job}", headers={"Authorization": "Basic Og=="})
-    assert basic.status_code == 200
+def test_no_credentials_is_anonymous_and_refused_on_loopback_too(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    job = new_job(client, auth(tokens["alice"]))
+    for headers in ({"Authorization": ""}, {"Authorization": "Basic Og=="}):
+        assert client.get(f"/api/v1/jobs/{job}", headers=headers).status_code == 401
+        refused = client.post(
+            "/api/v1/jobs", json={"type": "sleep", "phase": "PENDING"}, headers=headers
+        )
+        assert refused.status_code == 401
+        assert refused.json()["error"]["field"] == "Authorization"
+    assert client.get("/healthz", headers={"Authorization": ""}).status_code == 200
+
+
+def test_the_servers_own_user_is_the_administrator(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
     alice_job = new_job(client, auth(tokens["alice"]))
+    mine = new_job(client, {})  # the client fixture's token: the local credential of "tester"
+    assert client.get(f"/api/v1/jobs/{mine}").json()["owner"] == "tester"
     assert client.get(f"/api/v1/jobs/{alice_job}").status_code == 200
+    assert client.get(f"/api/v1/jobs/{mine}", headers=auth(tokens["alice"])).status_code == 404
+
+
+def test_anonymous_readers_only_read(settings: Settings) -> None:
+    jm = build(settings.with_(anonymous="read"))
+    try:
+        with app_client(jm) as client:
+            job = new_job(client, {})
+            anonymous = {"Authorization": ""}
+            seen = client.get(f"/api/v1/jobs/{job}", headers=anonymous)
+            assert seen.status_code == 200 and seen.json()["owner"] == "tester"
+            listed = client.get("/api/v1/jobs", headers=anonymous).json()["jobs"]
+            assert [j["id"] for j in listed] == [job]
+            for method, path in (
+                ("POST", f"/api/v1/jobs/{job}/abort"),
+                ("DELETE", f"/api/v1/jobs/{job}"),
+                ("POST", "/api/v1/jobs"),
+            ):
+                refused = client.request(method, path, headers=anonymous, json={"type": "sleep"})
+                assert refused.status_code == 401, (method, path)
+            assert client.get(f"/api/v1/jobs/{job}").json()["phase"] == "PENDING"
+    finally:
+        jm.close()
+
+
+def test_configured_admins(settings: Settings) -> None:
+    jm = build(settings.with_(admins=("carol",)))
+    try:
+        jm.store.tokens.add("carol", "carol-token", admin=False)
+        jm.store.tokens.add("dave", "dave-token", admin=False)
+        with app_client(jm) as client:
+            job = new_job(client, auth("dave-token"))
+            assert client.get(f"/api/v1/jobs/{job}", headers=auth("carol-token")).status_code == 200
+            assert client.get(f"/api/v1/jobs/{job}", headers=auth("dave-token")).status_code == 200
+            mine = new_job(client, {})
+            assert client.get(f"/api/v1/jobs/{mine}", headers=auth("dave-token")).status_code == 404
+    finally:
+        jm.close()
 
 
 @pytest.fixture
 def public_client(settings: Settings) -> Iterator[tuple[TestClient, Jobmill]]:
     jm = build(settings.with_(host="0.0.0.0"))
     try:
-        with TestClient(create_app(jm)) as client:
+        with app_client(jm) as client:
             yield client, jm
     finally:
         jm.close()
@@ -93,8 +144,8 @@ def public_client(settings: Settings) -> Iterator[tuple[TestClient, Jobmill]]:
 
 def test_non_loopback_requires_a_token(public_client: tuple[TestClient, Jobmill]) -> None:
     client, jm = public_client
-    jm.store.add_token("carol", "carol-token", admin=False)
-    assert client.get("/api/v1/jobs").status_code == 401
+    jm.store.tokens.add("carol", "carol-token", admin=False)
+    assert client.get("/api/v1/jobs", headers={"Authorization": ""}).status_code == 401
     assert client.get("/api/v1/jobs", headers={"Authorization": "Basic Og=="}).status_code == 401
     assert client.get("/api/v1/jobs", headers=auth("carol-token")).status_code == 200
     assert client.get("/healthz").status_code == 200

@@ -13,6 +13,7 @@ from tests.conftest import LiveServer, wait_for
 
 def test_async_tap_job_full_lifecycle(live: LiveServer) -> None:
     session = requests.Session()
+    session.headers.update(live.headers)
     base = f"{live.url}/uws/echo"
     # pyvo posts REQUEST, LANG, QUERY (kept, not given to the process) to {base}/async.
     job = AsyncTAPJob.create(base, "SELECT 1", session=session, MESSAGE="from pyvo")
@@ -54,6 +55,7 @@ def test_async_tap_job_full_lifecycle(live: LiveServer) -> None:
 
 def test_async_tap_job_abort(live: LiveServer) -> None:
     session = requests.Session()
+    session.headers.update(live.headers)
     job = AsyncTAPJob.create(f"{live.url}/uws/sleep", "q", session=session, SECONDS="30")
     job.run()
     # pyvo's wait() always blocks for a change first (WAIT=-1), so poll the phase instead.

@@ -15,11 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from lxml import etree
 
-from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.factory import Jobmill, build
 from jobmill.service.jobs import User
-from tests.conftest import LiveServer, wait_for
+from tests.conftest import LiveServer, app_client, wait_for
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
 ADMIN = User("tester", admin=True)
@@ -60,7 +59,7 @@ def later(delay: float, action: Callable[[], object]) -> threading.Thread:
 @pytest.fixture
 def quiet(jobmill: Jobmill) -> Iterator[TestClient]:
     """A client whose engine does not run: PENDING and QUEUED jobs stay where they are."""
-    with TestClient(create_app(jobmill, start_engine=False)) as client:
+    with app_client(jobmill, start_engine=False) as client:
         yield client
 
 
@@ -100,7 +99,7 @@ def test_wait_returns_at_once_in_other_phases(quiet: TestClient) -> None:
 
 def test_wait_is_capped_by_the_configured_maximum(jobmill: Jobmill, settings: Settings) -> None:
     jobmill.settings = settings.with_(max_wait=1.0)
-    with TestClient(create_app(jobmill, start_engine=False)) as client:
+    with app_client(jobmill, start_engine=False) as client:
         url = create(client)
         for wait in (30, -1):
             phase, elapsed = timed(client, url, WAIT=wait)
@@ -123,8 +122,8 @@ def test_wait_sees_a_change_made_by_another_jobmill_process(settings: Settings) 
     a, b = build(settings), build(settings)
     try:
         with (
-            TestClient(create_app(a, start_engine=False)) as client_a,
-            TestClient(create_app(b, start_engine=False)) as client_b,
+            app_client(a, start_engine=False) as client_a,
+            app_client(b, start_engine=False) as client_b,
         ):
             url = create(client_a)
             path = url.removeprefix("http://testserver")
@@ -143,8 +142,8 @@ def test_wait_follows_a_job_run_by_another_jobmill_process(settings: Settings) -
     a, b = build(settings), build(settings)
     try:
         with (
-            TestClient(create_app(a, start_engine=False)) as client_a,
-            TestClient(create_app(b)) as client_b,
+            app_client(a, start_engine=False) as client_a,
+            app_client(b) as client_b,
         ):
             url = create(client_a, "sleep", SECONDS="0.5")
             client_b.post(f"{url.removeprefix('http://testserver')}/phase", data={"PHASE": "RUN"})
@@ -167,7 +166,7 @@ def test_waiting_requests_hold_no_thread(live: LiveServer) -> None:
     feed = live.server.config.app.state.feed
 
     async def scenario() -> list[tuple[int, str]]:
-        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30, headers=live.headers) as client:
             response = await client.post("/uws/echo", data={"MESSAGE": "x"})
             assert response.status_code == 303
             url = response.headers["location"]

@@ -122,7 +122,7 @@ def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
         destruction_at=utcnow(),
     )
     store.create([new], actor="o")
-    store.add_token("o", "secret", admin=False)
+    store.tokens.add("o", "secret", admin=False)
 
     downgrade(engine, "base")
     assert current_revision(engine) is None
@@ -132,7 +132,7 @@ def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     assert current_revision(engine) == head(engine)
     assert table_names(engine) == TABLES
     assert migrate.pending_differences(engine) == []
-    assert store.count() == 0 and not store.has_tokens()
+    assert store.count() == 0 and not store.tokens.has_any()
     store.create([new], actor="o")
     assert store.require(new.id).owner == "o"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from jobmill.config import Settings
@@ -27,10 +27,10 @@ from jobmill.storage.jobs import (
     Entry,
     JobFilter,
     JobStore,
-    TokenRecord,
     hash_secret,
 )
-from jobmill.storage.tables import events, jobs, tokens
+from jobmill.storage.tables import events, jobs
+from jobmill.storage.tables import tokens as tokens_table
 
 THREADS = 8
 
@@ -732,6 +732,20 @@ def test_check_job_token(store: JobStore) -> None:
     with store.engine.connect() as conn:
         stored = conn.execute(select(jobs.c.token_hash).where(jobs.c.id == job.id)).scalar()
     assert stored == hash_secret("s3cret") != "s3cret"
+    store.transition(job.id, Action.COMPLETE, actor="t")
+    assert not store.check_job_token(job.id, "s3cret")  # a job's token ends with the job
+
+
+def test_an_ended_job_takes_no_report(store: JobStore) -> None:
+    job = create(store)
+    store.transition(job.id, Action.START, actor="t")
+    store.merge_report(job.id, reports.merge, {"a": 1}, actor="job")
+    store.transition(job.id, Action.COMPLETE, actor="t")
+    with pytest.raises(Conflict) as refused:
+        store.merge_report(job.id, reports.merge, {"a": 2}, actor="job")
+    assert refused.value.field == "token"
+    ended = store.require(job.id)
+    assert ended.report == {"a": 1}
 
 
 def test_delete_removes_the_job_and_its_events(store: JobStore) -> None:
@@ -751,26 +765,62 @@ def test_delete_removes_the_job_and_its_events(store: JobStore) -> None:
 
 
 def test_user_tokens(store: JobStore) -> None:
-    assert not store.has_tokens()
-    assert store.find_token("nothing") is None
-    alice_id = store.add_token("alice", "alice-secret", admin=False, note="laptop")
-    root_id = store.add_token("root", "root-secret", admin=True)
+    tokens = store.tokens
+    assert not tokens.has_any()
+    assert tokens.find("nothing") is None
+    alice_id = tokens.add("alice", "alice-secret", admin=False, note="laptop")
+    root_id = tokens.add("root", "root-secret", admin=True)
     assert alice_id != root_id
-    assert store.has_tokens()
-    assert store.find_token("alice-secret") == TokenRecord(alice_id, "alice", False)
-    assert store.find_token("root-secret") == TokenRecord(root_id, "root", True)
-    assert store.find_token("alice-secret2") is None
-    assert store.find_token("") is None
+    assert tokens.has_any()
+    alice = tokens.find("alice-secret")
+    assert alice is not None and (alice.id, alice.user, alice.admin) == (alice_id, "alice", False)
+    assert alice.note == "laptop" and alice.state() == "active" and alice.created_at is not None
+    root = tokens.find("root-secret")
+    assert root is not None and (root.id, root.user, root.admin) == (root_id, "root", True)
+    assert tokens.find("alice-secret2") is None
+    assert tokens.find("") is None
     with store.engine.connect() as conn:
-        hashes = set(conn.execute(select(tokens.c.token_hash)).scalars())
+        hashes = set(conn.execute(select(tokens_table.c.token_hash)).scalars())
     assert hashes == {hash_secret("alice-secret"), hash_secret("root-secret")}
     with pytest.raises(IntegrityError):
-        store.add_token("mallory", "alice-secret", admin=True)
-    with store.engine.begin() as conn:
-        conn.execute(update(tokens).where(tokens.c.id == alice_id).values(revoked_at=utcnow()))
-    assert store.find_token("alice-secret") is None
-    assert store.has_tokens()
-    with store.engine.begin() as conn:
-        conn.execute(update(tokens).values(revoked_at=datetime.now(UTC)))
-    assert not store.has_tokens()
-    assert store.find_token("root-secret") is None
+        tokens.add("mallory", "alice-secret", admin=True)
+    revoked = tokens.revoke(alice_id)
+    assert revoked.state() == "revoked" and revoked.revoked_at is not None
+    assert tokens.revoke(alice_id).revoked_at == revoked.revoked_at  # twice changes nothing
+    assert tokens.find("alice-secret") is None
+    assert tokens.lookup("alice-secret") == revoked
+    assert tokens.has_any()
+    assert [t.id for t in tokens.list()] == [root_id]
+    assert [t.id for t in tokens.list(include_inactive=True)] == [alice_id, root_id]
+    assert tokens.list("alice") == []
+    with pytest.raises(NotFound):
+        tokens.revoke(root_id, user="alice")  # not hers
+    with pytest.raises(NotFound):
+        tokens.revoke(9999)
+    tokens.revoke(root_id)
+    assert not tokens.has_any()
+    assert tokens.find("root-secret") is None
+
+
+def test_token_expiry_and_last_use(store: JobStore) -> None:
+    tokens = store.tokens
+    now = utcnow()
+    short = tokens.add("carol", "short", admin=False, expires_at=now + timedelta(seconds=60))
+    gone = tokens.add("carol", "gone", admin=False, expires_at=now - timedelta(seconds=1))
+    record = tokens.find("short")
+    assert record is not None and record.expires_at is not None and record.last_used_at is None
+    assert tokens.find("gone") is None
+    gone_record = tokens.lookup("gone")
+    assert gone_record is not None and gone_record.state() == "expired"
+    assert [t.id for t in tokens.list("carol")] == [short]
+    assert {t.id for t in tokens.list("carol", include_inactive=True)} == {short, gone}
+    tokens.touch(short, now)
+    first = tokens.lookup("short")
+    assert first is not None and first.last_used_at is not None
+    tokens.touch(short, now + timedelta(seconds=5))  # within a minute: not written again
+    again = tokens.lookup("short")
+    assert again is not None and again.last_used_at == first.last_used_at
+    tokens.touch(short, now + timedelta(minutes=2))
+    later = tokens.lookup("short")
+    assert later is not None and later.last_used_at is not None
+    assert later.last_used_at > first.last_used_at

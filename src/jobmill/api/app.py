@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobmill import __version__
-from jobmill.api import arp, native, ocps, provenance, rules, uws
+from jobmill.api import arp, browser, native, ocps, provenance, rules, uws
 from jobmill.api.auth import Authenticator
-from jobmill.domain.errors import JobmillError
+from jobmill.api.responses import openapi_document
+from jobmill.domain.errors import JobmillError, printable
 from jobmill.factory import Jobmill
 from jobmill.service.feed import ChangeFeed
 
@@ -27,8 +30,13 @@ def error_body(exc: JobmillError) -> dict[str, Any]:
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    field = ""
+    for part in loc:
+        if isinstance(part, int):  # a list index, as the services write it: jobs[0].type
+            field += f"[{part}]"
+        elif part not in ("body", "query", "path", "header"):
+            field += f".{part}" if field else str(part)
+    return printable(field or "body")
 
 
 def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
@@ -57,7 +65,9 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     app.state.jobmill = jobmill
     app.state.feed = feed  # wakes UWS WAIT requests on phase changes (service/feed.py)
     app.state.auth = Authenticator(
-        jobmill.store, local_user=jobmill.settings.local_user, loopback=jobmill.settings.loopback
+        jobmill.store.tokens,
+        admins=(jobmill.settings.local_user, *jobmill.settings.admins),
+        anonymous=jobmill.settings.anonymous,
     )
 
     @app.exception_handler(JobmillError)
@@ -68,15 +78,57 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         field = _field(tuple(first.get("loc", ())))
-        message = f"{field}: {first.get('msg', 'invalid')}"
+        message = printable(f"{field}: {first.get('msg', 'invalid')}")
         return JSONResponse(
             {"error": {"code": "invalid", "message": message, "field": field}}, status_code=422
         )
 
+    # Defence in depth: the services refuse what cannot be stored or encoded (domain/values.py)
+    # before storing it; should such a value slip through, the caller still gets a 4xx.
+    @app.exception_handler(UnicodeError)
+    @app.exception_handler(OverflowError)
+    async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s: unchecked input reached %s", request.method, request.url.path,
+                  type(exc).__name__, exc_info=exc)  # fmt: skip
+        if isinstance(exc, OverflowError):
+            message = "the request holds a number out of range"
+        else:
+            message = "the request holds text that is not valid Unicode"
+        return JSONResponse(
+            {"error": {"code": "invalid", "message": message, "field": "body"}}, status_code=422
+        )
+
+    # A URL no route matches, a method it does not take, a body FastAPI cannot parse: the same
+    # error shape as every other answer (plain text under /uws, as every UWS error).
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        message = printable(str(exc.detail))
+        if request.url.path == "/uws" or request.url.path.startswith("/uws/"):
+            return PlainTextResponse(message, status_code=exc.status_code, headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            {"error": {"code": code, "message": message}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    app.openapi = partial(openapi_document, app)  # type: ignore[method-assign]
+
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, Any]:
+    def healthz() -> JSONResponse:
+        """``ok``, or 503 ``degraded`` when the disk has less free space than jobs need
+        (``disk``: free bytes under the home against ``JOBMILL_MIN_FREE``)."""
         jobmill.store.ping()
-        return {"status": "ok", "version": __version__}
+        body: dict[str, Any] = {"status": "ok", "version": __version__}
+        space = jobmill.jobs.space
+        if space is not None:
+            body["disk"] = disk = space.status()
+            if not disk["ok"]:
+                body.update(status="degraded", message=space.message(disk["free"]))
+                return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     app.include_router(native.router)
     app.include_router(ocps.make_router(jobmill.settings.ocps_basepath))
@@ -90,6 +142,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
         batch_limit=jobmill.settings.max_batch_request_bytes,
         upload_limit=jobmill.settings.max_upload_bytes,
     )
+    app.add_middleware(browser.BrowserGuard, settings=jobmill.settings)  # outside BodyLimit
     return app
 
 

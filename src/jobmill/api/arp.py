@@ -21,17 +21,32 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobmill.api.auth import current_user
+from jobmill.api.responses import COMMON, TEXT, ErrorDetail, errors
 from jobmill.domain.arp import MAX_RUN, Definition, Run, status_names
 from jobmill.domain.errors import Conflict, ValidationError
 from jobmill.domain.jobs import iso
+from jobmill.domain.values import INT32_MAX, INT_MAX
 from jobmill.service.experiments import Entry, ExperimentService, RunEnded
 from jobmill.service.jobs import User
 
-router = APIRouter(prefix="/api/v1/arp", tags=["arp"])
+router = APIRouter(prefix="/api/v1/arp", tags=["arp"], responses=errors(*COMMON))
 BASE = "/experiments/{experiment}"
 UserDep = Annotated[User, Depends(current_user)]
 RunPath = Annotated[int, Path(ge=0, le=MAX_RUN, description="the run number")]
 Limit = Annotated[int, Query(ge=1, le=10_000)]
+
+
+class KillRefused(BaseModel):
+    """``POST .../kill`` of a job that had already ended."""
+
+    success: bool
+    error: ErrorDetail
+
+
+KILL_REFUSED: dict[int | str, dict[str, Any]] = {
+    409: {"model": KillRefused, "description": "the job had already ended"}
+}
+TEXT_OK: dict[int | str, dict[str, Any]] = {200: {"content": TEXT, "description": "the log"}}
 
 
 async def _service(request: Request) -> ExperimentService:
@@ -185,7 +200,7 @@ def list_definitions(experiment: str, svc: ServiceDep, _user: UserDep) -> Respon
     return JSONResponse([definition_out(d) for d in svc.definitions(experiment)])
 
 
-@router.post(BASE + "/definitions", status_code=201)
+@router.post(BASE + "/definitions", status_code=201, responses=errors(409))
 def create_definition(
     experiment: str, body: DefinitionCreate, svc: ServiceDep, user: UserDep
 ) -> Response:
@@ -203,12 +218,12 @@ def create_definition(
     return JSONResponse(definition_out(definition), status_code=201, headers={"Location": location})
 
 
-@router.get(BASE + "/definitions/{name}")
+@router.get(BASE + "/definitions/{name}", responses=errors(404))
 def get_definition(experiment: str, name: str, svc: ServiceDep, _user: UserDep) -> Response:
     return JSONResponse(definition_out(svc.definition(experiment, name)))
 
 
-@router.patch(BASE + "/definitions/{name}")
+@router.patch(BASE + "/definitions/{name}", responses=errors(404, 409))
 def change_definition(
     experiment: str, name: str, body: DefinitionChange, svc: ServiceDep, user: UserDep
 ) -> Response:
@@ -222,13 +237,13 @@ def change_definition(
     return JSONResponse(out)
 
 
-@router.delete(BASE + "/definitions/{name}", status_code=204)
+@router.delete(BASE + "/definitions/{name}", status_code=204, responses=errors(404, 409))
 def delete_definition(experiment: str, name: str, svc: ServiceDep, user: UserDep) -> Response:
     svc.delete_definition(user, experiment, name)
     return Response(status_code=204)
 
 
-@router.post(BASE + "/definitions/{name}/backfill")
+@router.post(BASE + "/definitions/{name}/backfill", responses=errors(404))
 def backfill(
     experiment: str, name: str, svc: ServiceDep, user: UserDep, body: Backfill | None = None
 ) -> Response:
@@ -248,20 +263,20 @@ def list_runs(
     svc: ServiceDep,
     _user: UserDep,
     limit: Limit = 1000,
-    before: Annotated[int | None, Query(ge=0)] = None,
+    before: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
 ) -> Response:
     """Runs, the highest number first (``before`` pages on)."""
     return JSONResponse([run_out(r) for r in svc.runs(experiment, limit=limit, before=before)])
 
 
-@router.get(BASE + "/runs/{run}")
+@router.get(BASE + "/runs/{run}", responses=errors(404))
 def get_run(experiment: str, run: RunPath, svc: ServiceDep, user: UserDep) -> Response:
     """The run view: the run and its jobs."""
     found, entries = svc.run(user, experiment, run)
     return JSONResponse(run_out(found) | {"jobs": [entry_out(e) for e in entries]})
 
 
-@router.post(BASE + "/runs/{run}/start")
+@router.post(BASE + "/runs/{run}/start", responses=errors(409))
 def start_run(
     experiment: str, run: RunPath, svc: ServiceDep, user: UserDep, body: RunEdge | None = None
 ) -> Response:
@@ -270,7 +285,7 @@ def start_run(
     return JSONResponse(run_out(started))
 
 
-@router.post(BASE + "/runs/{run}/end")
+@router.post(BASE + "/runs/{run}/end", responses=errors(409))
 def end_run(
     experiment: str, run: RunPath, svc: ServiceDep, user: UserDep, body: RunEdge | None = None
 ) -> Response:
@@ -280,7 +295,7 @@ def end_run(
     return JSONResponse({"run": ended} | outcome_out(outcome))
 
 
-@router.post(BASE + "/runs/{run}/apply", status_code=201)
+@router.post(BASE + "/runs/{run}/apply", status_code=201, responses=errors(404, 409))
 def apply(experiment: str, run: RunPath, body: Apply, svc: ServiceDep, user: UserDep) -> Response:
     """Apply a definition to the run by hand: a job of yours."""
     name = _one_of(body.definition, body.hash, "definition")
@@ -292,12 +307,12 @@ def apply(experiment: str, run: RunPath, body: Apply, svc: ServiceDep, user: Use
 # -- jobs -------------------------------------------------------------------------------------
 
 
-@router.get(BASE + "/jobs/{job_id}")
+@router.get(BASE + "/jobs/{job_id}", responses=errors(404))
 def get_job(experiment: str, job_id: str, svc: ServiceDep, user: UserDep) -> Response:
     return JSONResponse(entry_out(svc.entry(user, experiment, job_id)))
 
 
-@router.post(BASE + "/jobs/{job_id}/kill")
+@router.post(BASE + "/jobs/{job_id}/kill", responses=errors(404) | KILL_REFUSED)
 def kill_job(experiment: str, job_id: str, svc: ServiceDep, user: UserDep) -> Response:
     """Kill the job; ``success`` says whether it was (409 when it had already ended)."""
     try:
@@ -307,7 +322,7 @@ def kill_job(experiment: str, job_id: str, svc: ServiceDep, user: UserDep) -> Re
     return JSONResponse({"success": True, "job": entry_out(entry)})
 
 
-@router.delete(BASE + "/jobs/{job_id}")
+@router.delete(BASE + "/jobs/{job_id}", responses=errors(404, 409))
 def delete_job(
     experiment: str,
     job_id: str,
@@ -321,15 +336,17 @@ def delete_job(
     return JSONResponse({"success": True, "job_id": job_id, "killed": killed})
 
 
-@router.get(BASE + "/jobs/{job_id}/log", response_class=Response)
+@router.get(
+    BASE + "/jobs/{job_id}/log", response_class=Response, responses=errors(404, 503) | TEXT_OK
+)
 def job_log(
     experiment: str,
     job_id: str,
     svc: ServiceDep,
     user: UserDep,
     stream: str = "stdout",
-    offset: Annotated[int, Query(ge=0)] = 0,
-    tail: Annotated[int | None, Query(ge=0)] = None,
+    offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
+    tail: Annotated[int | None, Query(ge=0, le=INT_MAX)] = None,
     limit: Annotated[int, Query(ge=0, le=8 << 20)] = 1 << 20,
 ) -> Response:
     """The job's log (``stdout`` or ``stderr``). No log yet is 404 with code ``no_log``; an
@@ -342,7 +359,7 @@ def job_log(
     )
 
 
-@router.get(BASE + "/jobs/{job_id}/details")
+@router.get(BASE + "/jobs/{job_id}/details", responses=errors(404, 409, 503))
 def job_details(experiment: str, job_id: str, svc: ServiceDep, user: UserDep) -> Response:
     """What the backend says about the job (ARP's ``bjobs -l``)."""
     entry, text = svc.details(user, experiment, job_id)
@@ -365,7 +382,9 @@ def status(
     svc: ServiceDep,
     user: UserDep,
     run: Annotated[int | None, Query(ge=0, le=MAX_RUN)] = None,
-    after: Annotated[int, Query(ge=0, description="application id to continue after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=INT32_MAX, description="application id to continue after")
+    ] = 0,
     limit: Limit = 1000,
 ) -> Response:
     """Every job of the experiment (yours; all for an administrator): its merged report,

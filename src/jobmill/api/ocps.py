@@ -12,7 +12,8 @@ Routes, under the configurable base path (``API_BASEPATH``, default ``/api/v1``)
   key is the ``monitor_key`` the submission answered with (see ``docs/triggers.md``).
 * ``OPTIONS`` on each of them: 204 for CORS preflight.
 
-Every answer carries the prototype's CORS headers, and every error is the OCPS envelope
+CORS headers, which the prototype put on every answer, come from ``api/browser.py``, only for
+the origins in ``JOBMILL_OCPS_CORS_ORIGINS``. Every error is the OCPS envelope
 ``{"status": "error", "msg": ..., "message": ...}`` (the prototype used both keys).
 """
 
@@ -34,6 +35,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from jobmill.api.auth import current_user
+from jobmill.api.responses import OCPS_ID, OCPS_SUBMIT, ocps_errors
 from jobmill.domain.conditions import DataCondition
 from jobmill.domain.errors import JobmillError, NotFound, ValidationError
 from jobmill.domain.jobs import Job, iso
@@ -47,14 +49,6 @@ STATUS_ERROR = "error"
 JSON_TYPES = ("application/json", "application/javascript")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 LEGACY_TIME = "%A, %B %d, %Y %I:%M:%S"
-
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": (
-        "Origin, X-Requested-With, Content-Type, Accept, Authorization"
-    ),
-    "Access-Control-Allow-Methods": "POST, PUT, DELETE, OPTIONS, GET",
-}
 
 STATES: dict[Phase, str] = {
     Phase.PENDING: "idle",
@@ -150,11 +144,11 @@ def schema_dict(jobtype: JobType) -> dict[str, Any]:
     }
 
 
-# -- the route class: CORS headers and the OCPS error envelope on every answer -----------------
+# -- the route class: the OCPS error envelope on every answer -------------------------------------
 
 
 class OcpsRoute(APIRoute):
-    """Renders errors (including authentication) as the OCPS envelope and adds CORS headers."""
+    """Renders errors (including authentication) as the OCPS envelope."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -168,7 +162,6 @@ class OcpsRoute(APIRoute):
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 response = envelope_error(f"invalid request: {first.get('msg', 'bad input')}")
-            response.headers.update(CORS_HEADERS)
             return response
 
         return ocps_handler
@@ -189,7 +182,7 @@ async def request_args(request: Request) -> dict[str, Any]:
     if content_type in JSON_TYPES or content_type.endswith("+json") or body.lstrip()[:1] == b"{":
         try:
             data = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
             raise ValidationError("the body is not valid JSON", field="body") from None
         if not isinstance(data, dict):
             raise ValidationError("the body must be a JSON object", field="body")
@@ -212,7 +205,7 @@ def env_values(raw: Any) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValidationError("env must be a JSON object", field="env") from None
     if isinstance(raw, list) and all(isinstance(e, dict) and "name" in e for e in raw):
         raw = {str(e["name"]): e.get("value") for e in raw}
@@ -296,14 +289,19 @@ async def _started(data: DataTriggers, job: Job) -> Job:
 def make_router(basepath: str) -> APIRouter:
     """The OCPS routes under ``basepath`` (``API_BASEPATH``, default ``/api/v1``)."""
     prefix = "/" + basepath.strip("/") if basepath.strip("/") else ""
-    router = APIRouter(prefix=prefix, tags=["ocps"], route_class=OcpsRoute)
+    router = APIRouter(
+        prefix=prefix,
+        tags=["ocps"],
+        route_class=OcpsRoute,
+        responses=ocps_errors(400, 401, 403, 413),
+    )
 
     for path in ("/job", "/schema/{job_type}", "/monitor/complete"):
         router.add_api_route(
             path, _preflight, methods=["OPTIONS"], status_code=204, include_in_schema=False
         )
 
-    @router.post("/job")
+    @router.post("/job", responses=ocps_errors(507), openapi_extra=OCPS_SUBMIT)
     async def submit_job(request: Request, jobs: ServiceDep, user: UserDep) -> Response:
         """Submit a job: ``type``, ``env`` (object) and ``log_dir``; validated at once."""
         args = await request_args(request)
@@ -341,7 +339,7 @@ def make_router(basepath: str) -> APIRouter:
             answer["monitor_key"] = key
         return JSONResponse(answer)
 
-    @router.get("/monitor/complete")
+    @router.get("/monitor/complete", openapi_extra=OCPS_ID)
     async def monitor_complete(request: Request) -> Response:
         """Release a job waiting for its data: ``id`` is the job's secret ``monitor_key``.
 
@@ -370,7 +368,7 @@ def make_router(basepath: str) -> APIRouter:
         answer = {"status": STATUS_OK, "msg": msg, "cluster_id": cluster_id(job.native_id)}
         return JSONResponse(answer)
 
-    @router.get("/job")
+    @router.get("/job", openapi_extra=OCPS_ID)
     def get_job(request: Request, jobs: ServiceDep, user: UserDep) -> Response:
         """A job's state in HTCondor words; ``Job not found`` is HTTP 200 with status error."""
         job_id = request.query_params.get("id")
@@ -387,7 +385,7 @@ def make_router(basepath: str) -> APIRouter:
         """Every job type's schema."""
         return JSONResponse([schema_dict(jt) for _, jt in sorted(jobs.jobtypes.items())])
 
-    @router.get("/schema/{job_type}")
+    @router.get("/schema/{job_type}", responses=ocps_errors(404))
     def one_schema(job_type: str, jobs: ServiceDep, _user: UserDep) -> Response:
         """One job type's schema: its name and the environment variables it takes."""
         jobtype = jobs.jobtypes.get(job_type)

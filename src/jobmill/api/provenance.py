@@ -13,12 +13,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from jobmill.api.auth import current_user
+from jobmill.api.responses import COMMON, errors
 from jobmill.service.descriptions import MEDIA_TYPE as VOTABLE_MEDIA_TYPE
 from jobmill.service.descriptions import activity_description
 from jobmill.service.jobs import JobService, User
 from jobmill.service.provenance import MAX_DEPTH, ProvenanceService
 
-router = APIRouter(prefix="/api/v1", tags=["provenance"])
+router = APIRouter(prefix="/api/v1", tags=["provenance"], responses=errors(*COMMON, 404))
 UserDep = Annotated[User, Depends(current_user)]
 
 

@@ -14,12 +14,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from jobmill.api.auth import current_user
+from jobmill.api.responses import COMMON, errors
 from jobmill.domain.jobs import iso
+from jobmill.domain.values import INT32_MAX
 from jobmill.service.jobs import User
 from jobmill.service.rules import Rule, RuleEngine
 from jobmill.storage.rules import Firing
 
-router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
+router = APIRouter(prefix="/api/v1/rules", tags=["rules"], responses=errors(*COMMON))
 UserDep = Annotated[User, Depends(current_user)]
 
 
@@ -66,42 +68,42 @@ def list_rules(_user: UserDep, engine: EngineDep) -> list[dict[str, Any]]:
     return [rule_out(engine, rule) for rule in engine.rules()]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=errors(409))
 def create_rule(
     user: UserDep, engine: EngineDep, body: Annotated[Any, Body()] = None
 ) -> dict[str, Any]:
     return rule_out(engine, engine.create(user, body))
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=errors(404))
 def get_rule(name: str, _user: UserDep, engine: EngineDep) -> dict[str, Any]:
     return rule_out(engine, engine.get(name))
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=errors(404, 409))
 def delete_rule(name: str, user: UserDep, engine: EngineDep) -> Response:
     engine.delete(user, name)
     return Response(status_code=204)
 
 
-@router.post("/{name}/enable")
+@router.post("/{name}/enable", responses=errors(404, 409))
 def enable_rule(name: str, user: UserDep, engine: EngineDep) -> dict[str, Any]:
     return rule_out(engine, engine.set_enabled(user, name, True))
 
 
-@router.post("/{name}/disable")
+@router.post("/{name}/disable", responses=errors(404, 409))
 def disable_rule(name: str, user: UserDep, engine: EngineDep) -> dict[str, Any]:
     return rule_out(engine, engine.set_enabled(user, name, False))
 
 
-@router.get("/{name}/firings")
+@router.get("/{name}/firings", responses=errors(404))
 def rule_firings(
     name: str,
     _user: UserDep,
     engine: EngineDep,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
 ) -> list[dict[str, Any]]:
     firings = engine.firings(name, limit=limit + 1, before=before)
     if len(firings) > limit:

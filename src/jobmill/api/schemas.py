@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobmill.domain.conditions import MAX_PATH_LENGTH, MAX_PATHS, MAX_TIMEOUT, DataCondition
 from jobmill.domain.jobs import Event, Job, iso
+from jobmill.domain.values import INT32_MAX
 
 if TYPE_CHECKING:
     from jobmill.storage.conditions import WaitingCondition
@@ -53,7 +54,9 @@ class JobCreate(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(default=None, max_length=256)
     executor: str | None = Field(default=None, max_length=32)
-    execution_duration: int | None = Field(default=None, ge=0, description="seconds; 0 = none")
+    execution_duration: int | None = Field(
+        default=None, ge=0, le=INT32_MAX, description="seconds; 0 = none"
+    )
     log_dir: str | None = Field(default=None, max_length=4096)
     phase: Literal["PENDING", "QUEUED"] = Field(
         default="QUEUED", description="PENDING keeps the job until it is run"

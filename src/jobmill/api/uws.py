@@ -23,7 +23,6 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -31,7 +30,24 @@ from starlette.exceptions import HTTPException
 
 from jobmill.api import uws_xml as xml
 from jobmill.api.auth import current_user
-from jobmill.domain.errors import Conflict, JobmillError, NotFound, ValidationError
+from jobmill.api.download import send_file
+from jobmill.api.responses import (
+    SEE_OTHER,
+    TEXT_OK,
+    UWS_JOB_QUERY,
+    UWS_LIST_QUERY,
+    UWS_TEXT_BODY,
+    XML_OK,
+    uws_errors,
+    uws_form,
+)
+from jobmill.domain.errors import (
+    Conflict,
+    InsufficientStorage,
+    JobmillError,
+    NotFound,
+    ValidationError,
+)
 from jobmill.domain.jobs import Job, iso
 from jobmill.domain.jobtypes import NAME_RE, JobType
 from jobmill.domain.lifecycle import Phase
@@ -39,6 +55,7 @@ from jobmill.service.feed import ChangeFeed
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.service.provenance import uws_provenance_results
 from jobmill.service.results import list_results
+from jobmill.service.space import disk_full
 from jobmill.storage.jobs import JobFilter
 
 CONTROL = frozenset(
@@ -50,7 +67,6 @@ LISTED = tuple(p for p in Phase if p is not Phase.ARCHIVED)
 MAX_LIST = 1000
 MAX_FIELDS = 1000
 MAX_FILES = 100
-LOG_LIMIT = 8 << 20
 T = TypeVar("T")
 
 
@@ -76,7 +92,13 @@ class UwsRoute(APIRoute):
 
 PROVENANCE_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARCHIVED})
 
-router = APIRouter(prefix="/uws", tags=["uws"], route_class=UwsRoute)
+router = APIRouter(
+    prefix="/uws",
+    tags=["uws"],
+    route_class=UwsRoute,
+    default_response_class=Response,
+    responses=uws_errors(400, 401, 403, 404, 413),
+)
 
 
 @dataclass
@@ -255,14 +277,14 @@ def parse_control(values: Mapping[str, str]) -> Control:
 # -- the index and the job lists ----------------------------------------------------------------
 
 
-@router.get("")
+@router.get("", responses=XML_OK)
 def index(ctx: CtxDep) -> Response:
     """The job lists (one per job type) with their URLs, parameters and results."""
     jobtypes = sorted(ctx.jobs.jobtypes.values(), key=lambda jobtype: jobtype.name)
     return xml.document(xml.job_lists((jt, ctx.list_url(jt.name)) for jt in jobtypes))
 
 
-@router.get("/{job_type}")
+@router.get("/{job_type}", responses=XML_OK, openapi_extra=UWS_LIST_QUERY)
 @router.get("/{job_type}/async", include_in_schema=False)  # where TAP clients look for it
 def list_jobs(job_type: str, ctx: CtxDep) -> Response:
     """The job list, newest first: ``PHASE`` (repeatable), ``AFTER``, ``LAST``, combined with
@@ -283,7 +305,12 @@ def list_jobs(job_type: str, ctx: CtxDep) -> Response:
     return xml.document(xml.job_list(refs, ctx.list_url(job_type)))
 
 
-@router.post("/{job_type}")
+@router.post(
+    "/{job_type}",
+    status_code=303,
+    responses=SEE_OTHER | uws_errors(507),
+    openapi_extra=uws_form("PHASE", "RUNID", "EXECUTIONDURATION", "DESTRUCTION"),
+)
 @router.post("/{job_type}/async", include_in_schema=False)
 async def create_job(job_type: str, ctx: CtxDep) -> Response:
     """Create a job from form or multipart parameters (files are uploads); ``PHASE=RUN`` starts
@@ -336,9 +363,17 @@ def _stage(workdir: Path, files: Mapping[str, UploadFile]) -> list[tuple[Path, P
         target = workdir / xml.UPLOADS
         target.mkdir(parents=True, exist_ok=True)
         part = target / f".{name}.part"
-        with open(part, "wb") as out:
-            upload.file.seek(0)
-            shutil.copyfileobj(upload.file, out)
+        try:
+            with open(part, "wb") as out:
+                upload.file.seek(0)
+                shutil.copyfileobj(upload.file, out)
+        except OSError as exc:
+            if disk_full(exc):
+                part.unlink(missing_ok=True)
+                raise InsufficientStorage(
+                    f"no room for the upload '{name}': the server's disk is full"
+                ) from None
+            raise
         staged.append((part, target / name))
     return staged
 
@@ -360,7 +395,7 @@ def _job_document(ctx: Ctx, job: Job) -> bytes:
     return xml.job_document(view)
 
 
-@router.get("/{job_type}/{job_id}")
+@router.get("/{job_type}/{job_id}", responses=XML_OK, openapi_extra=UWS_JOB_QUERY)
 async def get_job(job_type: str, job_id: str, ctx: CtxDep) -> Response:
     """The job. ``WAIT=n`` blocks while the job is PENDING, QUEUED or EXECUTING until its phase
     changes, at most ``n`` seconds (``-1``: the server's maximum, ``JOBMILL_MAX_WAIT``); with
@@ -383,8 +418,18 @@ def _document_of(ctx: Ctx, job_type: str, job_id: str) -> bytes:
     return _job_document(ctx, find_job(job_type, job_id, ctx))
 
 
-@router.post("/{job_type}/{job_id}")
-@router.post("/{job_type}/{job_id}/parameters")
+@router.post(
+    "/{job_type}/{job_id}",
+    status_code=303,
+    responses=SEE_OTHER,
+    openapi_extra=uws_form("ACTION", "PHASE", "EXECUTIONDURATION", "DESTRUCTION"),
+)
+@router.post(
+    "/{job_type}/{job_id}/parameters",
+    status_code=303,
+    responses=SEE_OTHER,
+    openapi_extra=uws_form("EXECUTIONDURATION", "DESTRUCTION"),
+)
 async def post_job(job: JobDep, ctx: CtxDep) -> Response:
     """``ACTION=DELETE`` (303 to the list); or parameter values (PENDING only, files are
     uploads), ``EXECUTIONDURATION``, ``DESTRUCTION``, ``PHASE=RUN|ABORT`` (303 to the job)."""
@@ -400,7 +445,7 @@ async def post_job(job: JobDep, ctx: CtxDep) -> Response:
     return xml.see_other(ctx.job_url(job))
 
 
-@router.delete("/{job_type}/{job_id}")
+@router.delete("/{job_type}/{job_id}", status_code=303, responses=SEE_OTHER)
 async def delete_job(job: JobDep, ctx: CtxDep) -> Response:
     """Delete the job (a running one is aborted first); 303 to the job list."""
     await ctx.call(ctx.jobs.delete, ctx.user, job.id)
@@ -459,10 +504,17 @@ def _value(path: str, render: Callable[[Job], str], control: str | None = None) 
 
     url = f"/{{job_type}}/{{job_id}}/{path}"
     get_value.__name__, get_value.__doc__ = f"get_{path}", f"The job's {path} (text)."
-    router.add_api_route(url, get_value, methods=["GET"])
+    router.add_api_route(url, get_value, methods=["GET"], responses=TEXT_OK)
     if control is not None:
         post_value.__name__, post_value.__doc__ = f"post_{path}", f"{control}=...; 303 to the job."
-        router.add_api_route(url, post_value, methods=["POST"])
+        router.add_api_route(
+            url,
+            post_value,
+            methods=["POST"],
+            status_code=303,
+            responses=SEE_OTHER,
+            openapi_extra=uws_form(control, parameters=False),
+        )
 
 
 _value("phase", lambda job: job.phase.value, "PHASE")
@@ -472,25 +524,29 @@ _value("quote", lambda job: "")  # jobmill makes no estimates: unknown
 _value("owner", lambda job: xml.clean(job.owner))
 
 
-@router.get("/{job_type}/{job_id}/error")
+@router.get("/{job_type}/{job_id}/error", responses=TEXT_OK)
 def get_error(job: JobDep, ctx: CtxDep) -> Response:
     """The error as text (message, exit code, end of stderr); empty when there is none."""
     return xml.text(xml.error_text(ctx.jobs.files, job))
 
 
-@router.get("/{job_type}/{job_id}/stdout")
-@router.get("/{job_type}/{job_id}/stderr")
+@router.get("/{job_type}/{job_id}/stdout", responses=TEXT_OK)
+@router.get("/{job_type}/{job_id}/stderr", responses=TEXT_OK)
 def get_log(job: JobDep, ctx: CtxDep) -> Response:
-    """The job's stdout or stderr as text (the last 8 MiB at most)."""
+    """The job's whole stdout or stderr as text (as long as it was when asked: a running job's
+    log grows), streamed; ``X-Log-Size`` says how many bytes that is."""
     stream = ctx.request.url.path.rsplit("/", 1)[1]
-    chunk = ctx.jobs.files.read_log(job, stream, tail=LOG_LIMIT, limit=LOG_LIMIT)
-    return Response(chunk.text, media_type=xml.TEXT, headers={"X-Log-Size": str(chunk.size)})
+    opened = ctx.jobs.files.open_log(job, stream)
+    if opened is None:
+        return Response(b"", media_type=xml.TEXT, headers={"X-Log-Size": "0"})
+    handle, size = opened
+    return send_file(handle, xml.TEXT, size=size, headers={"X-Log-Size": str(size)})
 
 
 # -- parameters and results ---------------------------------------------------------------------
 
 
-@router.get("/{job_type}/{job_id}/parameters")
+@router.get("/{job_type}/{job_id}/parameters", responses=XML_OK)
 def get_parameters(job: JobDep, ctx: CtxDep) -> Response:
     parameters = xml.parameters_of(ctx.jobs.files, job, ctx.job_url(job))
     return xml.document(xml.parameters_document(parameters))
@@ -504,12 +560,18 @@ def get_parameter(name: str, job: JobDep, ctx: CtxDep) -> Response:
     if key is None:
         raise NotFound(f"job {job.id} has no parameter '{xml.clean(name)}'", field="name")
     upload = xml.upload_path(ctx.jobs.files, job, key)
-    if upload is not None:
-        return FileResponse(upload, media_type="application/octet-stream", filename=key)
+    handle = ctx.jobs.files.open_file(job, upload, f"upload '{key}'") if upload else None
+    if handle is not None:
+        return send_file(handle, "application/octet-stream", filename=key)
     return xml.text(xml.value_text(values[key]))
 
 
-@router.put("/{job_type}/{job_id}/parameters/{name}")
+@router.put(
+    "/{job_type}/{job_id}/parameters/{name}",
+    status_code=303,
+    responses=SEE_OTHER,
+    openapi_extra=UWS_TEXT_BODY,
+)
 async def put_parameter(name: str, job: JobDep, ctx: CtxDep) -> Response:
     """Set one parameter of a PENDING job to the request body (text); 303 to the job."""
     try:
@@ -519,7 +581,12 @@ async def put_parameter(name: str, job: JobDep, ctx: CtxDep) -> Response:
     return await _set_one(ctx, job, name, _no_nul(name, value), None)
 
 
-@router.post("/{job_type}/{job_id}/parameters/{name}")
+@router.post(
+    "/{job_type}/{job_id}/parameters/{name}",
+    status_code=303,
+    responses=SEE_OTHER,
+    openapi_extra=uws_form("VALUE", parameters=False),
+)
 async def post_parameter(name: str, job: JobDep, ctx: CtxDep) -> Response:
     """Set one parameter (as OPUS does): ``VALUE=...``, or a file in a multipart body."""
     value: str | None = None
@@ -544,7 +611,7 @@ async def _set_one(
     return xml.see_other(ctx.job_url(job))
 
 
-@router.get("/{job_type}/{job_id}/results")
+@router.get("/{job_type}/{job_id}/results", responses=XML_OK)
 def get_results(job: JobDep, ctx: CtxDep) -> Response:
     results = list_results(ctx.jobs.files, ctx.jobs.jobtypes.get(job.type), job)
     links = ctx.provenance_links(job)
@@ -553,6 +620,6 @@ def get_results(job: JobDep, ctx: CtxDep) -> Response:
 
 @router.get("/{job_type}/{job_id}/results/{result_id:path}")
 def get_result(result_id: str, job: JobDep, ctx: CtxDep) -> Response:
-    """Download one result file."""
-    result = ctx.jobs.result(ctx.user, job.id, result_id)
-    return FileResponse(result.path, media_type=result.content_type, filename=result.path.name)
+    """Download one result file (403 for one a symbolic link leads to)."""
+    result, handle = ctx.jobs.open_result(ctx.user, job.id, result_id)
+    return send_file(handle, result.content_type, filename=result.path.name)

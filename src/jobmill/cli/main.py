@@ -152,12 +152,18 @@ def serve(
         fail(f"job types: {exc}", 2)
     except SQLAlchemyError as exc:
         fail(f"database: {exc}", 2)
-    if not settings.loopback and not jm.store.has_tokens():
-        jm.close()
-        fail(
-            f"refusing to listen on {settings.host} without a user token: create one first with "
-            "'jobmill token create --user NAME --admin' (same home/database), or bind to 127.0.0.1",
-            2,
+    if settings.token_file is not None:
+        from jobmill.service.credentials import ensure_local_token
+
+        try:
+            ensure_local_token(jm.store.tokens, settings.local_user, settings.token_file)
+        except OSError as exc:
+            jm.close()
+            fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
+        typer.echo(
+            f"jobmill: your token is in {settings.token_file} (the CLI and client read it; "
+            "others need one from 'jobmill token create')",
+            err=True,
         )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -176,17 +182,97 @@ def token_create(
     user: Annotated[str, typer.Option("--user", help="Who the token authenticates.")],
     admin: Annotated[bool, typer.Option("--admin", help="May see and steer every job.")] = False,
     note: Annotated[str | None, typer.Option("--note", help="What it is for.")] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", help="Lifetime, e.g. 90d, 12h, 30m, 2w (default: none)."),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Create a user API token and print it (it is shown only this once)."""
     import secrets
 
+    from jobmill.domain.jobs import iso, utcnow
+
+    lifetime = parse_lifetime(expires) if expires is not None else None
     secret = secrets.token_urlsafe(32)
     with _store(home) as store:
-        store.add_token(user, secret, admin=admin, note=note)
+        expires_at = utcnow() + lifetime if lifetime is not None else None
+        store.tokens.add(user, secret, admin=admin, note=note, expires_at=expires_at)
     typer.echo(secret)
     kind = "an admin" if admin else "a"
-    typer.echo(f"created {kind} token for {user}; store it now, it is not shown again", err=True)
+    until = f", valid until {iso(expires_at)}" if expires_at else ""
+    typer.echo(
+        f"created {kind} token for {user}{until}; store it now, it is not shown again", err=True
+    )
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include revoked and expired tokens.")
+    ] = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """The tokens of this database (never their secrets): id, user, admin, state, times."""
+    with _store(home) as store:
+        records = store.tokens.list(user, include_inactive=all_)
+    rows = [token_dict(r) for r in records]
+    if json_:
+        print_json(rows)
+    else:
+        out.print(render.tokens_table(rows))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id (token list).")],
+    home: HomeOpt = None,
+) -> None:
+    """Revoke a token: servers refuse it within seconds (their short cache)."""
+    from jobmill.domain.errors import NotFound
+
+    with _store(home) as store:
+        try:
+            record = store.tokens.revoke(token_id)
+        except NotFound:
+            fail(f"no token {token_id} (see 'jobmill token list --all')")
+    typer.echo(f"revoked token {record.id} of {record.user}", err=True)
+
+
+def token_dict(record: Any) -> dict[str, Any]:
+    """A stored token (``storage.tokens.TokenRecord``) as JSON: everything but its hash."""
+    from jobmill.domain.jobs import iso
+
+    return {
+        "id": record.id,
+        "user": record.user,
+        "admin": record.admin,
+        "state": record.state(),
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "revoked_at": iso(record.revoked_at),
+        "last_used_at": iso(record.last_used_at),
+        "note": record.note,
+    }
+
+
+_LIFETIME = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_lifetime(text: str) -> Any:
+    """``90d``, ``12h``, ``30m``, ``2w``, ``45s`` as a timedelta; a usage error otherwise."""
+    from datetime import timedelta
+
+    match = _LIFETIME.match(text)
+    if match is None or int(match.group(1)) == 0:
+        fail(f"--expires: '{text}' is not a lifetime such as 90d, 12h, 30m or 2w", 2)
+    seconds = int(match.group(1)) * _LIFETIME_UNITS[match.group(2)]
+    if seconds > 100 * 365 * 86400:
+        fail("--expires: at most 100 years", 2)
+    return timedelta(seconds=seconds)
 
 
 @db_app.command("upgrade")

@@ -175,6 +175,25 @@ def events_table(events: Iterable[Mapping[str, Any]]) -> Table:
     return table
 
 
+def tokens_table(tokens: Iterable[Mapping[str, Any]]) -> Table:
+    """User tokens as ``jobmill token list`` shows them (never their secrets)."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("ID", "USER", "ADMIN", "STATE", "CREATED", "EXPIRES", "LAST USED", "NOTE"):
+        table.add_column(name, no_wrap=name != "NOTE")
+    for t in tokens:
+        table.add_row(
+            text(t["id"]),
+            text(t["user"]),
+            text("yes" if t["admin"] else ""),
+            text(t["state"], "green" if t["state"] == "active" else "red"),
+            short_time(t["created_at"]),
+            short_time(t["expires_at"]),
+            short_time(t["last_used_at"]),
+            text(t["note"]),
+        )
+    return table
+
+
 def jobtypes_table(types: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("NAME", no_wrap=True)

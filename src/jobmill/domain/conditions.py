@@ -12,11 +12,15 @@ not special) and ``**`` as a whole component for any number of directories, incl
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
+from typing import Any
 
 from jobmill.domain.errors import ValidationError
 
@@ -70,6 +74,62 @@ def matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
     if head == path[0] or (has_magic(head) and fnmatchcase(path[0], head)):
         return matches(pattern[1:], path[1:])
     return False
+
+
+def matcher(pattern: tuple[str, ...]) -> Callable[[tuple[str, ...]], bool]:
+    """``matches`` for one pattern, compiled: each component's test made once, and the path
+    read once, left to right, keeping the set of pattern positions it can be at (so two
+    ``**`` cost O(path x pattern), not a search over every way to split the path)."""
+    tests: list[Callable[[str], Any] | None] = []  # None: '**'
+    for component in pattern:
+        if component == "**":
+            tests.append(None)
+        elif has_magic(component):
+            tests.append(re.compile(fnmatch.translate(component)).match)
+        else:
+            tests.append(component.__eq__)
+    size = len(tests)
+    closure: list[frozenset[int]] = []  # positions reachable by letting '**' match nothing
+    for k in range(size + 1):
+        reach = {k}
+        while k < size and tests[k] is None:
+            k += 1
+            reach.add(k)
+        closure.append(frozenset(reach))
+
+    def match(path: tuple[str, ...]) -> bool:
+        states = closure[0]
+        for component in path:
+            following: set[int] = set()
+            for k in states:
+                if k == size:
+                    continue
+                test = tests[k]
+                if test is None:
+                    following |= closure[k]
+                elif test(component):
+                    following |= closure[k + 1]
+            if not following:
+                return False
+            states = frozenset(following)
+        return size in states
+
+    return match
+
+
+def collapse(pattern: tuple[str, ...]) -> tuple[str, ...]:
+    """``pattern`` with runs of ``**`` components made one (they match the same paths)."""
+    out: list[str] = []
+    for component in pattern:
+        if component == "**" and out and out[-1] == "**":
+            continue
+        out.append(component)
+    return tuple(out)
+
+
+def recursive(pattern: str) -> int:
+    """How many ``**`` components the (resolved) pattern has."""
+    return sum(1 for component in parts(pattern) if component == "**")
 
 
 def literal_prefix(pattern: tuple[str, ...]) -> tuple[str, ...]:
@@ -126,5 +186,8 @@ def resolve(condition: DataCondition, job_id: str, root: str, *, field: str) -> 
             raise ValidationError("'**' must be a whole path component", field=where)
         if components[-1] == "**":
             raise ValidationError("must end with a file name or pattern, not '**'", field=where)
+        collapsed = collapse(components)
+        if collapsed != components:  # "a/**/**/b" matches what "a/**/b" matches
+            text = join(collapsed)
         resolved.append(text)
     return replace(condition, paths=tuple(dict.fromkeys(resolved)), timeout=timeout)

@@ -12,9 +12,10 @@ class JobmillError(Exception):
     code = "bad_request"
 
     def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
+        message = printable(message)
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.field = None if field is None else printable(field)
         self.extra = extra
 
     def to_dict(self) -> dict[str, Any]:
@@ -23,6 +24,15 @@ class JobmillError(Exception):
             body["field"] = self.field
         body.update(self.extra)
         return body
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (which no response can encode) written as ``\\udXXX``:
+    a message or a field name that quotes bad input can always be sent back."""
+    text = str(text)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ValidationError(JobmillError):
@@ -58,6 +68,20 @@ class Unauthorized(JobmillError):
 
     status = 401
     code = "unauthorized"
+
+
+class TooMany(JobmillError):
+    """A per-user limit is reached (429): the caller has too much going on already."""
+
+    status = 429
+    code = "too_many"
+
+
+class InsufficientStorage(JobmillError):
+    """The server's disk is (nearly) full (507): nothing was created; try again later."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class JobTypeFileError(Exception):

@@ -27,6 +27,7 @@ class LaunchSpec:
     stderr: Path
     resources: Resources = field(default_factory=Resources)
     execution_duration: int = 0
+    umask: int | None = None  # of the job's processes (local executor); None: the server's
 
 
 @dataclass(frozen=True)

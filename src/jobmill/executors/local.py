@@ -10,20 +10,24 @@ that finished while it was down. Exits are noticed at once through pidfds, not b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobmill.domain.confine import open_nofollow
 from jobmill.domain.lifecycle import Phase
 from jobmill.executors.base import LaunchSpec, NativeStatus, submit_each
 
 WRAPPER = 'echo $$ > .jobmill-pid; "$@"; c=$?; echo $c > .jobmill-exit; exit $c'
 PID_FILE = ".jobmill-pid"
 EXIT_FILE = ".jobmill-exit"
+KEEP_ENDED = 10_000  # exit statuses remembered after the process was reaped
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 def _start_time(pid: int) -> str | None:
@@ -64,14 +68,18 @@ class LocalExecutor:
         self.grace = grace
         self._procs: dict[str, _Proc] = {}
         self._kills: dict[int, float] = {}  # process group -> when SIGKILL is due
+        # Exit statuses of reaped jobs, answered again until the engine could record them
+        # (a full disk or a database away must not turn a finished job into a lost one).
+        self._ended: dict[str, NativeStatus] = {}
 
     def render(self, spec: LaunchSpec) -> str:
         env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(spec.env.items()))
         argv = " ".join(_quote(a) for a in spec.argv)
+        umask = f"umask {spec.umask:03o}\n" if spec.umask is not None else ""
         return (
             f"# local process group, working directory {spec.workdir}\n"
             f"# stdout > {spec.stdout}\n# stderr > {spec.stderr}\n"
-            f"env -i {env} {argv}\n"
+            f"{umask}env -i {env} {argv}\n"
         )
 
     def submit(self, spec: LaunchSpec) -> str:
@@ -81,7 +89,9 @@ class LocalExecutor:
                 (spec.workdir / stale).unlink()
         spec.stdout.parent.mkdir(parents=True, exist_ok=True)
         spec.stderr.parent.mkdir(parents=True, exist_ok=True)
-        with open(spec.stdout, "ab") as out, open(spec.stderr, "ab") as err:
+        umask = -1 if spec.umask is None else spec.umask
+        mode = 0o666 & ~spec.umask if spec.umask is not None else 0o666
+        with _log_file(spec.stdout, mode) as out, _log_file(spec.stderr, mode) as err:
             popen = subprocess.Popen(  # noqa: S603 - constant wrapper, argv passed as "$@"
                 ["/bin/sh", "-c", WRAPPER, "jobmill-job", *spec.argv],
                 cwd=spec.workdir,
@@ -91,6 +101,7 @@ class LocalExecutor:
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
+                umask=umask,
             )
         native_id = native_id_of(popen.pid)
         self._procs[native_id] = _Proc(popen, spec.workdir, _pidfd(popen.pid))
@@ -120,6 +131,9 @@ class LocalExecutor:
         return {native_id: self._status(native_id) for native_id in native_ids}
 
     def _status(self, native_id: str) -> NativeStatus:
+        ended = self._ended.get(native_id)
+        if ended is not None:
+            return ended
         proc = self._procs.get(native_id)
         pid, start = split_native_id(native_id)
         if proc is not None and proc.popen is not None:
@@ -128,7 +142,7 @@ class LocalExecutor:
                 return NativeStatus(Phase.EXECUTING, "running")
             self._forget(native_id)
             self._end_group(pid)
-            return _finished(code)
+            return self._remember(native_id, _finished(code))
         if _start_time(pid) == start:
             return NativeStatus(Phase.EXECUTING, "running")
         workdir = proc.workdir if proc else None
@@ -136,12 +150,20 @@ class LocalExecutor:
         self._end_group(pid)
         if workdir is not None:
             try:
-                return _finished(int((workdir / EXIT_FILE).read_text().strip()))
+                code = int((workdir / EXIT_FILE).read_text().strip())
             except (OSError, ValueError):
                 pass
+            else:
+                return self._remember(native_id, _finished(code))
         return NativeStatus(
             Phase.ERROR, "lost", error="lost: the process vanished without an exit status"
         )
+
+    def _remember(self, native_id: str, status: NativeStatus) -> NativeStatus:
+        self._ended[native_id] = status
+        while len(self._ended) > KEEP_ENDED:
+            del self._ended[next(iter(self._ended))]
+        return status
 
     def status_after_restart(self, native_id: str, workdir: Path) -> NativeStatus:
         """Like ``poll`` for a job this process did not start."""
@@ -207,6 +229,22 @@ class LocalExecutor:
     def close(self) -> None:
         for native_id in list(self._procs):
             self._forget(native_id)
+
+
+@contextlib.contextmanager
+def _log_file(path: Path, mode: int) -> Iterator[int]:
+    """A job's log, opened for appending without following a symbolic link anywhere in its
+    path (a ``log_dir`` a user can write to must not lead jobmill's writes elsewhere)."""
+    try:
+        fd = open_nofollow(path, LOG_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(exc.errno, f"{path}: a symbolic link in its path (refused)") from None
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _finished(code: int) -> NativeStatus:

@@ -63,6 +63,14 @@ def _under(directory: str, root: str) -> bool:
     return directory == root or directory.startswith(root.rstrip("/") + "/")
 
 
+def watch_spec(spec: tuple[str, ...]) -> tuple[str, ...]:
+    """``spec`` cut after its first ``**``: every directory below the one that ``**`` starts
+    from can lead to a match, whatever follows, so both lead to the same directories."""
+    if "**" in spec:
+        return spec[: spec.index("**") + 1]
+    return spec
+
+
 class DirectoryPlanner:
     """Expands pattern directories and chooses between watching and scanning."""
 
@@ -70,8 +78,22 @@ class DirectoryPlanner:
         self.scan_roots = tuple(os.path.normpath(r) for r in scan_roots)
         self._mounts = _Mounts()
 
-    def expand(self, spec: tuple[str, ...]) -> set[str]:
-        """The existing directories ``spec`` (components, wildcards allowed) can lead to."""
+    def expand(
+        self, spec: tuple[str, ...], listing: dict[str, list[str]] | None = None
+    ) -> set[str]:
+        """The existing directories ``spec`` (components, wildcards allowed) can lead to.
+
+        ``listing`` caches the subdirectories of each directory read: pass the same dict to
+        the expansions of one planning pass, so a tree several patterns share is read once."""
+        cache: dict[str, list[str]] = {} if listing is None else listing
+        spec = watch_spec(spec)
+
+        def subdirs(directory: str) -> list[str]:
+            found = cache.get(directory)
+            if found is None:
+                found = cache[directory] = self.subdirs(directory)
+            return found
+
         literal = literal_prefix(spec)
         base = literal
         while base and not os.path.isdir(join(base)):
@@ -79,28 +101,28 @@ class DirectoryPlanner:
         if len(base) < len(literal) or len(literal) == len(spec):
             return {join(base)}
         found: set[str] = set()
-        seen: set[tuple[tuple[str, ...], int]] = set()
-        stack = [(base, len(base))]
+        seen: set[tuple[str, int]] = set()
+        magic = [has_magic(component) for component in spec]
+        stack = [(join(base), len(base))]  # (directory, index of the component it is at)
         while stack and len(found) < MAX_DIRS_PER_PATTERN:
             current, k = stack.pop()
             if (current, k) in seen:
                 continue
             seen.add((current, k))
-            found.add(join(current))
+            found.add(current)
             if k == len(spec):
                 continue
             component = spec[k]
+            prefix = current if current.endswith("/") else current + "/"
             if component == "**":
                 stack.append((current, k + 1))
-                stack.extend((current + (s,), k) for s in self.subdirs(join(current)))
-            elif has_magic(component):
+                stack.extend((prefix + s, k) for s in subdirs(current))
+            elif magic[k]:
                 stack.extend(
-                    (current + (s,), k + 1)
-                    for s in self.subdirs(join(current))
-                    if fnmatchcase(s, component)
+                    (prefix + s, k + 1) for s in subdirs(current) if fnmatchcase(s, component)
                 )
-            elif os.path.isdir(join(current + (component,))):
-                stack.append((current + (component,), k + 1))
+            elif os.path.isdir(prefix + component):
+                stack.append((prefix + component, k + 1))
         if stack:
             log.warning("pattern directory %s matches over %d directories", join(spec), len(found))
         return found

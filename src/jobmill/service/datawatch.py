@@ -49,11 +49,12 @@ from jobmill.domain.conditions import (
     has_magic,
     join,
     literal_prefix,
-    matches,
+    matcher,
     parts,
 )
 from jobmill.service import inotify
-from jobmill.service.datadirs import DirectoryPlanner
+from jobmill.service.datadirs import DirectoryPlanner, watch_spec
+from jobmill.service.failures import FailureLog
 from jobmill.storage.conditions import ConditionStore, WaitingCondition
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class _Pattern:
     dir: str  # the literal directory (for exact and name patterns)
     name: str
     kind: str  # "exact" | "name" (wildcards in the file name only) | "deep"
+    start: str = "/"  # the literal directory a "deep" pattern starts from, with a final "/"
+    match_dir: Callable[[tuple[str, ...]], bool] | None = None  # "deep": its directories
 
 
 @dataclass(slots=True)
@@ -132,7 +135,9 @@ def _pattern(text: str) -> _Pattern:
         kind = "name"
     else:
         kind = "exact"
-    return _Pattern(text, components, join(directory), name, kind)
+    start = join(literal_prefix(directory)).rstrip("/") + "/"
+    match_dir = matcher(directory) if kind == "deep" else None
+    return _Pattern(text, components, join(directory), name, kind, start, match_dir)
 
 
 class DataWatcher:
@@ -152,7 +157,10 @@ class DataWatcher:
         self.waits: dict[str, _Wait] = {}
         self._exact: dict[str, set[tuple[str, int]]] = {}
         self._by_dir: dict[str, set[tuple[str, int]]] = {}
-        self._deep: set[tuple[str, int]] = set()
+        self._deep: set[tuple[str, int]] = set()  # patterns with wildcards in a directory
+        # The deep patterns whose directory part matches the directory last asked about: the
+        # files of one directory are looked at together, and tested by their names only.
+        self._deep_here: tuple[str | None, list[tuple[str, int]]] = (None, [])
         self._specs: Counter[tuple[str, ...]] = Counter()
         self._tracks: dict[str, _Track] = {}
         self._due: list[tuple[float, str]] = []
@@ -175,6 +183,10 @@ class DataWatcher:
         self._next_scan = 0.0
         self._next_refresh = 0.0
         self.releases = 0
+        self._release_failures = FailureLog(log, "releasing jobs waiting for data")
+        self._looked: set[str] = set()  # directories looked into since a condition was added
+        self.cpu_seconds = 0.0
+        """CPU time the watcher thread spent working (not sleeping): see ``stats``."""
 
     # -- control from other threads ---------------------------------------------------------
 
@@ -241,6 +253,7 @@ class DataWatcher:
             "scanned_dirs": len(self._scanned),
             "tracked_files": len(self._tracks),
             "released": self.releases,
+            "cpu_ms": round(self.cpu_seconds * 1000),
         }
 
     def _wake(self) -> None:
@@ -250,18 +263,22 @@ class DataWatcher:
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        started = time.thread_time()
         try:
             self._refresh(initial=True)
         except Exception:  # pragma: no cover - logged; the loop retries at the next refresh
             log.exception("loading the waiting jobs failed")
         finally:
+            self.cpu_seconds += time.thread_time() - started
             self._loaded.set()
+        failures = FailureLog(log, "data watcher cycle")
         while not self._stop.is_set():
             try:
                 self._cycle()
-            except Exception:  # pragma: no cover - a bug must not stop the watcher
-                log.exception("data watcher cycle failed")
-                time.sleep(0.5)
+            except Exception as exc:  # a bug, or the database away: must not stop the watcher
+                self._stop.wait(failures.failed(exc))
+            else:
+                failures.succeeded()
 
     def _cycle(self) -> None:
         now = time.monotonic()
@@ -284,6 +301,14 @@ class DataWatcher:
                         pass
         if self._stop.is_set():
             return
+        started = time.thread_time()
+        try:
+            self._work(ready)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
+
+    def _work(self, ready: list[tuple[int, int]]) -> None:
+        """One cycle's work, after ``poll`` said something happened or is due."""
         fresh = self._drain_inbox()
         if self._ino is not None and any(fd == self._ino.fd for fd, _ in ready):
             self._read_events()
@@ -339,6 +364,7 @@ class DataWatcher:
             added=time.monotonic(),
         )
         self.waits[wait.job_id] = wait
+        self._looked.clear()  # what was looked at before did not look for this one
         for i, pattern in enumerate(wait.patterns):
             key = (wait.job_id, i)
             if pattern.kind == "exact":
@@ -347,6 +373,7 @@ class DataWatcher:
                 self._by_dir.setdefault(pattern.dir, set()).add(key)
             else:
                 self._deep.add(key)
+                self._deep_here = (None, [])
             spec = pattern.parts[:-1]
             self._specs[spec] += 1
             if self._specs[spec] == 1:
@@ -361,20 +388,19 @@ class DataWatcher:
             return
         for i, pattern in enumerate(wait.patterns):
             key = (job_id, i)
-            index = (
-                self._exact.get(pattern.text)
-                if pattern.kind == "exact"
-                else self._by_dir.get(pattern.dir)
-                if pattern.kind == "name"
-                else self._deep
-            )
-            if index is not None:
+            table: dict[str, set[tuple[str, int]]] | None = None
+            if pattern.kind == "exact":
+                table, slot = self._exact, pattern.text
+            elif pattern.kind == "name":
+                table, slot = self._by_dir, pattern.dir
+            else:
+                self._deep.discard(key)
+                self._deep_here = (None, [])
+            index = table.get(slot) if table is not None else None
+            if table is not None and index is not None:
                 index.discard(key)
-                if not index and index is not self._deep:
-                    if pattern.kind == "exact":
-                        del self._exact[pattern.text]
-                    else:
-                        del self._by_dir[pattern.dir]
+                if not index:
+                    del table[slot]
             spec = pattern.parts[:-1]
             self._specs[spec] -= 1
             if self._specs[spec] <= 0:
@@ -391,12 +417,28 @@ class DataWatcher:
             if fnmatchcase(name, wait.patterns[i].name):
                 found.append((wait, i))
         if self._deep:
-            components = parts(path)
-            for job_id, i in self._deep:
+            for job_id, i in self._deep_in(directory or "/"):
                 wait = self.waits[job_id]
-                if matches(wait.patterns[i].parts, components):
+                if fnmatchcase(name, wait.patterns[i].name):
                     found.append((wait, i))
         return found
+
+    def _deep_in(self, directory: str) -> list[tuple[str, int]]:
+        """The deep patterns whose directory part matches ``directory`` (remembered for the
+        next file of the same directory)."""
+        last, keys = self._deep_here
+        if last == directory:
+            return keys
+        keys = []
+        components = parts(directory)
+        prefix = directory.rstrip("/") + "/"
+        for key in self._deep:
+            pattern = self.waits[key[0]].patterns[key[1]]
+            if prefix.startswith(pattern.start) and pattern.match_dir is not None:
+                if pattern.match_dir(components):
+                    keys.append(key)
+        self._deep_here = (directory, keys)
+        return keys
 
     # -- which directories to watch or scan -------------------------------------------------
 
@@ -419,8 +461,9 @@ class DataWatcher:
 
     def _wanted(self) -> set[str]:
         wanted: set[str] = set()
-        for spec in self._specs:
-            wanted |= self.dirs.expand(spec)
+        listing: dict[str, list[str]] = {}  # each directory read once per pass
+        for spec in {watch_spec(spec) for spec in self._specs}:
+            wanted |= self.dirs.expand(spec, listing)
         return wanted
 
     def _plan_for(self, wanted: set[str]) -> None:
@@ -439,9 +482,11 @@ class DataWatcher:
                     self._watched[directory] = wd
                     self._wd_dirs.setdefault(wd, set()).add(directory)
                     self._look_dir(directory, scanned=False)
+                    self._looked.add(directory)
                     continue
             self._scanned.add(directory)
             self._look_dir(directory, scanned=True)
+            self._looked.add(directory)
 
     def _unwatch(self, directory: str) -> None:
         wd = self._watched.pop(directory)
@@ -497,7 +542,9 @@ class DataWatcher:
 
     def _look_at(self, fresh: list[_Wait]) -> None:
         """Check new conditions against what is already there."""
-        listed: set[str] = set()
+        listed = set(self._looked)  # looked at since these conditions came: done already
+        expanded: dict[tuple[str, ...], set[str]] = {}  # patterns sharing directories
+        listing: dict[str, list[str]] = {}
         for wait in fresh:
             if wait.job_id not in self.waits:
                 continue
@@ -507,11 +554,13 @@ class DataWatcher:
                     if os.path.lexists(pattern.text):
                         self._observe(pattern.text, closed=False, scanned=scanned)
                     continue
-                directories = (
-                    [pattern.dir]
-                    if pattern.kind == "name"
-                    else self.dirs.expand(pattern.parts[:-1])
-                )
+                spec = watch_spec(pattern.parts[:-1])
+                if pattern.kind == "name":
+                    directories: Iterable[str] = [pattern.dir]
+                elif spec in expanded:
+                    directories = expanded[spec]
+                else:
+                    directories = expanded[spec] = self.dirs.expand(spec, listing)
                 for directory in directories:
                     if directory not in listed:
                         listed.add(directory)
@@ -645,10 +694,11 @@ class DataWatcher:
         batch = dict(self._to_release)
         try:
             released = self.store.release(batch, actor=ACTOR)
-        except Exception:
-            log.exception("releasing %d jobs failed; retrying", len(batch))
-            self._retry_at = time.monotonic() + RETRY_SECONDS
+        except Exception as exc:
+            pause = self._release_failures.failed(exc)
+            self._retry_at = time.monotonic() + max(RETRY_SECONDS, pause)
             return
+        self._release_failures.succeeded()
         for job_id in batch:
             self._to_release.pop(job_id, None)
         if released:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 
 from jobmill.config import Settings
+from jobmill.domain.confine import has_symlink
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
 from jobmill.domain.jobtypes import JobType, build_argv, build_env
@@ -68,6 +69,7 @@ def launch_spec(
         stderr=files.log_path(job, "stderr"),
         resources=jobtype.resources,
         execution_duration=job.execution_duration,
+        umask=settings.umask,
     )
 
 
@@ -123,6 +125,8 @@ class Dispatcher:
         jobtype = self.jobtypes.get(job.type)
         if jobtype is None:
             return f"job type '{job.type}' is no longer defined"
+        if job.log_dir and has_symlink(job.log_dir):  # checked when the job was created
+            return f"log_dir {job.log_dir} now goes through a symbolic link (refused)"
         try:
             return launch_spec(self.settings, self.files, jobtype, job, token)
         except (KeyError, ValueError) as exc:

@@ -23,8 +23,9 @@ import select
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from jobmill.config import Settings
 from jobmill.domain.errors import Conflict, NotFound
@@ -39,6 +40,9 @@ from jobmill.executors.base import (
 )
 from jobmill.executors.local import LocalExecutor
 from jobmill.service.dispatcher import ACTOR, Dispatcher
+from jobmill.service.failures import REPORT_EVERY, FailureLog
+from jobmill.service.files import STREAMS
+from jobmill.service.space import DiskSpace, format_size, free_bytes
 from jobmill.storage.jobs import Change, Entry, JobStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,8 @@ class Tracked:
     phase: Phase
     deadline: float | None  # wall-clock epoch seconds, from started_at + execution_duration
     stopping: bool = False
+    logs: tuple[Path, ...] = ()  # a local job's stdout and stderr (the output cap)
+    final: NativeStatus | None = None  # how it ended, once seen (kept while not yet recorded)
 
 
 class Engine:
@@ -97,6 +103,8 @@ class Engine:
         self._next_reconcile = 0.0
         self._next_sweep = 0.0
         self._next_retry = 0.0
+        self.space = DiskSpace(settings.home, settings.min_free)
+        self._next_space_warning = 0.0
 
     # -- control from other threads -------------------------------------------------------
 
@@ -140,12 +148,14 @@ class Engine:
             self.recover()
         except Exception:  # pragma: no cover - logged, the loop still serves new jobs
             log.exception("recovery after restart failed")
+        failures = FailureLog(log, "engine cycle")
         while not self._stop.is_set():
             try:
                 self._cycle()
-            except Exception:  # pragma: no cover - a bug must not stop the engine
-                log.exception("engine cycle failed")
-                time.sleep(0.5)
+            except Exception as exc:  # a bug, a full disk: must not stop the engine
+                self._stop.wait(failures.failed(exc))
+            else:
+                failures.succeeded()
 
     def _cycle(self) -> None:
         self._drain_cancels()
@@ -190,6 +200,12 @@ class Engine:
     # -- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        if self.space.low():  # jobs would fail for want of space: they wait in the queue
+            now = time.monotonic()
+            if now >= self._next_space_warning:
+                self._next_space_warning = now + REPORT_EVERY
+                log.warning("not starting jobs: %s", self.space.message())
+            return
         for name, executor in self.executors.items():
             if isinstance(executor, LocalExecutor):
                 self._dispatch_local(name, executor)
@@ -295,7 +311,12 @@ class Engine:
         return Entry(data=data, values={"native_id": native_id})
 
     def _track(self, job: Job, executor: str, native_id: str) -> None:
-        self.tracked[job.id] = Tracked(job.id, executor, native_id, job.phase, _deadline(job))
+        logs: tuple[Path, ...] = ()
+        if isinstance(self.executors.get(executor), LocalExecutor):
+            logs = tuple(self.dispatcher.files.log_path(job, stream) for stream in STREAMS)
+        self.tracked[job.id] = Tracked(
+            job.id, executor, native_id, job.phase, _deadline(job), logs=logs
+        )
         self._by_native[(executor, native_id)] = job.id
 
     def _untrack(self, job_id: str) -> None:
@@ -363,6 +384,7 @@ class Engine:
         """Record the end of jobs that ended together, in one transaction."""
         if not ended:
             return
+        ended = [(tracked, self._final(tracked, status)) for tracked, status in ended]
         outcomes = self.store.transition_many(
             [_end_change(tracked.job_id, status) for tracked, status in ended], actor=ACTOR
         )
@@ -383,6 +405,56 @@ class Engine:
                 self.on_ended()
             except Exception:  # a listener must not stop the engine
                 log.exception("on_ended listener failed")
+
+    def _final(self, tracked: Tracked, status: NativeStatus) -> NativeStatus:
+        """How a local job ended, as recorded: ERROR when its output passed the cap, and a
+        failure says when the disk was full. Kept on ``tracked``, so a retry after a failed
+        write records the same (the disk may have room again by then)."""
+        if tracked.final is not None:
+            return tracked.final
+        final = status
+        cap = self.settings.max_job_output
+        if tracked.logs and status.phase is not Phase.ABORTED:
+            if cap > 0 and _output_size(tracked.logs) > cap:
+                final = NativeStatus(
+                    Phase.ERROR, status.native_state, status.exit_code, error=_over_cap(cap)
+                )
+            elif status.phase is Phase.ERROR and (full := self._disk_note(tracked)):
+                final = replace(status, error=f"{status.error or status.native_state}; {full}")
+        tracked.final = final
+        return final
+
+    def _disk_note(self, tracked: Tracked) -> str | None:
+        """What to add to a local job's error when its disk was (nearly) full as it ended."""
+        places = {path.parent for path in tracked.logs}
+        places.add(self.dispatcher.files.workdir(tracked.job_id))
+        need = max(self.settings.min_free, 1 << 20)
+        for place in sorted(places):
+            free = free_bytes(place)
+            if free is not None and free < need:
+                how = "full" if free < 1 << 20 else "nearly full"
+                return f"the disk was {how} ({format_size(free)} free under {place})"
+        return None
+
+    def _check_output(self) -> None:
+        """Stop local jobs whose stdout + stderr passed ``max_job_output`` (checked at every
+        reconciliation: a job may write one poll interval's worth past the cap)."""
+        cap = self.settings.max_job_output
+        if cap <= 0:
+            return
+        for tracked in list(self.tracked.values()):
+            if tracked.logs and not tracked.stopping and _output_size(tracked.logs) > cap:
+                error = _over_cap(cap)
+                log.warning("job %s: %s: stopping it", tracked.job_id, error)
+                with contextlib.suppress(Conflict, NotFound):
+                    self.store.transition(
+                        tracked.job_id,
+                        Action.FAIL,
+                        actor=ACTOR,
+                        values={"error": error},
+                        data={"why": error},
+                    )
+                self._stop_tracked(tracked)
 
     def _drain_cancels(self) -> None:
         while True:
@@ -419,6 +491,7 @@ class Engine:
         for tracked in list(self.tracked.values()):
             if tracked.deadline is not None and now >= tracked.deadline and not tracked.stopping:
                 self._time_out(tracked)
+        self._check_output()
         self._stop_ended_elsewhere()
         self._queued_hint = True
 
@@ -550,6 +623,18 @@ def _end_change(job_id: str, status: NativeStatus) -> Change:
         values["error"] = status.error or status.native_state
     data = {"exit_code": status.exit_code, "state": status.native_state}
     return Change(job_id, action, data=data, values=values)
+
+
+def _over_cap(cap: int) -> str:
+    return f"output over {format_size(cap)} (JOBMILL_MAX_JOB_OUTPUT)"
+
+
+def _output_size(paths: tuple[Path, ...]) -> int:
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            total += os.lstat(path).st_size
+    return total
 
 
 def _deadline(job: Job) -> float | None:

@@ -26,6 +26,7 @@ from jobmill.domain.errors import Conflict, Forbidden, JobmillError, NotFound, V
 from jobmill.domain.jobs import Job
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import TERMINAL, Phase
+from jobmill.domain.values import INT32_MAX, check_int, check_text, check_value
 from jobmill.executors.base import Executor
 from jobmill.service.files import LogChunk
 from jobmill.service.jobs import JobRequest, JobService, User
@@ -129,6 +130,7 @@ class ExperimentService:
         return self.store.definitions(arp.check_experiment(experiment))
 
     def definition(self, experiment: str, name: str) -> Definition:
+        check_text(name, "name", max_length=arp.MAX_EXECUTABLE)  # a NUL cannot be looked up
         definition = self.store.definition(arp.check_experiment(experiment), name)
         if definition is None:
             raise NotFound(f"experiment {experiment} has no definition '{name}'", field="name")
@@ -147,6 +149,8 @@ class ExperimentService:
     ) -> Definition:
         """A new definition. Its executable runs with jobmill's rights, so, like a job type,
         only an administrator may define one."""
+        check_text(executable, "executable", max_length=arp.MAX_EXECUTABLE)
+        check_text(parameters, "parameters", max_length=arp.MAX_PARAMETERS)
         arp.check_experiment(experiment)
         arp.check_name(name)
         arp.check_executable(executable)
@@ -238,6 +242,8 @@ class ExperimentService:
         return outcome
 
     def runs(self, experiment: str, *, limit: int = 1000, before: int | None = None) -> list[Run]:
+        if before is not None:
+            check_int(before, "before", low=0, high=INT32_MAX)
         return self.store.runs(arp.check_experiment(experiment), limit=limit, before=before)
 
     def run(self, user: User, experiment: str, run: int) -> tuple[Run, list[Entry]]:
@@ -356,16 +362,17 @@ class ExperimentService:
             run_id=arp.run_id(definition.experiment, run),
             executor=definition.executor,
         )
-        new = self.jobs.validate_for(jobtype, owner, request)
-        return self.store.apply(
-            new,
-            experiment=definition.experiment,
-            run=run,
-            definition=definition.name,
-            trigger=trigger,
-            actor=actor,
-            reuse_removed=trigger == "manual",
-        )
+        with self.jobs.room():  # 507, not 500, on a full disk
+            new = self.jobs.validate_for(jobtype, owner, request)
+            return self.store.apply(
+                new,
+                experiment=definition.experiment,
+                run=run,
+                definition=definition.name,
+                trigger=trigger,
+                actor=actor,
+                reuse_removed=trigger == "manual",
+            )
 
     # -- the run view and the actions on its jobs ---------------------------------------------
 
@@ -383,8 +390,13 @@ class ExperimentService:
         arp.check_experiment(experiment)
         if not 1 <= limit <= 10_000:
             raise ValidationError("must be between 1 and 10000", field="limit")
+        check_int(after, "after", low=0, high=INT32_MAX)
         pairs = self.store.entries(
-            experiment, owner=None if user.admin else user.name, run=run, after=after, limit=limit
+            experiment,
+            owner=None if user.sees_all else user.name,
+            run=run,
+            after=after,
+            limit=limit,
         )
         waiting = [job.id for _, job in pairs if job.phase is Phase.QUEUED and job.native_id]
         slow = self.store.slow_submissions(waiting) if waiting else set()
@@ -480,4 +492,5 @@ def _run_params(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValidationError("run parameters must be a JSON object", field="parameters")
     if len(parameters) > MAX_RUN_PARAMETERS:
         raise ValidationError(f"at most {MAX_RUN_PARAMETERS} run parameters", field="parameters")
+    check_value(parameters, "parameters")
     return {str(k): v for k, v in parameters.items()}

@@ -5,14 +5,16 @@ calls this."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from jobmill.domain.confine import Roots
 from jobmill.domain.errors import (
     Conflict,
     Forbidden,
@@ -24,10 +26,12 @@ from jobmill.domain.errors import (
 from jobmill.domain.jobs import Event, Job, NewJob, parse_job_id, utcnow
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import ACTIVE, TERMINAL, Action, Phase, Reason
+from jobmill.domain.values import INT32_MAX, check_int, check_text, check_value
 from jobmill.executors.base import Executor, ExecutorUnavailable, Holding, LaunchSpec
 from jobmill.service import reports
 from jobmill.service.files import JobFiles, LogChunk
-from jobmill.service.results import ResultFile, find_result, list_results
+from jobmill.service.results import ResultFile, find_result, list_results, open_result
+from jobmill.service.space import DiskSpace, disk_full
 from jobmill.storage.jobs import JobFilter, JobRef, JobStore, hash_secret
 
 if TYPE_CHECKING:
@@ -35,6 +39,9 @@ if TYPE_CHECKING:
     from jobmill.service.triggers import DataTriggers
 
 MAX_RUN_ID = 256
+MAX_TYPE_NAME = 256
+MAX_EXECUTOR_NAME = 64
+MAX_LOG_DIR = 4096
 TOKEN_CACHE_SECONDS = 10.0
 DRY_RUN_TOKEN = "<made when the job starts>"
 """Stands for the job's secret token in a dry run's script (the token exists only once the
@@ -64,10 +71,17 @@ class Rendered:
 
 @dataclass(frozen=True)
 class User:
-    """Who is asking."""
+    """Who is asking: a named user, an administrator, or an anonymous reader (a deployment
+    that lets callers without credentials read, ``JOBMILL_ANONYMOUS=read``)."""
 
     name: str
     admin: bool = False
+    reader: bool = False
+
+    @property
+    def sees_all(self) -> bool:
+        """May read every job (an administrator, or an anonymous reader)."""
+        return self.admin or self.reader
 
 
 @dataclass
@@ -110,10 +124,15 @@ class JobService:
         data: DataTriggers | None = None,
         backends: Mapping[str, Executor] | None = None,
         launch_spec: LaunchSpecFor | None = None,
+        log_roots: Roots | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
         """``executors`` names the executors jobs may ask for; ``backends`` are those
         executors themselves (hold, release, details, render) and ``launch_spec`` builds a
-        job's ``LaunchSpec`` the way dispatch does (``Dispatcher.spec_for``)."""
+        job's ``LaunchSpec`` the way dispatch does (``Dispatcher.spec_for``). ``log_roots``
+        confine ``log_dir`` (None: not confined); ``space`` refuses new jobs on a full disk."""
+        self.log_roots = log_roots
+        self.space = space
         self.store = store
         self.backends = dict(backends or {})
         self.launch_spec = launch_spec
@@ -144,6 +163,7 @@ class JobService:
         ``dry_run`` checks a ``log_dir`` without creating it."""
         if not isinstance(request.type, str) or not request.type:
             raise ValidationError("missing job type", field=f"{prefix}type")
+        check_text(request.type, f"{prefix}type", max_length=MAX_TYPE_NAME)
         jobtype = self.jobtypes.get(request.type)
         if jobtype is None:
             known = ", ".join(sorted(self.jobtypes)) or "none"
@@ -163,11 +183,13 @@ class JobService:
     ) -> NewJob:
         """``validate`` against a prepared job type that is not in ``jobtypes`` (an ARP
         definition, see ``service.experiments``)."""
+        check_request(request, prefix)
         declared, extra = jobtype.validate_parameters(
             request.parameters,
             prefix=f"{prefix}parameters",
             allow_unknown=request.allow_unknown and not jobtype.reject_unknown_parameters,
         )
+        check_value(declared, f"{prefix}parameters")  # typed: the text "1" * 30 is an integer now
         executor = request.executor or jobtype.executor
         if executor not in self.executors:
             raise ValidationError(
@@ -187,7 +209,9 @@ class JobService:
             raise ValidationError(f"longer than {MAX_RUN_ID} characters", field=f"{prefix}run_id")
         log_dir = None
         if request.log_dir is not None:
-            log_dir = self._log_dir(request.log_dir, f"{prefix}log_dir", create=not dry_run)
+            log_dir = self._log_dir(
+                request.log_dir, f"{prefix}log_dir", user.name, create=not dry_run
+            )
         return NewJob(
             type=jobtype.name,
             owner=user.name,
@@ -204,11 +228,15 @@ class JobService:
             log_dir=log_dir,
         )
 
-    @staticmethod
-    def _log_dir(value: str, field_name: str, *, create: bool = True) -> str:
+    def _log_dir(self, value: str, field_name: str, owner: str, *, create: bool = True) -> str:
+        """The real path of a ``log_dir`` under the owner's log roots, made unless ``create``
+        is false."""
         if not value or "\x00" in value:
             raise ValidationError("must be a directory path", field=field_name)
-        path = Path(value).expanduser().resolve()
+        if self.log_roots is not None:
+            path = Path(self.log_roots.resolve(value, owner, field=field_name))
+        else:
+            path = Path(value).expanduser().resolve()
         if not create:  # a dry run: the same answer, nothing made
             existing = next(p for p in (path, *path.parents) if p.exists())
             if not existing.is_dir():
@@ -219,6 +247,8 @@ class JobService:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if disk_full(exc):
+                raise (self.space or DiskSpace(path, 0)).refused() from None
             raise ValidationError(
                 f"cannot create '{value}': {exc.strerror}", field=field_name
             ) from None
@@ -226,10 +256,26 @@ class JobService:
             raise ValidationError(f"'{value}' is not writable", field=field_name)
         return str(path)
 
+    @contextlib.contextmanager
+    def room(self) -> Iterator[None]:
+        """507, never 500: refuse when the disk is under the minimum, and when it fills up
+        while the job is stored (nothing is left behind: the transaction rolls back)."""
+        if self.space is not None:
+            self.space.check()
+        try:
+            yield
+        except JobmillError:
+            raise
+        except Exception as exc:
+            if disk_full(exc):
+                raise (self.space or DiskSpace(self.files.root, 0)).refused() from None
+            raise
+
     def create(self, user: User, request: JobRequest) -> Job:
-        if request.wait_for is not None:
-            return self._create_waiting(user, [request])[0]
-        job = self.store.create([self.validate(user, request)], actor=user.name)[0]
+        with self.room():
+            if request.wait_for is not None:
+                return self._create_waiting(user, [request])[0]
+            job = self.store.create([self.validate(user, request)], actor=user.name)[0]
         if job.phase is Phase.QUEUED:
             self.on_queued()
         return job
@@ -238,10 +284,13 @@ class JobService:
         """All or nothing: one bad request rejects the whole batch, naming its index."""
         if len(requests) > self.max_batch:
             raise ValidationError(f"at most {self.max_batch} jobs per batch", field="jobs")
-        if any(r.wait_for is not None for r in requests):
-            return self._create_waiting(user, requests, prefix="jobs[{i}].")
-        new_jobs = [self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)]
-        jobs = self.store.create(new_jobs, actor=user.name, with_seq=False)
+        with self.room():
+            if any(r.wait_for is not None for r in requests):
+                return self._create_waiting(user, requests, prefix="jobs[{i}].")
+            new_jobs = [
+                self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)
+            ]
+            jobs = self.store.create(new_jobs, actor=user.name, with_seq=False)
         if any(job.phase is Phase.QUEUED for job in jobs):
             self.on_queued()
         return jobs
@@ -261,7 +310,9 @@ class JobService:
             wait_for = request.wait_for
             new_jobs.append(new)
             conditions.append(
-                self.data.prepare(wait_for, new.id, field=f"{where}wait_for") if wait_for else None
+                self.data.prepare(wait_for, new.id, field=f"{where}wait_for", owner=new.owner)
+                if wait_for
+                else None
             )
         jobs = self.data.create(new_jobs, conditions, actor=user.name)
         if any(job.phase is Phase.QUEUED and job.reason == Reason.CAPACITY for job in jobs):
@@ -277,7 +328,7 @@ class JobService:
         if request.wait_for is not None:
             if self.data is None:
                 raise ValidationError("waiting for data is not enabled", field="wait_for")
-            self.data.prepare(request.wait_for, new.id, field="wait_for")
+            self.data.prepare(request.wait_for, new.id, field="wait_for", owner=new.owner)
         executor = self.backends.get(new.executor)
         if executor is None or self.launch_spec is None:
             raise Conflict(f"executor '{new.executor}' is not configured here", field="executor")
@@ -297,19 +348,20 @@ class JobService:
     def get(self, user: User, job_id: str) -> Job:
         canonical = parse_job_id(job_id)
         job = self.store.get(canonical) if canonical else None
-        if job is None or not (user.admin or job.owner == user.name):
+        if job is None or not (user.sees_all or job.owner == user.name):
             raise NotFound(f"no job {job_id}", field="id")
         return job
 
     def list(
         self, user: User, flt: JobFilter, *, limit: int = 100, cursor: str | None = None
     ) -> Page:
+        _check_filter(flt)
         if not _visible_to(user, flt):
             return Page([], None)
         before = None
         if cursor:
             try:
-                before = int(cursor)
+                before = check_int(int(cursor), "cursor", low=0, high=INT32_MAX)
             except ValueError:
                 raise ValidationError("not a cursor from an earlier page", field="cursor") from None
         if not 1 <= limit <= 1000:
@@ -323,6 +375,7 @@ class JobService:
         """The newest ``limit`` (1 to 1000) jobs matching ``flt`` as ``JobRef``s (UWS lists)."""
         if not 1 <= limit <= 1000:
             raise ValidationError("must be between 1 and 1000", field="limit")
+        _check_filter(flt)
         if not _visible_to(user, flt):
             return []
         return self.store.list_refs(flt, limit=limit)
@@ -330,6 +383,7 @@ class JobService:
     def events(
         self, user: User, job_id: str, *, after: int = 0, limit: int = 1000
     ) -> builtins.list[Event]:
+        check_int(after, "after", low=0, high=INT32_MAX)
         job = self.get(user, job_id)
         return self.store.events(job.id, after=after, limit=limit)
 
@@ -357,10 +411,12 @@ class JobService:
                 phase=job.phase.value,
             )
         jobtype = self.jobtype(job.type)
+        check_value(values, "parameters")
         merged = {**job.extra_parameters, **job.parameters, **values}
         declared, extra = jobtype.validate_parameters(
             merged, allow_unknown=not jobtype.reject_unknown_parameters
         )
+        check_value(declared, "parameters")
         return self.store.record(
             job.id,
             "parameters",
@@ -375,6 +431,7 @@ class JobService:
         job = self.get(user, job_id)
         if seconds < 0:
             raise ValidationError("must not be negative", field="execution_duration")
+        check_int(seconds, "execution_duration", low=0, high=INT32_MAX)
         jobtype = self.jobtypes.get(job.type)
         cap = jobtype.max_execution_duration if jobtype else 0
         if cap and (seconds == 0 or seconds > cap):
@@ -408,6 +465,11 @@ class JobService:
     def result(self, user: User, job_id: str, result_id: str) -> ResultFile:
         job = self.get(user, job_id)
         return find_result(self.files, self.jobtypes.get(job.type), job, result_id)
+
+    def open_result(self, user: User, job_id: str, result_id: str) -> tuple[ResultFile, BinaryIO]:
+        """The result and its file, opened without following a symbolic link (403 for one)."""
+        job = self.get(user, job_id)
+        return open_result(self.files, self.jobtypes.get(job.type), job, result_id)
 
     def run(self, user: User, job_id: str) -> Job:
         """Queue a PENDING job (UWS ``PHASE=RUN``); a HELD job is released (UWS: HELD waits
@@ -597,6 +659,7 @@ class JobService:
             raise Unauthorized("a job token is required", field="token")
         if canonical is None or not self._token_valid(canonical, token):
             raise Forbidden("this token is not valid for this job", field="token")
+        check_value(payload, "")  # fields: "counters.done", "status"
         return self.store.merge_report(
             canonical, reports.merge, reports.normalise(payload), actor=f"job:{canonical}"
         )
@@ -621,6 +684,24 @@ def _not_holdable(job: Job) -> str:
         f"job {job.id} is QUEUED ({job.reason or 'no reason'}): it can be held once it is "
         "ready to run"
     )
+
+
+def check_request(request: JobRequest, prefix: str = "") -> None:
+    """The input rule (``domain.values``) on everything a request carries, before anything
+    of it is stored or echoed in a message: 422 naming the field."""
+    check_value(request.parameters, f"{prefix}parameters")
+    for name, value, limit in (
+        ("type", request.type, MAX_TYPE_NAME),
+        ("run_id", request.run_id, MAX_RUN_ID),
+        ("executor", request.executor, MAX_EXECUTOR_NAME),
+        ("log_dir", request.log_dir, MAX_LOG_DIR),
+    ):
+        if isinstance(value, str):
+            check_text(value, f"{prefix}{name}", max_length=limit)
+    duration = request.execution_duration
+    if duration is not None and duration > INT32_MAX:  # negative ones: validate_for says so
+        name = f"{prefix}execution_duration"
+        raise ValidationError(f"{name}: at most {INT32_MAX} seconds", field=name)
 
 
 def _unsaved(new: NewJob) -> Job:
@@ -651,13 +732,28 @@ def parse_time(value: str, field_name: str) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
         raise ValidationError(f"'{value}' is not an ISO 8601 time", field=field_name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not parsed.tzinfo:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        parsed.astimezone(UTC)  # an offset can move a time out of the calendar
+    except OverflowError:
+        raise ValidationError(f"'{value}' is out of range", field=field_name) from None
+    return parsed
+
+
+def _check_filter(flt: JobFilter) -> None:
+    """The text a job list is filtered on: the input rule (a NUL, say, cannot be a query
+    parameter on PostgreSQL)."""
+    for name in ("type", "owner", "run_id", "executor"):
+        value = getattr(flt, name)
+        if isinstance(value, str):
+            check_text(value, name, max_length=MAX_LOG_DIR)
 
 
 def _visible_to(user: User, flt: JobFilter) -> bool:
     """Narrow ``flt`` to what ``user`` may see (a user sees their own jobs, an admin all);
     False when it asked for somebody else's jobs."""
-    if user.admin:
+    if user.sees_all:
         return True
     if flt.owner and flt.owner != user.name:
         return False

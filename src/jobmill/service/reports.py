@@ -62,4 +62,10 @@ def merge(old: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
             new["counters"] = counters
         else:
             new[key] = value
+    if len(new) > MAX_KEYS:
+        raise ValidationError(f"the report would have more than {MAX_KEYS} keys", field="body")
+    merged = new.get("counters")
+    if isinstance(merged, dict) and len(merged) > MAX_KEYS:
+        raise ValidationError(f"the report would have more than {MAX_KEYS} counters",
+                              field="counters")  # fmt: skip
     return new

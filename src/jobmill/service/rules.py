@@ -52,7 +52,9 @@ from jobmill.domain.rules import (
     schedule_context,
     slot_key,
 )
+from jobmill.domain.values import INT32_MAX, check_int, check_value, safe_text, text_problem
 from jobmill.service.datawatch import DataWatcher, FileListener
+from jobmill.service.failures import FailureLog
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.service.results import list_results
 from jobmill.storage.rules import Ended, Firing, Pending, RuleStore
@@ -153,12 +155,15 @@ class RuleEngine:
             self._wake.set()
 
     def _run(self) -> None:
+        failures = FailureLog(log, "rules pass")  # a full disk: logged once, not every pass
         while not self._stop.is_set():
             self._wake.clear()  # before the pass: a file arriving during it wakes the next
             try:
                 self.tick()
-            except Exception:  # pragma: no cover - logged; the next pass retries
-                log.exception("rules pass failed")
+            except Exception as exc:  # logged; the next pass retries
+                self._stop.wait(failures.failed(exc))
+            else:
+                failures.succeeded()
             if not self._arrivals:
                 self._wake.wait(self.interval)
 
@@ -227,6 +232,7 @@ class RuleEngine:
         _require_admin(user)
         if not isinstance(body, Mapping):
             raise ValidationError("a rule must be a JSON object", field="body")
+        check_value(body, "")  # before the rule's own checks quote any of it
         try:
             spec = RuleSpec.model_validate(body)
         except pydantic.ValidationError as exc:
@@ -262,6 +268,8 @@ class RuleEngine:
         return self.get(name)
 
     def firings(self, name: str, *, limit: int = 100, before: int | None = None) -> list[Firing]:
+        if before is not None:
+            check_int(before, "before", low=0, high=INT32_MAX)
         self.get(name)
         return self.store.firings(name, limit=limit, before=before)
 
@@ -378,6 +386,10 @@ class RuleEngine:
                     continue
                 if len(relative) > MAX_KEY:
                     log.warning("rule %s: path longer than %d characters, ignored", name, MAX_KEY)
+                    continue
+                if text_problem(relative) is not None:  # a name that is not UTF-8: unstorable
+                    log.warning("rule %s: %s: %s, ignored", name, safe_text(relative),
+                                text_problem(relative))  # fmt: skip
                     continue
                 assert rule.pattern is not None and rule.root is not None
                 context = file_context(rule.pattern, rule.root, relative)

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from jobmill.domain.conditions import DataCondition, resolve
+from jobmill.domain.conditions import (
+    DataCondition,
+    has_magic,
+    join,
+    literal_prefix,
+    parts,
+    recursive,
+    resolve,
+)
+from jobmill.domain.confine import Roots
+from jobmill.domain.errors import TooMany, ValidationError
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import Reason
 from jobmill.service.datawatch import DataWatcher
@@ -27,10 +37,29 @@ log = logging.getLogger(__name__)
 KEY_BYTES = 32
 """Random bytes in a ``monitor/complete`` key (256 bits; only its SHA-256 is stored)."""
 MONITOR = "monitor/complete"
+MAX_GLOBSTARS = 2
+"""``**`` components in one pattern (matching costs grow with the power of their number)."""
 
 
 def new_key() -> str:
     return secrets.token_urlsafe(KEY_BYTES)
+
+
+@dataclass(frozen=True)
+class WaitLimits:
+    """What jobs may wait for (docs/security.md): per job, and per user (the settings
+    ``max_wait_paths``, ``max_wait_wildcard_dirs``, ``max_user_waits``, ``max_user_wildcards``,
+    ``max_user_wildcard_dirs``).
+
+    An exact path costs the watcher one look-up per file; a wildcard in the file name, a test
+    of every file of its directory; a wildcard in a directory (``**`` included), watching every
+    directory it can lead to and a test of every file there."""
+
+    max_paths: int = 32
+    max_wildcard_dirs: int = 4
+    max_user_waits: int = 10_000
+    max_user_wildcards: int = 1000
+    max_user_wildcard_dirs: int = 64
 
 
 @dataclass
@@ -52,16 +81,92 @@ class DataTriggers:
         data_root: Path,
         *,
         on_released: Callable[[], None] = lambda: None,
+        roots: Roots | None = None,
+        limits: WaitLimits | None = None,
     ) -> None:
+        """``roots``: where waits may look (None: anywhere); ``limits``: the caps."""
         self.jobs = jobs
         self.conditions = conditions
         self.watcher = watcher
         self.data_root = data_root
         self.on_released = on_released
+        self.roots = roots
+        self.limits = limits or WaitLimits()
 
-    def prepare(self, condition: DataCondition, job_id: str, *, field: str) -> DataCondition:
-        """Check ``condition`` and make its paths absolute (raises ``ValidationError``)."""
-        return resolve(condition, job_id, str(self.data_root), field=field)
+    def prepare(
+        self, condition: DataCondition, job_id: str, *, field: str, owner: str = ""
+    ) -> DataCondition:
+        """Check ``condition`` (within the per-job caps, under ``owner``'s data roots) and make
+        its paths absolute; raises ``ValidationError`` naming the field."""
+        limits = self.limits
+        if len(condition.paths) > limits.max_paths:
+            raise ValidationError(
+                f"at most {limits.max_paths} paths or patterns (JOBMILL_MAX_WAIT_PATHS)",
+                field=f"{field}.paths",
+            )
+        resolved = resolve(condition, job_id, str(self.data_root), field=field)
+        for i, path in enumerate(resolved.paths):
+            where = f"{field}.paths[{i}]"
+            if recursive(path) > MAX_GLOBSTARS:
+                raise ValidationError(f"at most {MAX_GLOBSTARS} '**' in one pattern", field=where)
+            self._check_root(path, owner, where)
+        if sum(map(wildcard_dirs, resolved.paths)) > limits.max_wildcard_dirs:
+            raise ValidationError(
+                f"at most {limits.max_wildcard_dirs} patterns with a wildcard in a directory "
+                "('**' included; JOBMILL_MAX_WAIT_WILDCARD_DIRS)",
+                field=f"{field}.paths",
+            )
+        return resolved
+
+    def _check_root(self, pattern: str, owner: str, field: str) -> None:
+        """The directory a pattern starts from (before its first wildcard) must lie under one
+        of the data roots; the watcher only looks below it."""
+        if self.roots is None:
+            return
+        start = join(literal_prefix(parts(pattern)[:-1]))
+        if not self.roots.contains(start, owner):
+            allowed = ", ".join(self.roots.for_user(owner)) or "none"
+            raise ValidationError(
+                f"'{pattern}' is outside the data directories allowed here ({allowed}); an "
+                f"administrator can allow more with {self.roots.setting}",
+                field=field,
+            )
+
+    def check_user_limits(
+        self, new_jobs: Sequence[NewJob], conditions: Sequence[DataCondition | None]
+    ) -> None:
+        """429 when an owner would have too many jobs waiting for data, too many wildcard
+        patterns, or too many with a wildcard in a directory (counting the jobs waiting now and
+        the PENDING ones that will once run)."""
+        wanted: dict[str, list[DataCondition]] = {}
+        for new, condition in zip(new_jobs, conditions, strict=True):
+            if condition is not None:
+                wanted.setdefault(new.owner, []).append(condition)
+        limits = self.limits
+        for owner, asked in wanted.items():
+            asked_magic = [p for c in asked for p in c.paths if has_magic(p)]
+            count, stored = self.conditions.active_of(owner, wildcards=bool(asked_magic))
+            if count + len(asked) > limits.max_user_waits:
+                raise TooMany(
+                    f"user '{owner}' has {count} jobs waiting for data and asks for {len(asked)} "
+                    f"more: at most {limits.max_user_waits} (JOBMILL_MAX_USER_WAITS)",
+                    field="wait_for",
+                )
+            magic = asked_magic + [p for paths in stored for p in paths if has_magic(p)]
+            if len(magic) > limits.max_user_wildcards:
+                raise TooMany(
+                    f"user '{owner}' would wait with {len(magic)} wildcard patterns: at most "
+                    f"{limits.max_user_wildcards} (JOBMILL_MAX_USER_WILDCARDS)",
+                    field="wait_for",
+                )
+            deep = sum(map(wildcard_dirs, magic))
+            if deep > limits.max_user_wildcard_dirs:
+                raise TooMany(
+                    f"user '{owner}' would wait with {deep} patterns with a wildcard in a "
+                    f"directory: at most {limits.max_user_wildcard_dirs} "
+                    "(JOBMILL_MAX_USER_WILDCARD_DIRS)",
+                    field="wait_for",
+                )
 
     def create(
         self,
@@ -70,7 +175,9 @@ class DataTriggers:
         *,
         actor: str,
     ) -> list[Job]:
-        """Store jobs with their (prepared) conditions in one transaction, then watch them."""
+        """Store jobs with their (prepared) conditions in one transaction, then watch them;
+        ``TooMany`` (429) past a per-user cap."""
+        self.check_user_limits(new_jobs, conditions)
         jobs = self.conditions.create_jobs(new_jobs, conditions, actor=actor)
         waiting = []
         for job, condition in zip(jobs, conditions, strict=True):
@@ -127,6 +234,12 @@ class DataTriggers:
         """The watcher released jobs: tell the engine."""
         if job_ids:
             self.on_released()
+
+
+def wildcard_dirs(pattern: str) -> int:
+    """1 when the pattern has a wildcard in a directory (``**`` included), else 0."""
+    directory = parts(pattern)[:-1]
+    return int(literal_prefix(directory) != directory)
 
 
 def _without_key(condition: DataCondition) -> DataCondition:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, insert, select, update
+from sqlalchemy import Row, Text, and_, bindparam, cast, func, insert, or_, select, update
 
 from jobmill.domain.conditions import DataCondition
 from jobmill.domain.errors import Conflict, NotFound
@@ -175,6 +175,27 @@ class ConditionStore:
         )
         with self.read_engine.connect() as conn:
             return {row.job_id for row in conn.execute(query)}
+
+    def active_of(self, owner: str, *, wildcards: bool = False) -> tuple[int, list[list[str]]]:
+        """How many of ``owner``'s jobs wait for data (or will once run: PENDING with a
+        condition), and, if ``wildcards``, the paths of those that have a wildcard pattern."""
+        joined = data_conditions.join(jobs, jobs.c.id == data_conditions.c.job_id)
+        active = and_(
+            jobs.c.owner == owner,
+            jobs.c.phase.in_([Phase.PENDING.value, Phase.QUEUED.value]),
+            data_conditions.c.released_at.is_(None),
+        )
+        with self.read_engine.connect() as conn:
+            count = conn.execute(select(func.count()).select_from(joined).where(active)).scalar()
+            deep: list[list[str]] = []
+            if wildcards:
+                text = cast(data_conditions.c.paths, Text)
+                magic = or_(*(text.like(f"%{c}%") for c in "*?["))
+                rows = conn.execute(
+                    select(data_conditions.c.paths).select_from(joined).where(active, magic)
+                )
+                deep = [list(row.paths) for row in rows]
+        return int(count or 0), deep
 
     def has_condition(self, job_id: str) -> bool:
         with self.read_engine.connect() as conn:

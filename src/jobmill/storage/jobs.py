@@ -9,7 +9,6 @@ and an illegal action raises ``Conflict``; nothing is ever overwritten blindly.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ from sqlalchemy import (
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Event, Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL, Action, Phase, Reason, Transition, transition
-from jobmill.storage.tables import events, jobs, tokens
+from jobmill.storage.db import aware
+from jobmill.storage.tables import events, jobs
+from jobmill.storage.tokens import TokenStore, hash_secret
 
 MAX_PAGE = 1000
 _SETTABLE = frozenset(
@@ -56,18 +57,13 @@ _SETTABLE = frozenset(
 )
 
 
-def hash_secret(secret: str) -> str:
-    """Tokens are stored as SHA-256 hex digests, never in clear."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 # Statements built once: building SQLAlchemy statements per call costs more than running them.
 _GET_JOB = select(jobs).where(jobs.c.id == bindparam("p_id"))
 _GET_PHASE = select(jobs.c.phase, jobs.c.reason, jobs.c.started_at).where(
     jobs.c.id == bindparam("p_id")
 )
-_GET_TOKEN = select(jobs.c.token_hash).where(jobs.c.id == bindparam("p_id"))
-_GET_REPORT = select(jobs.c.report).where(jobs.c.id == bindparam("p_id"))
+_GET_TOKEN = select(jobs.c.token_hash, jobs.c.phase).where(jobs.c.id == bindparam("p_id"))
+_GET_REPORT = select(jobs.c.report, jobs.c.phase).where(jobs.c.id == bindparam("p_id"))
 _GET_REPORT_FOR_UPDATE = _GET_REPORT.with_for_update()
 _INSERT_JOBS = insert(jobs)
 _INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
@@ -211,13 +207,6 @@ def _transition_in(
         },
     )
     return job
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """A datetime read back from the database, as UTC-aware (SQLite drops the zone)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _job(row: Row[Any]) -> Job:
@@ -396,21 +385,13 @@ class Entry:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class TokenRecord:
-    """A user's bearer token (its hash only)."""
-
-    id: int
-    user: str
-    admin: bool
-
-
 class JobStore:
     """Jobs, events and tokens in one SQL database."""
 
     def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
         self.engine = engine
         self.read_engine = read_engine or engine
+        self.tokens = TokenStore(engine, self.read_engine)
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -758,13 +739,19 @@ class JobStore:
     ) -> dict[str, Any]:
         """Merge ``payload`` into the stored report with ``merge(old, payload)``, atomically.
 
-        Returns the merged report."""
+        Returns the merged report. A job that has ended takes no more reports (409): its token
+        stopped working when it ended."""
         now = utcnow()
         with self.engine.begin() as conn:
             query = _GET_REPORT_FOR_UPDATE if conn.dialect.name == "postgresql" else _GET_REPORT
             current = conn.execute(query, {"p_id": job_id}).first()
             if current is None:
                 raise NotFound(f"no job {job_id}", field="id")
+            if Phase(current.phase) in TERMINAL:
+                raise Conflict(
+                    f"job {job_id} has ended ({current.phase}): its token no longer reports",
+                    field="token",
+                )
             report = merge(dict(current.report or {}), payload)
             statement = _update_statement(frozenset({"report", "updated_at"}), False, False)
             n = conn.execute(
@@ -786,9 +773,13 @@ class JobStore:
         return report
 
     def check_job_token(self, job_id: str, token: str) -> bool:
+        """Whether ``token`` is the job's own and the job has not ended (a job's token stops
+        working when the job ends)."""
         with self.read_engine.connect() as conn:
-            stored = conn.execute(_GET_TOKEN, {"p_id": job_id}).scalar()
-        return isinstance(stored, str) and hmac.compare_digest(stored, hash_secret(token))
+            row = conn.execute(_GET_TOKEN, {"p_id": job_id}).first()
+        if row is None or not isinstance(row.token_hash, str) or Phase(row.phase) in TERMINAL:
+            return False
+        return hmac.compare_digest(row.token_hash, hash_secret(token))
 
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
@@ -796,38 +787,3 @@ class JobStore:
             result = conn.execute(delete(jobs).where(jobs.c.id == job_id))
             if result.rowcount == 0:
                 raise NotFound(f"no job {job_id}", field="id")
-
-    # -- user tokens ------------------------------------------------------------------------
-
-    def add_token(self, user: str, secret: str, *, admin: bool, note: str | None = None) -> int:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                insert(tokens)
-                .values(
-                    user=user,
-                    token_hash=hash_secret(secret),
-                    admin=admin,
-                    created_at=utcnow(),
-                    note=note,
-                )
-                .returning(tokens.c.id)
-            )
-            return int(result.scalar_one())
-
-    def find_token(self, secret: str) -> TokenRecord | None:
-        with self.read_engine.connect() as conn:
-            row = conn.execute(
-                select(tokens.c.id, tokens.c.user, tokens.c.admin).where(
-                    tokens.c.token_hash == hash_secret(secret), tokens.c.revoked_at.is_(None)
-                )
-            ).first()
-        return TokenRecord(row.id, row.user, bool(row.admin)) if row else None
-
-    def has_tokens(self) -> bool:
-        with self.read_engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(tokens.c.id).where(tokens.c.revoked_at.is_(None)).limit(1)
-                ).first()
-                is not None
-            )
