@@ -23,9 +23,11 @@ from sqlalchemy.engine import make_url
 
 from jobmill.api.app import create_app
 from jobmill.config import Settings
+from jobmill.domain.lifecycle import ENDED
 from jobmill.factory import Jobmill, build
 from jobmill.paths import default_token_file, read_token_file
 from jobmill.service.credentials import ensure_local_token
+from tests.replay import impossible_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "jobtypes"
@@ -86,9 +88,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> Settings:
-    """Settings for a test jobmill: its own home, the example job types, fast polling."""
-    return Settings(
+def settings(tmp_path: Path, db_url: str) -> Iterator[Settings]:
+    """Settings for a test jobmill: its own home, the example job types, fast polling.
+
+    After the test (and every jobmill built on them), the history of every job in its database
+    is replayed against the transition table (``tests/replay.py``, one query): an impossible
+    sequence of events fails the test."""
+    yield Settings(
         home=tmp_path / "home",
         database_url=db_url,
         jobtypes=(str(EXAMPLES),),
@@ -102,6 +108,11 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         log_roots=("logs/{user}", str(tmp_path)),
         data_roots=(str(tmp_path),),
     )
+    if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
+        return  # no jobmill was built
+    problems = impossible_steps(db_url)
+    if problems:
+        pytest.fail("impossible job histories:\n" + "\n".join(problems[:20]), pytrace=False)
 
 
 @pytest.fixture
@@ -206,7 +217,7 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):  # type:
 
 def wait_phase(client: TestClient, job_id: str, *phases: str, timeout: float = 15.0) -> dict:  # type: ignore[type-arg]
     """Wait until the job reaches one of ``phases`` (terminal phases by default)."""
-    wanted = set(phases or ("COMPLETED", "ERROR", "ABORTED"))
+    wanted = set(phases or ENDED)
 
     def done() -> dict | None:  # type: ignore[type-arg]
         job = client.get(f"/api/v1/jobs/{job_id}").json()

@@ -27,7 +27,7 @@ from jobmill.domain.lifecycle import TERMINAL
 from jobmill.paths import default_token_file, read_token_file
 
 DEFAULT_TIMEOUT = 30.0
-TERMINAL_PHASES = frozenset(p.value for p in TERMINAL)
+TERMINAL_PHASES = TERMINAL  # phases are strings: "COMPLETED" in TERMINAL_PHASES
 
 JobDict = dict[str, Any]
 JobList = list[JobDict]

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobmill.paths import default_token_file
-from jobmill.storage.db import sqlite_url
+from jobmill.paths import default_token_file, sqlite_url
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -67,6 +66,11 @@ class Settings:
     lsf_project: str | None = None
     lsf_command_timeout: float = 30.0
     lsf_lost_after: float = 60.0
+    pbs_bin: str = ""
+    pbs_queue: str | None = None
+    pbs_account: str | None = None
+    pbs_command_timeout: float = 30.0
+    pbs_lost_after: float = 60.0
     data_root: Path | None = None  # relative data paths resolve here; None: the server's cwd
     scan_roots: tuple[str, ...] = ()  # roots to scan instead of watch (network filesystems)
     scan_interval: float = 2.0
@@ -311,6 +315,11 @@ _BATCH_SETTINGS = (  # (setting, environment variable, is a number of seconds)
     ("lsf_project", "JOBMILL_LSF_PROJECT", False),
     ("lsf_command_timeout", "JOBMILL_LSF_TIMEOUT", True),
     ("lsf_lost_after", "JOBMILL_LSF_LOST_AFTER", True),
+    ("pbs_bin", "JOBMILL_PBS_BIN", False),
+    ("pbs_queue", "JOBMILL_PBS_QUEUE", False),
+    ("pbs_account", "JOBMILL_PBS_ACCOUNT", False),
+    ("pbs_command_timeout", "JOBMILL_PBS_TIMEOUT", True),
+    ("pbs_lost_after", "JOBMILL_PBS_LOST_AFTER", True),
 )
 
 

@@ -23,7 +23,9 @@ from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService
 from jobmill.service.rules import RuleEngine
 from jobmill.service.space import DiskSpace
+from jobmill.service.tokens import TokenService
 from jobmill.service.triggers import DataTriggers, WaitLimits
+from jobmill.service.worker import Worker
 from jobmill.storage import migrate
 from jobmill.storage.conditions import ConditionStore
 from jobmill.storage.db import make_engine
@@ -44,25 +46,48 @@ class Jobmill:
     jobtypes: dict[str, JobType]
     jobs: JobService
     engine: JobEngine
+    tokens: TokenService
     data: DataTriggers | None = None
     experiments: ExperimentService | None = None
     rules: RuleEngine | None = None
+
+    def workers(self) -> list[Worker]:
+        """The background components, in the order they start (they stop in reverse)."""
+        found: list[Worker] = [self.engine]
+        if self.data is not None:
+            found.append(self.data.watcher)
+        if self.rules is not None:
+            found.append(self.rules)
+        return found
 
     def start(self) -> None:
         self.engine.start()
         if self.experiments is not None:
             self.experiments.autorun_missed()
-        if self.data is not None:
-            self.data.watcher.start()
+        for worker in self.workers()[1:]:
+            worker.start()
+
+    def stop(self) -> None:
+        """Stop every background component, newest first (each stop is idempotent)."""
+        for worker in reversed(self.workers()):
+            worker.stop()
+
+    def reload(self) -> None:
+        """Read the job types and rules files again (``serve`` does on SIGHUP). A broken file
+        raises ``JobTypeFileError`` and changes nothing; otherwise new and changed job types
+        serve new jobs at once (jobs already created keep theirs) and file rules follow."""
+        jobtypes = load_jobtypes(self.settings.jobtypes)
+        rule_specs = load_rules(self.settings.jobtypes, jobtypes)
+        self.jobtypes.clear()
+        self.jobtypes.update(jobtypes)  # shared with the dispatcher and the ARP definitions
+        self.jobs.replace_jobtypes(jobtypes)
         if self.rules is not None:
-            self.rules.start()
+            self.rules.replace_file_rules(rule_specs)
+        log.info("jobmill: reloaded %d job types, %d file rules", len(jobtypes), len(rule_specs))
 
     def close(self) -> None:
-        if self.rules is not None:
-            self.rules.stop()
-        if self.data is not None:
-            self.data.watcher.stop()
-        self.engine.stop()
+        """Stop everything and release the database."""
+        self.stop()
         self.store.read_engine.dispose()
         self.db.dispose()
 
@@ -124,10 +149,23 @@ def build(settings: Settings) -> Jobmill:
         jobtypes,
         service,
         engine,
+        token_service(settings, store),
         data,
         experiments=experiments,
         rules=rules,
     )
+
+
+def token_service(settings: Settings, store: JobStore) -> TokenService:
+    """Tokens of ``store``: the server's own user and ``JOBMILL_ADMINS`` are administrators."""
+    return TokenService(store.tokens, admins=(settings.local_user, *settings.admins))
+
+
+def open_tokens(settings: Settings) -> tuple[TokenService, JobStore]:
+    """The token service of ``settings``' database, for the CLI's ``token`` commands (close the
+    store's engines when done)."""
+    store = open_store(settings)
+    return token_service(settings, store), store
 
 
 def build_data_triggers(settings: Settings, store: JobStore, engine: JobEngine) -> DataTriggers:
@@ -143,7 +181,7 @@ def build_data_triggers(settings: Settings, store: JobStore, engine: JobEngine) 
     root = (settings.data_root or Path.cwd()).expanduser().absolute()
 
     def released() -> None:
-        if not engine._closed:  # after the engine stopped, its wake-up pipe is gone
+        if not engine.closed:  # after the engine stopped, its wake-up pipe is gone
             engine.notify_queued()
 
     roots = Roots(settings.data_roots or (str(root),), root, "JOBMILL_DATA_ROOTS")

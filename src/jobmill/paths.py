@@ -32,3 +32,8 @@ def read_token_file(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return token or None
+
+
+def sqlite_url(home: Path) -> str:
+    """The embedded database of a jobmill home."""
+    return f"sqlite:///{home / 'jobmill.db'}"

@@ -229,7 +229,8 @@ def in_backend(jobmill: Jobmill, monkeypatch: pytest.MonkeyPatch) -> tuple[str, 
 
     job = jobmill.jobs.create(_user(), JobRequest(type="echo", parameters={"message": "b"},
                                                   start=False))  # fmt: skip
-    jobmill.store.transition(job.id, Action.RUN, actor="t", reason=Reason.BACKEND.value)
+    jobmill.store.transition(job.id, Action.RUN, actor="t", reason=Reason.CAPACITY.value)
+    jobmill.store.transition(job.id, Action.WAIT, actor="t", reason=Reason.BACKEND.value)
     jobmill.store.record(job.id, "submitted", actor="t", values={"native_id": "77"})
     fake = FakeBatch(jobmill.store, job.id)
     monkeypatch.setitem(jobmill.jobs.backends, "local", fake)

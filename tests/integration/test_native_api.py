@@ -157,7 +157,9 @@ def test_logs_bounds_and_streams(client: TestClient) -> None:
     )
 
 
-def test_delete_removes_job_events_and_files(client: TestClient, jobmill: Jobmill) -> None:
+def test_delete_removes_the_job_and_its_files_and_keeps_its_history(
+    client: TestClient, jobmill: Jobmill
+) -> None:
     job = client.post("/api/v1/jobs", json={"type": "echo", "parameters": {"message": "x"}}).json()
     from tests.conftest import wait_phase
 
@@ -167,7 +169,10 @@ def test_delete_removes_job_events_and_files(client: TestClient, jobmill: Jobmil
     assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
     assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert not workdir.exists()
-    assert jobmill.store.events(job["id"]) == []
+    assert job["id"] not in {j["id"] for j in client.get("/api/v1/jobs").json()["jobs"]}
+    history = jobmill.store.events(job["id"])
+    assert [e.name for e in history][0] == "created" and history[-1].name == "deleted"
+    assert history[-1].data["phase"] == "COMPLETED" and history[-1].actor == "tester"
 
 
 def test_jobtypes_health_and_openapi(client: TestClient) -> None:

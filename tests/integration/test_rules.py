@@ -14,9 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobmill.config import Settings
-from jobmill.domain.jobs import Job
+from jobmill.domain.jobs import Job, JobFilter
 from jobmill.factory import Jobmill, build
-from jobmill.storage.jobs import JobFilter
 from tests.conftest import EXAMPLES, LiveServer, app_client, wait_for, wait_phase
 
 RULES = "/api/v1/rules"

@@ -38,9 +38,9 @@ from schemathesis.python import asgi
 
 from jobmill.api.app import create_app
 from jobmill.config import Settings
+from jobmill.domain.jobs import JobFilter
 from jobmill.domain.lifecycle import ACTIVE, Phase
 from jobmill.factory import Jobmill
-from jobmill.storage.jobs import JobFilter
 from jobmill.storage.tokens import hash_secret
 
 pytestmark = [

@@ -169,7 +169,7 @@ def test_an_ended_jobs_token_no_longer_reports(jobmill: Jobmill) -> None:
             json={"type": "sleep", "parameters": {"seconds": 0}, "phase": "PENDING"},
         )
         job_id = created.json()["id"]
-        jobmill.store.transition(job_id, Action.RUN, actor="test")
+        jobmill.store.transition(job_id, Action.RUN, actor="test", reason="capacity")
         jobmill.store.transition(
             job_id, Action.START, actor="test", values={"token_hash": hash_secret("job-secret")}
         )

@@ -28,8 +28,10 @@ def store(tmp_path: Path) -> Iterator[JobStore]:
 
 
 def new_job(store: JobStore, phase: Phase = Phase.PENDING) -> str:
+    reason = "capacity" if phase is Phase.QUEUED else None
     job = NewJob(type="echo", owner="me", parameters={}, executor="local", execution_duration=0,
-                 destruction_at=datetime.now(UTC) + timedelta(days=1), phase=phase)  # fmt: skip
+                 destruction_at=datetime.now(UTC) + timedelta(days=1), phase=phase,
+                 reason=reason)  # fmt: skip
     return store.create([job], actor="me")[0].id
 
 
@@ -69,7 +71,9 @@ def test_a_phase_change_wakes_the_waiter(store: JobStore) -> None:
     job_id = new_job(store)
 
     async def scenario(feed: ChangeFeed) -> tuple[bool, float]:
-        thread = soon(0.3, lambda: store.transition(job_id, Action.RUN, actor="other"))
+        thread = soon(
+            0.3, lambda: store.transition(job_id, Action.RUN, actor="other", reason="capacity")
+        )
         result = await timed_wait(feed, job_id, Phase.PENDING, 10)
         thread.join()
         return result
@@ -94,7 +98,7 @@ def test_events_that_do_not_change_the_phase_do_not_wake(store: JobStore) -> Non
     async def scenario(feed: ChangeFeed) -> tuple[bool, float]:
         def changes() -> None:
             store.record(job_id, "note", actor="other", data={"x": 1})
-            store.transition(job_id, Action.WAIT, actor="other", reason="waiting for data")
+            store.transition(job_id, Action.WAIT, actor="other", reason="backend")
 
         thread = soon(0.2, changes)
         result = await timed_wait(feed, job_id, Phase.QUEUED, 0.8)
@@ -113,7 +117,7 @@ def test_a_change_before_the_waiter_registered_is_not_missed(store: JobStore) ->
         other = new_job(store)
         keep_busy = asyncio.create_task(feed.wait(other, Phase.PENDING, 5))  # feed is active
         await asyncio.sleep(0.2)
-        store.transition(job_id, Action.RUN, actor="other")
+        store.transition(job_id, Action.RUN, actor="other", reason="capacity")
         await asyncio.sleep(0.2)  # the event has been read before anyone waited for this job
         result = await timed_wait(feed, job_id, Phase.PENDING, 5)
         keep_busy.cancel()
@@ -179,7 +183,7 @@ def test_many_waiters_and_a_backlog(store: JobStore) -> None:
                 for other in [new_job(store) for _ in range(400)]:
                     store.record(other, "note", actor="x")
             for i in ids:
-                store.transition(i, Action.RUN, actor="x")
+                store.transition(i, Action.RUN, actor="x", reason="capacity")
 
         await asyncio.to_thread(changes)
         return await asyncio.wait_for(asyncio.gather(*waits), 5)

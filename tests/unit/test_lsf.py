@@ -203,7 +203,7 @@ def test_poll_is_batched_in_chunks() -> None:
 
 def test_an_unknown_job_is_lost_after_the_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr("jobmill.executors.lsf.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("jobmill.executors.batch.time.monotonic", lambda: clock[0])
     fake = FakeLsf()
     executor = LsfExecutor(runner=fake, lost_after=20)
     fake.known = {"4103"}

@@ -120,6 +120,7 @@ def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
         executor="local",
         execution_duration=0,
         destruction_at=utcnow(),
+        reason="capacity",
     )
     store.create([new], actor="o")
     store.tokens.add("o", "secret", admin=False)
@@ -148,5 +149,25 @@ def test_every_revision_steps_down_and_up(engine: Engine) -> None:
         down = script.get_revision(revision).down_revision
         downgrade(engine, down if isinstance(down, str) else "base")
     assert table_names(engine) == set()
+    migrate.upgrade(engine)
+    assert migrate.pending_differences(engine) == []
+
+
+def test_a_deleted_jobs_history_survives_and_goes_on_downgrade(engine: Engine) -> None:
+    """From 0007 on, events have no foreign key to jobs: deleting a job keeps them. Going back
+    to 0006 removes the history of deleted jobs, which its key cannot hold."""
+    migrate.upgrade(engine)
+    store = JobStore(engine)
+    kept, gone = (
+        NewJob(type="t", owner="o", parameters={}, executor="local", execution_duration=0,
+               destruction_at=utcnow(), reason="capacity")
+        for _ in range(2)
+    )  # fmt: skip
+    store.create([kept, gone], actor="o")
+    store.delete(gone.id, actor="o")
+    assert [e.name for e in store.events(gone.id)] == ["created", "deleted"]
+    downgrade(engine, "0006")
+    assert store.events(gone.id) == []
+    assert [e.name for e in store.events(kept.id)] == ["created"]
     migrate.upgrade(engine)
     assert migrate.pending_differences(engine) == []

@@ -300,7 +300,7 @@ def test_a_job_in_neither_is_lost_only_after_the_grace_period(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("jobmill.executors.slurm.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("jobmill.executors.batch.time.monotonic", lambda: clock[0])
     fake = FakeSlurm()
     executor = SlurmExecutor(runner=fake, lost_after=30)
     fake.queue = {"5": "RUNNING|0|None"}
@@ -321,7 +321,7 @@ def test_a_job_in_neither_is_lost_only_after_the_grace_period(
 
 def test_sacct_running_forever_without_squeue_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr("jobmill.executors.slurm.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("jobmill.executors.batch.time.monotonic", lambda: clock[0])
     fake = FakeSlurm()
     executor = SlurmExecutor(runner=fake, lost_after=10)
     fake.accounting = {"6": "RUNNING|0:0|None"}  # slurmctld lost its state, slurmdbd did not

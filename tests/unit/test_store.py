@@ -419,7 +419,8 @@ def test_event_numbers_increase_per_job(store: JobStore) -> None:
         Action.ARCHIVE,
     ]
     for action in steps:
-        store.transition(a.id, action, actor="t")
+        reason = Reason.CAPACITY.value if action is Action.RELEASE else None
+        store.transition(a.id, action, actor="t", reason=reason)
     store.transition(b.id, Action.ABORT, actor="t")
     a_events = store.events(a.id)
     assert [e.n for e in a_events] == list(range(1, len(steps) + 2))
@@ -440,13 +441,13 @@ def test_timestamps_and_reasons(store: JobStore) -> None:
     job = store.transition(job.id, Action.RUN, actor="t", reason=Reason.CAPACITY.value)
     assert job.phase is Phase.QUEUED and job.reason == "capacity"
     assert store.events(job.id)[-1].data == {"reason": "capacity"}
-    job = store.transition(job.id, Action.WAIT, actor="t", reason=Reason.DATA.value)
-    assert job.phase is Phase.QUEUED and job.reason == "waiting for data"
+    job = store.transition(job.id, Action.WAIT, actor="t", reason=Reason.BACKEND.value)
+    assert job.phase is Phase.QUEUED and job.reason == "backend"
     event = store.events(job.id)[-1]
     assert (event.from_phase, event.to_phase, event.data) == (
         Phase.QUEUED,
         Phase.QUEUED,
-        {"reason": "waiting for data"},
+        {"reason": "backend"},
     )
     job = store.transition(job.id, Action.START, actor="t")
     assert job.reason is None
@@ -461,6 +462,33 @@ def test_timestamps_and_reasons(store: JobStore) -> None:
     ended = job.ended_at
     job = store.transition(job.id, Action.ARCHIVE, actor="t")
     assert job.phase is Phase.ARCHIVED and job.ended_at == ended
+
+
+def test_reasons_are_checked_like_phases(store: JobStore) -> None:
+    waiting = create(store, reason=Reason.DATA.value)
+    for action, reason in [(Action.START, None), (Action.HOLD, None), (Action.WAIT, "backend")]:
+        with pytest.raises(Conflict) as refused:
+            store.transition(waiting.id, action, actor="t", reason=reason)
+        assert refused.value.extra == {"phase": "QUEUED", "action": action.value}
+        assert "waiting for data" in refused.value.message
+    with pytest.raises(ValueError, match="reason None"):  # a QUEUED job always has a reason
+        store.transition(waiting.id, Action.WAIT, actor="t")
+    assert store.require(waiting.id) == waiting
+    assert [e.name for e in store.events(waiting.id)] == ["created"]
+    claimed = store.claim_queued(
+        executor="local", action=Action.START, limit=5, actor="engine",
+        values_for=lambda _: {}, from_reason=Reason.DATA.value,
+    )  # fmt: skip
+    assert claimed == []
+    released = store.transition(waiting.id, Action.WAIT, actor="t", reason=Reason.CAPACITY.value)
+    assert (released.phase, released.reason) == (Phase.QUEUED, "capacity")
+
+
+def test_a_job_is_created_with_a_reason_exactly_when_queued(store: JobStore) -> None:
+    for phase, reason in [(Phase.QUEUED, None), (Phase.PENDING, "capacity")]:
+        with pytest.raises(ValueError):
+            create(store, phase=phase, reason=reason)
+    assert count_rows(store, jobs) == 0 and count_rows(store, events) == 0
 
 
 def test_illegal_transition_raises_conflict_and_writes_nothing(store: JobStore) -> None:
@@ -748,20 +776,27 @@ def test_an_ended_job_takes_no_report(store: JobStore) -> None:
     assert ended.report == {"a": 1}
 
 
-def test_delete_removes_the_job_and_its_events(store: JobStore) -> None:
+def test_delete_removes_the_job_but_keeps_its_history(store: JobStore) -> None:
     keep, gone = create(store), create(store)
     for job in (keep, gone):
         store.transition(job.id, Action.START, actor="t")
         store.merge_report(job.id, reports.merge, {"a": 1}, actor="job")
-    store.delete(gone.id)
+    store.delete(gone.id, actor="alice")
     assert store.get(gone.id) is None
-    assert store.events(gone.id) == []
-    assert count_rows(store, events, gone.id) == 0
     assert count_rows(store, jobs, gone.id) == 0
+    assert gone.id not in {j.id for j in store.list(JobFilter())}
+    history = store.events(gone.id)
+    assert [(e.n, e.name) for e in history] == [(1, "created"), (2, "start"), (3, "report"),
+                                                (4, "deleted")]  # fmt: skip
+    deleted = history[-1]
+    assert (deleted.actor, deleted.from_phase, deleted.to_phase) == ("alice", None, None)
+    assert deleted.data["phase"] == "EXECUTING" and deleted.data["owner"] == "alice"
+    assert deleted.data["report"] == {"a": 1} and deleted.data["type"] == "sleep"
     assert count_rows(store, events, keep.id) == 3
     assert store.get(keep.id) is not None
     with pytest.raises(NotFound):
         store.delete(gone.id)
+    assert len(store.events(gone.id)) == 4  # nothing after "deleted"
 
 
 def test_user_tokens(store: JobStore) -> None:

@@ -40,7 +40,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
-    """The app for a built jobmill; the lifespan starts and stops its engine."""
+    """The app for a built jobmill; the lifespan starts and stops its background components."""
 
     feed = ChangeFeed(jobmill.store)
 
@@ -54,7 +54,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
         finally:
             await feed.stop()
             if start_engine:
-                jobmill.engine.stop()
+                jobmill.stop()  # everything it started: engine, watcher, rules
 
     app = FastAPI(
         title="jobmill",
@@ -64,11 +64,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     )
     app.state.jobmill = jobmill
     app.state.feed = feed  # wakes UWS WAIT requests on phase changes (service/feed.py)
-    app.state.auth = Authenticator(
-        jobmill.store.tokens,
-        admins=(jobmill.settings.local_user, *jobmill.settings.admins),
-        anonymous=jobmill.settings.anonymous,
-    )
+    app.state.auth = Authenticator(jobmill.tokens, anonymous=jobmill.settings.anonymous)
 
     @app.exception_handler(JobmillError)
     async def _jobmill_error(_request: Request, exc: JobmillError) -> JSONResponse:

@@ -23,10 +23,10 @@ from jobmill.api.schemas import (
     job_out,
 )
 from jobmill.domain.errors import NotFound, ValidationError
+from jobmill.domain.jobs import JobFilter
 from jobmill.domain.lifecycle import Phase
 from jobmill.domain.values import INT32_MAX, INT_MAX
 from jobmill.service.jobs import JobRequest, JobService, User, parse_time
-from jobmill.storage.jobs import JobFilter
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=errors(*COMMON))
 UserDep = Annotated[User, Depends(current_user)]

@@ -16,10 +16,10 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from jobmill.api.auth import current_user
 from jobmill.api.responses import COMMON, errors
 from jobmill.domain.jobs import iso
+from jobmill.domain.rules import Firing
 from jobmill.domain.values import INT32_MAX
 from jobmill.service.jobs import User
 from jobmill.service.rules import Rule, RuleEngine
-from jobmill.storage.rules import Firing
 
 router = APIRouter(prefix="/api/v1/rules", tags=["rules"], responses=errors(*COMMON))
 UserDep = Annotated[User, Depends(current_user)]

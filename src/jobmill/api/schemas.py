@@ -12,7 +12,7 @@ from jobmill.domain.jobs import Event, Job, iso
 from jobmill.domain.values import INT32_MAX
 
 if TYPE_CHECKING:
-    from jobmill.storage.conditions import WaitingCondition
+    from jobmill.domain.conditions import WaitingCondition
 
 
 class WaitFor(BaseModel):

@@ -48,15 +48,14 @@ from jobmill.domain.errors import (
     NotFound,
     ValidationError,
 )
-from jobmill.domain.jobs import Job, iso
+from jobmill.domain.jobs import Job, JobFilter, iso
 from jobmill.domain.jobtypes import NAME_RE, JobType
-from jobmill.domain.lifecycle import Phase
+from jobmill.domain.lifecycle import TERMINAL, Phase
 from jobmill.service.feed import ChangeFeed
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.service.provenance import uws_provenance_results
 from jobmill.service.results import list_results
 from jobmill.service.space import disk_full
-from jobmill.storage.jobs import JobFilter
 
 CONTROL = frozenset(
     {"PHASE", "RUNID", "EXECUTIONDURATION", "DESTRUCTION", "ACTION", "WAIT", "LAST", "AFTER"}
@@ -89,8 +88,6 @@ class UwsRoute(APIRoute):
 
         return uws_handler
 
-
-PROVENANCE_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARCHIVED})
 
 router = APIRouter(
     prefix="/uws",
@@ -125,7 +122,7 @@ class Ctx:
 
     def provenance_links(self, job: Job) -> list[xml.Link]:
         """A finished job's provenance documents, listed as extra results (as OPUS does)."""
-        if job.phase not in PROVENANCE_PHASES:
+        if job.phase not in TERMINAL:
             return []
         public = self.request.app.state.jobmill.settings.public_url
         base = (public or str(self.request.base_url)).rstrip("/")

@@ -24,13 +24,12 @@ from fastapi import Response
 from lxml import etree
 
 from jobmill.domain.errors import Conflict, JobmillError, Unauthorized, ValidationError
-from jobmill.domain.jobs import Job, iso
+from jobmill.domain.jobs import Job, JobRef, iso
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import Phase
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import parse_time
 from jobmill.service.results import ResultFile
-from jobmill.storage.jobs import JobRef
 
 UWS_NS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"

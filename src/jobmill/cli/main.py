@@ -1,28 +1,36 @@
 """The ``jobmill`` command line: run the server, and submit, watch and steer jobs through it.
 
-Client commands talk to a server over the native API (``--url``/``JOBMILL_URL``,
-``--token``/``JOBMILL_API_TOKEN``); ``serve``, ``token`` and ``db`` work on this machine's
-configuration and database. Every failure is one ``error: ...`` line on stderr and a non-zero
-exit code: 1 when the server (or the database) refuses, 2 for a usage or start-up problem.
+Client commands (this module) talk to a server over the native API (``--url``/``JOBMILL_URL``,
+``--token``/``JOBMILL_API_TOKEN``, else the local credential); ``serve``, ``token`` and ``db``
+(``cli/server.py``) work on this machine's configuration and database. Every failure is one
+``error: ...`` line on stderr and a non-zero exit code: 1 when the server (or the database)
+refuses, 2 for a usage or start-up problem.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from jobmill.cli import render
+from jobmill.cli import render, server
+from jobmill.cli.common import (
+    TAIL_BYTES,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    fail,
+    out,
+    print_json,
+)
 from jobmill.client import TERMINAL_PHASES, Client, JobDict, JobmillClientError
 
 app = typer.Typer(
@@ -30,36 +38,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="jobmill: a job manager for scientific data pipelines.",
 )
-token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on the database).")
-db_app = typer.Typer(no_args_is_help=True, help="The database.")
-rules_app = typer.Typer(no_args_is_help=True, help="Rules that create jobs (docs/triggers.md).")
-app.add_typer(token_app, name="token")
-app.add_typer(db_app, name="db")
-app.add_typer(rules_app, name="rules")
-
-# Piped output is not cut to 80 columns: tables stay one row per job for grep and friends.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 POLL = 0.5
-TAIL_BYTES = 1 << 20
-
-UrlOpt = Annotated[
-    str | None, typer.Option("--url", help="jobmill URL (default: the global --url, JOBMILL_URL).")
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", help="API token (default: the global --token, JOBMILL_API_TOKEN)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-HomeOpt = Annotated[
-    str | None, typer.Option("--home", envvar="JOBMILL_HOME", help="jobmill home directory.")
-]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """One ``error:`` line on stderr, then exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
+rules_app = typer.Typer(no_args_is_help=True, help="Rules that create jobs (docs/triggers.md).")
+app.add_typer(server.token_app, name="token")
+app.add_typer(server.db_app, name="db")
+app.add_typer(rules_app, name="rules")
+app.command()(server.serve)
 
 @contextmanager
 def connect(ctx: typer.Context, url: str | None, token: str | None) -> Iterator[Client]:
@@ -73,10 +57,6 @@ def connect(ctx: typer.Context, url: str | None, token: str | None) -> Iterator[
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
-
-
-def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2))
 
 
 def scalar(raw: str) -> Any:
@@ -114,191 +94,6 @@ def main(
 ) -> None:
     """jobmill: a job manager for scientific data pipelines."""
     ctx.obj = {"url": url, "token": token}
-
-
-# -- the server --------------------------------------------------------------------------------
-
-
-@app.command()
-def serve(
-    host: Annotated[
-        str | None, typer.Option(envvar="JOBMILL_HOST", help="Address to bind (default 127.0.0.1).")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(envvar="JOBMILL_PORT", help="Port (default 8080).")
-    ] = None,
-    home: HomeOpt = None,
-    jobtypes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--jobtypes",
-            help="Job type file or directory; repeatable (env: JOBMILL_JOBTYPES).",
-        ),
-    ] = None,
-) -> None:
-    """Run the jobmill server (API, engine and local executor)."""
-    import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from jobmill.api.app import create_app
-    from jobmill.config import Settings
-    from jobmill.domain.errors import JobTypeFileError
-    from jobmill.factory import build
-
-    settings = Settings.from_env(host=host, port=port, home=home, jobtypes=jobtypes or None)
-    try:
-        jm = build(settings)
-    except JobTypeFileError as exc:
-        fail(f"job types: {exc}", 2)
-    except SQLAlchemyError as exc:
-        fail(f"database: {exc}", 2)
-    if settings.token_file is not None:
-        from jobmill.service.credentials import ensure_local_token
-
-        try:
-            ensure_local_token(jm.store.tokens, settings.local_user, settings.token_file)
-        except OSError as exc:
-            jm.close()
-            fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
-        typer.echo(
-            f"jobmill: your token is in {settings.token_file} (the CLI and client read it; "
-            "others need one from 'jobmill token create')",
-            err=True,
-        )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(jm),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=settings.access_log,
-    )
-
-
-@token_app.command("create")
-def token_create(
-    user: Annotated[str, typer.Option("--user", help="Who the token authenticates.")],
-    admin: Annotated[bool, typer.Option("--admin", help="May see and steer every job.")] = False,
-    note: Annotated[str | None, typer.Option("--note", help="What it is for.")] = None,
-    expires: Annotated[
-        str | None,
-        typer.Option("--expires", help="Lifetime, e.g. 90d, 12h, 30m, 2w (default: none)."),
-    ] = None,
-    home: HomeOpt = None,
-) -> None:
-    """Create a user API token and print it (it is shown only this once)."""
-    import secrets
-
-    from jobmill.domain.jobs import iso, utcnow
-
-    lifetime = parse_lifetime(expires) if expires is not None else None
-    secret = secrets.token_urlsafe(32)
-    with _store(home) as store:
-        expires_at = utcnow() + lifetime if lifetime is not None else None
-        store.tokens.add(user, secret, admin=admin, note=note, expires_at=expires_at)
-    typer.echo(secret)
-    kind = "an admin" if admin else "a"
-    until = f", valid until {iso(expires_at)}" if expires_at else ""
-    typer.echo(
-        f"created {kind} token for {user}{until}; store it now, it is not shown again", err=True
-    )
-
-
-@token_app.command("list")
-def token_list(
-    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
-    all_: Annotated[
-        bool, typer.Option("--all", help="Include revoked and expired tokens.")
-    ] = False,
-    json_: JsonOpt = False,
-    home: HomeOpt = None,
-) -> None:
-    """The tokens of this database (never their secrets): id, user, admin, state, times."""
-    with _store(home) as store:
-        records = store.tokens.list(user, include_inactive=all_)
-    rows = [token_dict(r) for r in records]
-    if json_:
-        print_json(rows)
-    else:
-        out.print(render.tokens_table(rows))
-
-
-@token_app.command("revoke")
-def token_revoke(
-    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id (token list).")],
-    home: HomeOpt = None,
-) -> None:
-    """Revoke a token: servers refuse it within seconds (their short cache)."""
-    from jobmill.domain.errors import NotFound
-
-    with _store(home) as store:
-        try:
-            record = store.tokens.revoke(token_id)
-        except NotFound:
-            fail(f"no token {token_id} (see 'jobmill token list --all')")
-    typer.echo(f"revoked token {record.id} of {record.user}", err=True)
-
-
-def token_dict(record: Any) -> dict[str, Any]:
-    """A stored token (``storage.tokens.TokenRecord``) as JSON: everything but its hash."""
-    from jobmill.domain.jobs import iso
-
-    return {
-        "id": record.id,
-        "user": record.user,
-        "admin": record.admin,
-        "state": record.state(),
-        "created_at": iso(record.created_at),
-        "expires_at": iso(record.expires_at),
-        "revoked_at": iso(record.revoked_at),
-        "last_used_at": iso(record.last_used_at),
-        "note": record.note,
-    }
-
-
-_LIFETIME = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_lifetime(text: str) -> Any:
-    """``90d``, ``12h``, ``30m``, ``2w``, ``45s`` as a timedelta; a usage error otherwise."""
-    from datetime import timedelta
-
-    match = _LIFETIME.match(text)
-    if match is None or int(match.group(1)) == 0:
-        fail(f"--expires: '{text}' is not a lifetime such as 90d, 12h, 30m or 2w", 2)
-    seconds = int(match.group(1)) * _LIFETIME_UNITS[match.group(2)]
-    if seconds > 100 * 365 * 86400:
-        fail("--expires: at most 100 years", 2)
-    return timedelta(seconds=seconds)
-
-
-@db_app.command("upgrade")
-def db_upgrade(home: HomeOpt = None) -> None:
-    """Create or migrate the database schema to the current version."""
-    with _store(home) as store:
-        where = store.engine.url.render_as_string(hide_password=True)
-    typer.echo(f"database {where} is up to date")
-
-
-@contextmanager
-def _store(home: str | None) -> Iterator[Any]:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from jobmill.config import Settings
-    from jobmill.factory import open_store
-
-    try:
-        store = open_store(Settings.from_env(home=home), upgrade=True)
-        try:
-            yield store
-        finally:
-            store.read_engine.dispose()
-            store.engine.dispose()
-    except SQLAlchemyError as exc:
-        fail(f"database: {exc}")
 
 
 # -- jobs --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 from typing import Any
@@ -191,3 +192,15 @@ def resolve(condition: DataCondition, job_id: str, root: str, *, field: str) -> 
             text = join(collapsed)
         resolved.append(text)
     return replace(condition, paths=tuple(dict.fromkeys(resolved)), timeout=timeout)
+
+
+@dataclass
+class WaitingCondition:
+    """A stored condition of a job that is (or was) waiting for data."""
+
+    job_id: str
+    condition: DataCondition
+    deadline: datetime | None
+    created_at: datetime
+    released_at: datetime | None = None
+    released_by: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,3 +101,28 @@ class Event:
     to_phase: Phase | None
     actor: str
     data: dict[str, Any]
+
+
+@dataclass
+class JobFilter:
+    """What ``JobStore.list`` selects on; every field is optional and they combine with AND."""
+
+    phases: Sequence[Phase] = ()
+    type: str | None = None
+    owner: str | None = None
+    run_id: str | None = None
+    created_after: datetime | None = None
+    executor: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The columns a job list shows (a UWS ``jobref``): a fraction of the cost of a ``Job``,
+    whose 25 columns and JSON documents make up half the time of a 100-job list."""
+
+    id: str
+    phase: Phase
+    run_id: str | None
+    owner: str
+    created_at: datetime
+    seq: int

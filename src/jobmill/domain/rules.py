@@ -412,3 +412,16 @@ def _check_ref(ref: str, allowed: _Allowed, where: str) -> None:
             f"{where}: the upstream job type has no {head} '{rest}' (known: {known})",
             field=where,
         )
+
+
+@dataclass
+class Firing:
+    """One firing: the job it created, or why it created none."""
+
+    id: int
+    rule: str
+    key: str
+    kind: str
+    job_id: str | None
+    error: str | None
+    fired_at: datetime

@@ -25,13 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from jobmill.domain.lifecycle import Phase
+from jobmill.domain.lifecycle import ENDED, Phase
 from jobmill.executors.base import ExecutorUnavailable, LaunchSpec, NativeStatus
-
-if TYPE_CHECKING:
-    from jobmill.config import Settings
 
 TAG = "JobmillJobId"
 EVENT_LOG = ".jobmill-condor.log"
@@ -62,7 +59,7 @@ STATES: dict[int, tuple[Phase, str]] = {
     7: (Phase.SUSPENDED, "suspended"),
 }
 
-_ENDED = (Phase.COMPLETED, Phase.ERROR, Phase.ABORTED)
+_ENDED = ENDED
 _NATIVE_ID = re.compile(r"^(\d+)\.(\d+)$")
 _DOLLARS = re.compile(r"\$+")
 _DOLLAR_MACRO = re.compile(r"\$\(dollar\)", re.IGNORECASE)
@@ -587,7 +584,7 @@ def bindings() -> Any:
     return htcondor2
 
 
-def from_settings(settings: Settings) -> HTCondorExecutor:
+def configured(schedd: str | None, collector: str | None) -> HTCondorExecutor:
     """The executor for ``JOBMILL_EXECUTORS=...,htcondor``; ``ValueError`` says what is missing."""
     import importlib.util
 
@@ -601,4 +598,4 @@ def from_settings(settings: Settings) -> HTCondorExecutor:
             "JOBMILL_EXECUTORS: the 'htcondor' executor cannot run as root: HTCondor refuses "
             "jobs owned by root; run jobmill as an ordinary user"
         )
-    return HTCondorExecutor(settings.condor_schedd, settings.condor_collector)
+    return HTCondorExecutor(schedd, collector)

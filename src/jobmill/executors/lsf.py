@@ -10,39 +10,32 @@ Polling asks ``bjobs -a`` for all tracked ids at once (in chunks of ``BJOBS_CHUN
 state maps to a phase through ``LSF_STATES``. A job bjobs no longer knows (after the cluster's
 ``CLEAN_PERIOD``) for ``lost_after`` seconds is lost: ERROR, never COMPLETED.
 
+The skeleton is ``BatchExecutor``'s (``batch.py``); what stays here is LSF's own: its
+directives, the bjobs parser, the scrubbed environment of bsub, and holds (``bstop``).
+
 No LSF runs on the development machine: the tests compare rendered scripts and parse bjobs
 answers written from LSF's documented formats (``tests/data/lsf/``). See docs/lsf.md.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from jobmill.config import Settings
 from jobmill.domain.lifecycle import Phase
 from jobmill.executors._commands import CommandFailed, run
-from jobmill.executors.base import (
-    ExecutorUnavailable,
-    LaunchSpec,
-    NativeStatus,
-    submit_each,
-)
-from jobmill.executors.slurm import (
-    SUBMITTED,
+from jobmill.executors.base import LaunchSpec, NativeStatus
+from jobmill.executors.batch import (
+    JOB_NAME_PREFIX,
+    BatchExecutor,
+    Runner,
     check_line,
-    script_body,
-    settle,
+    table_status,
     time_limit_minutes,
 )
 
-log = logging.getLogger(__name__)
-
-JOB_NAME_PREFIX = "jobmill-"
 BJOBS_CHUNK = 500  # job ids per bjobs call
 BJOBS_FORMAT = "jobid stat exit_code exit_reason delimiter='|'"
 NOT_FOUND_EXIT = (0, 255)  # bjobs exits 255 when one of the ids is unknown, yet prints the rest
@@ -83,19 +76,30 @@ EXIT_REASONS: dict[str, tuple[Phase, str]] = {
     "TERM_PREEMPT": (Phase.ERROR, "preempted"),
     "TERM_UNKNOWN": (Phase.ERROR, "killed by LSF for an unknown reason"),
 }
-FINAL = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED})
+
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@-]+$")
 _JOB_ID = re.compile(r"^[0-9]+$")
 _SUBMITTED = re.compile(r"Job <([0-9]+)> is submitted")
 
-Runner = Callable[..., str]
 
-
-class LsfExecutor:
+class LsfExecutor(BatchExecutor):
     """Runs jobs as LSF batch jobs through ``bsub``, ``bjobs`` and ``bkill``."""
 
     name = "lsf"
+    label = "LSF"
+    directive = "#BSUB"
+    states = LSF_STATES
+    listing = "bjobs"
+    transient = LSF_TRANSIENT
+    submit_command = ("bsub",)
+    submitted = _SUBMITTED
+    native_id = _JOB_ID
+    status_chunk = BJOBS_CHUNK
+    status_accept = NOT_FOUND_EXIT
+    cancel_command = ("bkill",)  # LSF sends SIGINT, SIGTERM, then SIGKILL
+    find_command = ("bjobs", "-a", "-noheader", "-J", "{name}", "-o", "jobid")
+    details_commands = (("bjobs", "-l"), ("bhist", "-l"))
 
     def __init__(
         self,
@@ -107,139 +111,47 @@ class LsfExecutor:
         lost_after: float = 60.0,
         runner: Runner = run,
     ) -> None:
-        self.bin_dir = bin_dir
-        self.queue = queue
-        self.project = project
-        self.timeout = timeout
-        self.lost_after = lost_after
-        self._runner = runner
-        self._last: dict[str, NativeStatus] = {}
-        self._missing: dict[str, float] = {}
-        self._uncertain: set[str] = set()  # jobmill ids whose bsub may have gone through
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LsfExecutor:
-        return cls(
-            bin_dir=settings.lsf_bin,
-            queue=settings.lsf_queue,
-            project=settings.lsf_project,
-            timeout=settings.lsf_command_timeout,
-            lost_after=settings.lsf_lost_after,
+        super().__init__(
+            bin_dir=bin_dir,
+            queue=queue,
+            account=project,
+            timeout=timeout,
+            lost_after=lost_after,
+            runner=runner,
         )
 
-    def command(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name) if self.bin_dir else name
-
-    def _run(self, name: str, *args: str, **kwargs: object) -> str:
-        return self._runner(
-            [self.command(name), *args], timeout=self.timeout, transient=LSF_TRANSIENT, **kwargs
-        )
-
-    def render(self, spec: LaunchSpec) -> str:
-        """The exact script ``submit`` pipes into ``bsub``."""
+    def directives(self, spec: LaunchSpec) -> list[str]:
         res = spec.resources
         lines = [
-            "#!/bin/sh",
-            f"#BSUB -J {JOB_NAME_PREFIX}{_value(spec.job_id)}",
-            f"#BSUB -o {_log_path(spec.stdout)}",
-            f"#BSUB -e {_log_path(spec.stderr)}",
-            f"#BSUB -cwd {_value(str(spec.workdir))}",
-            f"#BSUB -n {res.cpus}",
+            f"-J {JOB_NAME_PREFIX}{_value(spec.job_id)}",
+            f"-o {_log_path(spec.stdout)}",
+            f"-e {_log_path(spec.stderr)}",
+            f"-cwd {_value(str(spec.workdir))}",
+            f"-n {res.cpus}",
         ]
         if res.cpus > 1:
-            lines.append('#BSUB -R "span[hosts=1]"')  # like --cpus-per-task: one host
+            lines.append('-R "span[hosts=1]"')  # like --cpus-per-task: one host
         if res.memory_mb:
-            lines.append(f"#BSUB -M {res.memory_mb}MB")
-            lines.append(f'#BSUB -R "rusage[mem={res.memory_mb}MB]"')
+            lines.append(f"-M {res.memory_mb}MB")
+            lines.append(f'-R "rusage[mem={res.memory_mb}MB]"')
         minutes = time_limit_minutes(res.walltime, spec.execution_duration)
         if minutes:
-            lines.append(f"#BSUB -W {minutes}")
+            lines.append(f"-W {minutes}")
         if queue := res.partition or self.queue:
-            lines.append(f"#BSUB -q {_value(queue)}")
-        if project := res.account or self.project:
-            lines.append(f"#BSUB -P {_value(project)}")
-        lines.append('#BSUB -env "none"')
-        lines.extend(f"#BSUB {_extra(line)}" for line in res.extra)
-        return "\n".join([*lines, *script_body(spec)]) + "\n"
+            lines.append(f"-q {_value(queue)}")
+        if project := res.account or self.account:
+            lines.append(f"-P {_value(project)}")
+        return [*lines, '-env "none"', *self.extra_directives(spec)]
 
-    def submit(self, spec: LaunchSpec) -> str:
-        try:
-            script = self.render(spec)
-        except ValueError as exc:
-            raise OSError(f"cannot write the batch script: {exc}") from None
-        if spec.job_id in self._uncertain:
-            # An earlier bsub for this job timed out: it may have been accepted after all.
-            found = self.find(spec.job_id)
-            if found is not None:
-                self._uncertain.discard(spec.job_id)
-                return found
-        for directory in {spec.workdir, spec.stdout.parent, spec.stderr.parent}:
-            directory.mkdir(parents=True, exist_ok=True)
-        try:
-            out = self._run("bsub", stdin=script, env=bsub_environment(os.environ))
-        except ExecutorUnavailable:
-            self._uncertain.add(spec.job_id)
-            raise
-        self._uncertain.discard(spec.job_id)
-        match = _SUBMITTED.search(out)
-        if match is None:
-            raise OSError(f"bsub printed no job id: {out.strip()[:200]!r}")
-        self._last[match.group(1)] = SUBMITTED
-        return match.group(1)
+    def submit_script(self, script: str) -> str:
+        """``bsub`` reads the script on stdin, with none of the server's environment."""
+        return self.job_id_from(self._run("bsub", stdin=script, env=bsub_environment(os.environ)))
 
-    def batch_key(self, spec: LaunchSpec) -> Hashable:
-        return ""  # any jobs can go together: submit_many submits them one by one
+    def status_argv(self, native_ids: Sequence[str]) -> list[str]:
+        return ["bjobs", "-a", "-noheader", "-o", BJOBS_FORMAT, *native_ids]
 
-    def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
-        return submit_each(self, specs)
-
-    def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
-        wanted = list(dict.fromkeys(native_ids))
-        listed: dict[str, NativeStatus] = {}
-        for start in range(0, len(wanted), BJOBS_CHUNK):
-            chunk = wanted[start : start + BJOBS_CHUNK]
-            try:
-                out = self._run(
-                    "bjobs", "-a", "-noheader", "-o", BJOBS_FORMAT, *chunk, accept=NOT_FOUND_EXIT
-                )
-            except CommandFailed as exc:  # no answer this time: the engine tries again
-                raise ExecutorUnavailable(str(exc)) from None
-            listed.update(parse_bjobs(out))
-        now = time.monotonic()
-        statuses: dict[str, NativeStatus] = {}
-        for nid in wanted:
-            status = listed.get(nid)
-            if status is not None:
-                self._missing.pop(nid, None)
-            elif now - self._missing.setdefault(nid, now) >= self.lost_after:
-                status = NativeStatus(
-                    Phase.ERROR,
-                    "lost",
-                    error=f"lost: LSF job {nid} is unknown to bjobs (for {self.lost_after:g} s)",
-                )
-            else:
-                status = self._last.get(nid) or NativeStatus(
-                    Phase.QUEUED, "unknown", error=f"{nid} is not in bjobs yet"
-                )
-            status = settle(self._last.get(nid), status)
-            statuses[nid] = status
-            if status.phase in FINAL:
-                self._last.pop(nid, None)
-                self._missing.pop(nid, None)
-            else:
-                self._last[nid] = status
-        keep = set(wanted)
-        for table in (self._last, self._missing):
-            for nid in [n for n in table if n not in keep]:
-                del table[nid]
-        return statuses
-
-    def cancel(self, native_id: str) -> None:
-        """``bkill``: LSF sends SIGINT, SIGTERM, then SIGKILL."""
-        try:
-            self._run("bkill", native_id)
-        except CommandFailed as exc:  # "Job has already finished"
-            log.info("lsf: bkill %s: %s", native_id, exc)
+    def parse_status(self, out: str, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        return parse_bjobs(out)
 
     def hold(self, native_id: str, reason: str = "") -> None:
         """Hold a pending job: ``bstop -C reason`` makes a PEND job PSUSP (HELD in jobmill).
@@ -264,38 +176,6 @@ class LsfExecutor:
         """Release a held job (``bresume -C reason``: PSUSP becomes PEND again)."""
         self._run("bresume", *_comment(reason), native_id)
 
-    def tick(self) -> float | None:
-        return None
-
-    def watch_fds(self) -> dict[int, str]:
-        return {}
-
-    def find(self, job_id: str) -> str | None:
-        """The newest LSF job named ``jobmill-<job id>`` that bjobs still knows."""
-        name = f"{JOB_NAME_PREFIX}{job_id}"
-        try:
-            out = self._run(
-                "bjobs", "-a", "-noheader", "-J", name, "-o", "jobid", accept=NOT_FOUND_EXIT
-            )
-        except CommandFailed as exc:
-            raise ExecutorUnavailable(str(exc)) from None
-        ids = [line.strip() for line in out.splitlines() if _JOB_ID.match(line.strip())]
-        return max(ids, key=int) if ids else None
-
-    def details(self, native_id: str) -> str:
-        """``bjobs -l``; ``bhist -l`` once bjobs has forgotten the job."""
-        try:
-            out = self._run("bjobs", "-l", native_id, accept=NOT_FOUND_EXIT)
-            if out.strip():
-                return out
-            out = self._run("bhist", "-l", native_id, accept=NOT_FOUND_EXIT)
-        except CommandFailed as exc:
-            return f"LSF job {native_id}: bjobs and bhist cannot show it ({exc})\n"
-        return out if out.strip() else f"LSF job {native_id} is unknown to bjobs and bhist\n"
-
-    def close(self) -> None:
-        pass
-
 
 def parse_bjobs(out: str) -> dict[str, NativeStatus]:
     """``bjobs -noheader -o "jobid stat exit_code exit_reason delimiter='|'"`` lines."""
@@ -313,29 +193,18 @@ def parse_bjobs(out: str) -> dict[str, NativeStatus]:
 def map_state(stat: str, exit_code: str, exit_reason: str = "-") -> NativeStatus:
     """One LSF state (plus exit code and reason, ``-`` when none) -> a jobmill phase."""
     stat = stat.strip()
-    row = LSF_STATES.get(stat)
-    if row is None:
-        return NativeStatus(Phase.UNKNOWN, stat, error=f"unknown LSF state '{stat}'")
-    phase, error = row
     code = int(exit_code) if exit_code.strip().isdigit() else None
     reason = "" if exit_reason.strip() in ("", "-") else exit_reason.strip()
     native = f"{stat} ({reason})" if reason else stat
-    if phase is Phase.COMPLETED:
-        if code:
-            return NativeStatus(Phase.ERROR, native, exit_code=code, error=f"exit code {code}")
-        return NativeStatus(Phase.COMPLETED, stat, exit_code=0)
-    if stat == "EXIT":
-        key = reason.split(":", 1)[0].strip()
-        if key in EXIT_REASONS:
-            phase, error = EXIT_REASONS[key]
-        else:
-            error = f"exit code {code}" if code is not None else "exited"
-            if reason:
-                error = f"{error} ({reason})"
+    if stat != "EXIT":
+        return table_status(LSF_STATES, "LSF", stat, native=native, exit_code=code)
+    key = reason.split(":", 1)[0].strip()
+    if key in EXIT_REASONS:
+        phase, error = EXIT_REASONS[key]
         return NativeStatus(phase, native, exit_code=code, error=error)
-    if phase in FINAL:
-        return NativeStatus(phase, native, exit_code=code, error=error)
-    return NativeStatus(phase, native, error=error)
+    failure = f"exit code {code}" if code is not None else "exited"
+    failure = f"{failure} ({reason})" if reason else failure
+    return table_status(LSF_STATES, "LSF", stat, native=native, exit_code=code, failure=failure)
 
 
 def bsub_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -368,11 +237,3 @@ def _log_path(path: Path) -> str:
     if "%" in text:
         raise ValueError(f"a '%' in a log path cannot be passed to LSF: {text!r}")
     return _value(text)
-
-
-def _extra(line: str) -> str:
-    check_line(line)
-    text = line.strip()
-    if text.startswith("#BSUB"):
-        text = text[len("#BSUB") :].strip()
-    return text

@@ -1,36 +1,63 @@
-"""Which executors a jobmill runs, built from the settings (``JOBMILL_EXECUTORS``)."""
+"""Which executors a jobmill runs, built from the settings (``JOBMILL_EXECUTORS``).
+
+This is the one module of ``executors/`` that reads the settings, by attribute (it does not
+import ``jobmill.config``: executors sit below it). Every executor gets plain values: its
+constructor's arguments.
+"""
 
 from __future__ import annotations
 
-from jobmill.config import Settings
+import importlib
+from collections.abc import Sequence
+from typing import Protocol
+
 from jobmill.executors.base import Executor
 from jobmill.executors.local import LocalExecutor
 
-KNOWN = ("local", "slurm", "htcondor", "lsf")
+# The batch executors: name -> (module.class, its own arguments). An argument ``x`` comes from
+# the setting ``<name>_x``; every one also gets ``bin_dir``, ``timeout`` and ``lost_after`` from
+# ``<name>_bin``, ``<name>_command_timeout`` and ``<name>_lost_after``.
+BATCH: dict[str, tuple[str, tuple[str, ...]]] = {
+    "slurm": ("slurm.SlurmExecutor", ("partition", "account", "array_min")),
+    "lsf": ("lsf.LsfExecutor", ("queue", "project")),
+    "pbs": ("pbs.PbsExecutor", ("queue", "account")),
+}
+KNOWN = ("local", "htcondor", *BATCH)
 
 
-def build_executors(settings: Settings) -> dict[str, Executor]:
+class ExecutorSettings(Protocol):
+    """What the registry reads of the settings besides the batch executors' own."""
+
+    @property
+    def executors(self) -> Sequence[str]: ...
+    @property
+    def kill_grace(self) -> float: ...
+    @property
+    def condor_schedd(self) -> str | None: ...
+    @property
+    def condor_collector(self) -> str | None: ...
+
+
+def build_executors(settings: ExecutorSettings) -> dict[str, Executor]:
     """One executor per configured name; ``local`` is always there."""
     executors: dict[str, Executor] = {"local": LocalExecutor(grace=settings.kill_grace)}
     for name in settings.executors:
         if name == "local":
             continue
-        if name not in KNOWN:
-            raise ValueError(f"JOBMILL_EXECUTORS: unknown executor '{name}' (known: {KNOWN})")
         if name == "htcondor":  # its bindings are an optional extra: imported only when used
-            from jobmill.executors.htcondor import from_settings
+            from jobmill.executors.htcondor import configured
 
-            executors[name] = from_settings(settings)
-            continue
-        if name == "slurm":
-            from jobmill.executors.slurm import SlurmExecutor
-
-            executors[name] = SlurmExecutor.from_settings(settings)
-            continue
-        if name == "lsf":
-            from jobmill.executors.lsf import LsfExecutor
-
-            executors[name] = LsfExecutor.from_settings(settings)
-            continue
-        raise ValueError(f"JOBMILL_EXECUTORS: the '{name}' executor is not available yet")
+            executors[name] = configured(settings.condor_schedd, settings.condor_collector)
+        elif name in BATCH:
+            where, own = BATCH[name]
+            module, class_name = where.split(".")
+            executor = getattr(importlib.import_module(f"jobmill.executors.{module}"), class_name)
+            executors[name] = executor(
+                bin_dir=getattr(settings, f"{name}_bin"),
+                timeout=getattr(settings, f"{name}_command_timeout"),
+                lost_after=getattr(settings, f"{name}_lost_after"),
+                **{argument: getattr(settings, f"{name}_{argument}") for argument in own},
+            )
+        else:
+            raise ValueError(f"JOBMILL_EXECUTORS: unknown executor '{name}' (known: {KNOWN})")
     return executors

@@ -9,24 +9,24 @@ Polling asks ``squeue --me -t all`` once for every job (slurmctld filters by use
 finished jobs for ``MinJobAge`` with their exit status), then ``sacct`` only for the jobs
 squeue no longer lists. A job that neither knows for ``lost_after`` seconds is lost: ERROR,
 never COMPLETED. Every Slurm state maps to a phase through ``SLURM_STATES``.
+
+The skeleton (render, submit, poll, cancel, hold, find, details) is ``BatchExecutor``'s
+(``batch.py``); what stays here is Slurm's own: job arrays, the sacct fallback, the parsers.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shlex
 import shutil
-import time
 import uuid
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobmill.config import Settings
-from jobmill.domain.lifecycle import Phase
+from jobmill.domain.lifecycle import ENDED, Phase
 from jobmill.executors._commands import CommandFailed, run
 from jobmill.executors.base import (
     ExecutorUnavailable,
@@ -35,10 +35,20 @@ from jobmill.executors.base import (
     PartlySubmitted,
     submit_each,
 )
+from jobmill.executors.batch import (
+    JOB_NAME_PREFIX,
+    SUBMITTED,
+    BatchExecutor,
+    Runner,
+    check_line,
+    exit_text,
+    script_body,
+    table_status,
+    time_limit_minutes,
+)
 
 log = logging.getLogger(__name__)
 
-JOB_NAME_PREFIX = "jobmill-"
 ARRAY_NAME_PREFIX = "jobmill-array-"  # + the name of the array's directory
 ARRAY_DIR = ".slurm-arrays"  # beside the jobs' working directories: one directory per array
 ARRAY_TASKS = "tasks"  # in an array's directory: "<task> <jobmill job id>" per line
@@ -93,25 +103,30 @@ SLURM_STATES: dict[str, tuple[Phase, str | None]] = {
     "CANCELLED": (Phase.ABORTED, "cancelled outside jobmill"),
 }
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
-FINAL = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED})
 NO_REASON = frozenset({"", "None", "(null)", "NonZeroExitCode"})
-SUBMITTED = NativeStatus(Phase.QUEUED, "submitted")
-_NOT_COMPLETABLE = frozenset({Phase.HELD, Phase.SUSPENDED})
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+$")
 _JOB_ID = re.compile(r"^[0-9]+$")
 _NATIVE_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")  # a job, or one task of an array
 _ARRAY_NAME = re.compile(r"^" + re.escape(ARRAY_NAME_PREFIX) + r"([0-9a-f]{32})$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-Runner = Callable[..., str]
 
 
-class SlurmExecutor:
+class SlurmExecutor(BatchExecutor):
     """Runs jobs as Slurm batch jobs through the Slurm commands (``sbatch``, ``squeue``...)."""
 
     name = "slurm"
+    label = "Slurm"
+    directive = "#SBATCH"
+    states = SLURM_STATES
+    listing = "squeue or sacct"
+    transient = SLURM_TRANSIENT
+    submit_command = ("sbatch", "--parsable")
+    submitted = re.compile(r"^\s*([0-9]+)(?:;[^\n]*)?$", re.M)  # "<id>[;<cluster>]"
+    native_id = _NATIVE_ID
+    status_chunk = None  # one squeue lists all of the user's jobs
+    cancel_command = ("scancel",)
+    hold_command = ("scontrol", "hold")
+    release_command = ("scontrol", "release")
 
     def __init__(
         self,
@@ -126,78 +141,53 @@ class SlurmExecutor:
     ) -> None:
         """``array_min``: a group of at least this many alike jobs goes in as one job array
         (0: never)."""
-        self.bin_dir = bin_dir
-        self.array_min = array_min
+        super().__init__(
+            bin_dir=bin_dir,
+            account=account,
+            timeout=timeout,
+            lost_after=lost_after,
+            runner=runner,
+        )
         self.partition = partition
-        self.account = account
-        self.timeout = timeout
-        self.lost_after = lost_after
-        self._runner = runner
-        self._last: dict[str, NativeStatus] = {}  # last answer for each live job
-        self._missing: dict[str, float] = {}  # native id -> when squeue and sacct first lacked it
-        self._uncertain: set[str] = set()  # jobmill ids whose sbatch may have gone through
+        self.array_min = array_min
         self._arrays: dict[str, _Array] = {}  # array id -> its directory and unfinished tasks
-        self._cancelled: set[str] = (
-            set()
-        )  # array tasks scancel-ed here (Slurm forgets pending ones)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SlurmExecutor:
-        return cls(
-            bin_dir=settings.slurm_bin,
-            partition=settings.slurm_partition,
-            account=settings.slurm_account,
-            timeout=settings.slurm_command_timeout,
-            lost_after=settings.slurm_lost_after,
-            array_min=settings.slurm_array_min,
-        )
-
-    # -- commands -------------------------------------------------------------------------
-
-    def command(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name) if self.bin_dir else name
-
-    def _run(self, name: str, *args: str, stdin: str | None = None) -> str:
-        return self._runner(
-            [self.command(name), *args],
-            timeout=self.timeout,
-            stdin=stdin,
-            transient=SLURM_TRANSIENT,
-        )
+        # array tasks scancel-ed here (Slurm keeps no record of pending ones)
+        self._cancelled: set[str] = set()
 
     # -- the script -----------------------------------------------------------------------
 
-    def render(self, spec: LaunchSpec) -> str:
-        """The exact script ``submit`` hands to ``sbatch``; ValueError if a value cannot be
-        written into it safely (a newline in a path, a bad variable name)."""
-        lines = [
-            "#!/bin/sh",
-            f"#SBATCH --job-name={JOB_NAME_PREFIX}{_directive(spec.job_id)}",
-            f"#SBATCH --output={_log_path(spec.stdout)}",
-            f"#SBATCH --error={_log_path(spec.stderr)}",
-            "#SBATCH --open-mode=append",
-            f"#SBATCH --chdir={_directive(str(spec.workdir))}",
+    def directives(self, spec: LaunchSpec) -> list[str]:
+        return [
+            f"--job-name={JOB_NAME_PREFIX}{_directive(spec.job_id)}",
+            f"--output={_log_path(spec.stdout)}",
+            f"--error={_log_path(spec.stderr)}",
+            "--open-mode=append",
+            f"--chdir={_directive(str(spec.workdir))}",
             *self.shared_directives(spec),
         ]
-        return "\n".join([*lines, *script_body(spec)]) + "\n"
 
     def shared_directives(self, spec: LaunchSpec) -> list[str]:
         """The directives of a job that can be shared by the tasks of a job array: its
         resources, limits, partition, account, environment policy and extra lines."""
         res = spec.resources
-        lines = [f"#SBATCH --cpus-per-task={res.cpus}"]
+        lines = [f"--cpus-per-task={res.cpus}"]
         if res.memory_mb:
-            lines.append(f"#SBATCH --mem={res.memory_mb}M")
+            lines.append(f"--mem={res.memory_mb}M")
         minutes = time_limit_minutes(res.walltime, spec.execution_duration)
         if minutes:
-            lines.append(f"#SBATCH --time={minutes}")
+            lines.append(f"--time={minutes}")
         if partition := res.partition or self.partition:
-            lines.append(f"#SBATCH --partition={_directive(partition)}")
+            lines.append(f"--partition={_directive(partition)}")
         if account := res.account or self.account:
-            lines.append(f"#SBATCH --account={_directive(account)}")
-        lines.append("#SBATCH --export=NONE")
-        lines.extend(f"#SBATCH {_extra(line)}" for line in res.extra)
-        return lines
+            lines.append(f"--account={_directive(account)}")
+        return [*lines, "--export=NONE", *self.extra_directives(spec)]
+
+    def extra(self, line: str) -> str:
+        text = super().extra(line)
+        option = text.split("=", 1)[0].split()[0] if text else ""
+        if option in ("--array", "-a"):
+            raise ValueError("job arrays ('--array') are not supported in extra directives")
+        return text
 
     def render_array(self, specs: Sequence[LaunchSpec], directory: Path) -> str:
         """The script of a job array running ``specs`` as tasks 0..n-1 (``directory`` holds
@@ -207,46 +197,24 @@ class SlurmExecutor:
         where = str(directory).replace("%", "%%")
         if "\\" in where:
             raise ValueError(f"a backslash in a path is not supported by Slurm: {where!r}")
+        directives = [
+            f"--job-name={ARRAY_NAME_PREFIX}{_directive(directory.name)}",
+            f"--array=0-{len(specs) - 1}",
+            f"--output={_directive(where + '/%a.out')}",
+            f"--error={_directive(where + '/%a.err')}",
+            "--open-mode=append",
+            f"--chdir={_directive(str(directory))}",
+            *self.shared_directives(specs[0]),
+        ]
         lines = [
             "#!/bin/sh",
-            f"#SBATCH --job-name={ARRAY_NAME_PREFIX}{_directive(directory.name)}",
-            f"#SBATCH --array=0-{len(specs) - 1}",
-            f"#SBATCH --output={_directive(where + '/%a.out')}",
-            f"#SBATCH --error={_directive(where + '/%a.err')}",
-            "#SBATCH --open-mode=append",
-            f"#SBATCH --chdir={_directive(str(directory))}",
-            *self.shared_directives(specs[0]),
+            *(f"{self.directive} {line}" for line in directives),
             "# generated by jobmill: each task runs the script jobmill wrote for its job",
             'exec /bin/sh "./$SLURM_ARRAY_TASK_ID.sh"',
         ]
         return "\n".join(lines) + "\n"
 
-    # -- the protocol ---------------------------------------------------------------------
-
-    def submit(self, spec: LaunchSpec) -> str:
-        try:
-            script = self.render(spec)
-        except ValueError as exc:
-            raise OSError(f"cannot write the batch script: {exc}") from None
-        if spec.job_id in self._uncertain:
-            # An earlier sbatch for this job timed out: it may have been accepted after all.
-            found = self.find(spec.job_id)
-            if found is not None:
-                self._uncertain.discard(spec.job_id)
-                return found
-        for directory in {spec.workdir, spec.stdout.parent, spec.stderr.parent}:
-            directory.mkdir(parents=True, exist_ok=True)
-        try:
-            out = self._run("sbatch", "--parsable", stdin=script)
-        except ExecutorUnavailable:
-            self._uncertain.add(spec.job_id)
-            raise
-        self._uncertain.discard(spec.job_id)
-        native_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
-        if not _JOB_ID.match(native_id):
-            raise OSError(f"sbatch printed no job id: {out.strip()[:200]!r}")
-        self._last[native_id] = SUBMITTED
-        return native_id
+    # -- job arrays -----------------------------------------------------------------------
 
     def batch_key(self, spec: LaunchSpec) -> Hashable:
         """Jobs with the same shared directives (resources, limits, partition...) can be the
@@ -299,17 +267,13 @@ class SlurmExecutor:
         table = "".join(f"{n} {spec.job_id}\n" for n, spec in enumerate(specs))
         _write_private(directory / ARRAY_TASKS, table)
         try:
-            out = self._run("sbatch", "--parsable", stdin=script)
+            array_id = self.submit_script(script)
         except ExecutorUnavailable:
             self._uncertain.update(spec.job_id for spec in specs)  # it may have gone in
             raise
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        array_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
-        if not _JOB_ID.match(array_id):
-            shutil.rmtree(directory, ignore_errors=True)
-            raise OSError(f"sbatch printed no job id: {out.strip()[:200]!r}")
         native_ids = [f"{array_id}_{n}" for n in range(len(specs))]
         self._arrays[array_id] = _Array(directory, set(native_ids))
         self._last.update(dict.fromkeys(native_ids, SUBMITTED))
@@ -317,36 +281,33 @@ class SlurmExecutor:
             self._uncertain.discard(spec.job_id)
         return native_ids
 
+    def _task_ended(self, native_id: str) -> None:
+        """Remove an array's directory once every one of its tasks has ended."""
+        array_id, _, task = native_id.partition("_")
+        array = self._arrays.get(array_id) if task else None
+        if array is None:
+            return
+        array.unfinished.discard(native_id)
+        if not array.unfinished:
+            del self._arrays[array_id]
+            shutil.rmtree(array.directory, ignore_errors=True)
+
+    # -- polling: one squeue, then sacct for the jobs squeue no longer lists ------------------
+
+    def status_argv(self, native_ids: Sequence[str]) -> list[str]:
+        return ["squeue", "--me", "-h", "-t", "all", "-r", "-O", SQUEUE_FORMAT]
+
+    def parse_status(self, out: str, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        return parse_squeue(out, set(native_ids))
+
     def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
-        wanted = list(dict.fromkeys(native_ids))
-        if not wanted:
-            return {}
-        try:
-            out = self._run("squeue", "--me", "-h", "-t", "all", "-r", "-O", SQUEUE_FORMAT)
-        except CommandFailed as exc:  # no answer this time: the engine tries at the next poll
-            raise ExecutorUnavailable(str(exc)) from None
-        listed = parse_squeue(out, set(wanted))
-        statuses = {nid: listed[nid] for nid in wanted if nid in listed}
-        gone = [nid for nid in wanted if nid not in listed]
-        if gone:
-            statuses.update(self._from_accounting(gone))
-        for nid in wanted:
-            if nid in listed:
-                self._missing.pop(nid, None)
-            statuses[nid] = settle(self._last.get(nid), statuses[nid])
-            if statuses[nid].phase in FINAL:
-                self._last.pop(nid, None)
-                self._missing.pop(nid, None)
+        statuses = super().poll(native_ids)
+        for nid, status in statuses.items():
+            if status.phase in ENDED:
                 self._task_ended(nid)
-            else:
-                self._last[nid] = statuses[nid]
-        keep = set(wanted)
-        for table in (self._last, self._missing):
-            for nid in [n for n in table if n not in keep]:
-                del table[nid]
         return statuses
 
-    def _from_accounting(self, gone: Sequence[str]) -> dict[str, NativeStatus]:
+    def vanished(self, gone: Sequence[str]) -> dict[str, NativeStatus]:
         """Jobs squeue no longer lists: ask sacct; give it ``lost_after`` seconds to know them
         (sacct lags a job's end by a second or two, and a controller restart can drop jobs)."""
         accounted: dict[str, NativeStatus] | None = None
@@ -359,60 +320,30 @@ class SlurmExecutor:
             accounted = found
         except (ExecutorUnavailable, CommandFailed) as exc:
             log.warning("slurm: sacct cannot answer for %d jobs: %s", len(gone), exc)
-        now = time.monotonic()
         statuses: dict[str, NativeStatus] = {}
         for nid in gone:
             status = accounted.get(nid) if accounted is not None else None
-            if status is not None and status.phase in FINAL:
+            if status is not None and status.phase in ENDED:
                 statuses[nid] = status
-                continue
-            if nid in self._cancelled:  # a pending task scancel-ed: Slurm keeps no record
+            elif nid in self._cancelled:  # a pending task scancel-ed: Slurm keeps no record
                 statuses[nid] = NativeStatus(Phase.ABORTED, "CANCELLED", error="cancelled")
-                continue
-            if accounted is None:  # no answer at all: not a reason to give up on the job
-                statuses[nid] = self._last.get(nid) or _not_yet(nid)
-                continue
-            first = self._missing.setdefault(nid, now)
-            if now - first >= self.lost_after:
-                where = (
-                    f"is not in squeue and sacct still says {status.native_state}"
-                    if status
-                    else "is in neither squeue nor sacct"
-                )
-                statuses[nid] = NativeStatus(
-                    Phase.ERROR,
-                    "lost",
-                    error=f"lost: Slurm job {nid} {where} (for {self.lost_after:g} s)",
-                )
+            elif accounted is None:  # no answer at all: not a reason to give up on the job
+                statuses[nid] = self._last.get(nid) or self.not_yet(nid)
+            elif status is not None:
+                where = f"is not in squeue and sacct still says {status.native_state}"
+                statuses[nid] = self.missing(nid, status, where)
             else:
-                statuses[nid] = status or self._last.get(nid) or _not_yet(nid)
+                statuses[nid] = self.missing(nid, None, "is in neither squeue nor sacct")
         return statuses
 
-    def cancel(self, native_id: str) -> None:
+    def cancel_job(self, native_id: str) -> None:
         """``scancel``: Slurm signals the job and kills it after its ``KillWait``. A single task
         of an array (``<array>_<task>``) is cancelled alone."""
-        try:
-            self._run("scancel", native_id)
-            if "_" in native_id:
-                self._cancelled.add(native_id)
-        except CommandFailed as exc:  # already gone or finished: nothing left to stop
-            log.info("slurm: scancel %s: %s", native_id, exc)
+        super().cancel_job(native_id)
+        if "_" in native_id:
+            self._cancelled.add(native_id)
 
-    def hold(self, native_id: str, reason: str = "") -> None:
-        """Keep a pending job from starting (``scontrol hold``; Slurm keeps no reason, jobmill
-        records it in the job's event). Slurm accepts a hold of a running job and leaves it
-        running: the next poll says EXECUTING."""
-        self._run("scontrol", "hold", native_id)
-
-    def release(self, native_id: str, reason: str = "") -> None:
-        """Let a held job start again (``scontrol release``)."""
-        self._run("scontrol", "release", native_id)
-
-    def tick(self) -> float | None:
-        return None
-
-    def watch_fds(self) -> dict[int, str]:
-        return {}
+    # -- after a restart, and for people --------------------------------------------------
 
     def find(self, job_id: str) -> str | None:
         """The newest Slurm job named ``jobmill-<job id>``: squeue first, then sacct."""
@@ -473,20 +404,6 @@ class SlurmExecutor:
         header, values = rows[0], rows[-1]
         return "".join(f"{k}={v}\n" for k, v in zip(header, values, strict=False))
 
-    def _task_ended(self, native_id: str) -> None:
-        """Remove an array's directory once every one of its tasks has ended."""
-        array_id, _, task = native_id.partition("_")
-        array = self._arrays.get(array_id) if task else None
-        if array is None:
-            return
-        array.unfinished.discard(native_id)
-        if not array.unfinished:
-            del self._arrays[array_id]
-            shutil.rmtree(array.directory, ignore_errors=True)
-
-    def close(self) -> None:
-        pass
-
 
 @dataclass
 class _Array:
@@ -533,46 +450,13 @@ def map_state(state: str, reason: str, exit_code: int | None, signal: int | None
     word = words[0].rstrip("+") if words else ""
     reason = reason.strip()
     native = word if reason in NO_REASON else f"{word} ({reason})"
-    row = SLURM_STATES.get(word)
-    if row is None:
-        return NativeStatus(Phase.UNKNOWN, state.strip(), error=f"unknown Slurm state '{state}'")
-    phase, error = row
-    if phase is Phase.QUEUED and reason in HELD_REASONS:
+    if SLURM_STATES.get(word, (None,))[0] is Phase.QUEUED and reason in HELD_REASONS:
         return NativeStatus(Phase.HELD, native, error=f"held ({reason})")
-    if phase not in FINAL:
-        return NativeStatus(phase, native, error=error)
+    failure = exit_text(exit_code, signal)
+    if reason not in NO_REASON:
+        failure = f"{failure} ({reason})"
     code = 128 + signal if signal else exit_code
-    if phase is Phase.COMPLETED:
-        if not code:
-            return NativeStatus(Phase.COMPLETED, word, exit_code=0)
-        phase = Phase.ERROR
-    code = code or None  # a cancelled or lost job has no exit status worth showing
-    if error is None:
-        error = _exit_text(exit_code, signal)
-        if reason not in NO_REASON:
-            error = f"{error} ({reason})"
-    return NativeStatus(phase, native, exit_code=code, error=error)
-
-
-def settle(last: NativeStatus | None, status: NativeStatus) -> NativeStatus:
-    """The engine completes only QUEUED or EXECUTING jobs. A job this process last answered
-    HELD or SUSPENDED, or never answered (after a restart it does not know what the engine
-    saw), that is now COMPLETED is answered EXECUTING once, and COMPLETED at the next poll."""
-    if status.phase is Phase.COMPLETED and (last is None or last.phase in _NOT_COMPLETABLE):
-        return NativeStatus(Phase.EXECUTING, f"{status.native_state} (ended between two polls)")
-    return status
-
-
-def script_body(spec: LaunchSpec) -> list[str]:
-    """The part of a batch script after its directives: the job's environment as ``export``
-    lines and ``exec`` of its argv, every value single-quoted (``shlex.quote``)."""
-    lines = ["# generated by jobmill: values are single-quoted, never interpreted"]
-    for name, value in sorted(spec.env.items()):
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"'{name}' is not a valid environment variable name")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    lines.append("exec " + " ".join(shlex.quote(arg) for arg in spec.argv))
-    return lines
+    return table_status(SLURM_STATES, "Slurm", word, native=native, exit_code=code, failure=failure)
 
 
 def task_script(spec: LaunchSpec) -> str:
@@ -628,13 +512,6 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def time_limit_minutes(walltime: int | None, execution_duration: int) -> int | None:
-    """Slurm's ``--time`` in whole minutes (rounded up): the tighter of the job type's walltime
-    and the job's execution duration; None when neither is set."""
-    limits = [s for s in (walltime, execution_duration) if s]
-    return max(1, math.ceil(min(limits) / 60)) if limits else None
-
-
 def _from_wait_status(raw: str) -> tuple[int | None, int | None]:
     try:
         status = int(raw.strip())
@@ -655,23 +532,6 @@ def _from_exit_field(field: str) -> tuple[int | None, int | None]:
     return exit_code, (sig or None)
 
 
-def _exit_text(exit_code: int | None, signal: int | None) -> str:
-    if signal:
-        return f"killed by signal {signal}"
-    if exit_code is None:
-        return "failed"
-    return f"exit code {exit_code}"
-
-
-def _not_yet(native_id: str) -> NativeStatus:
-    return NativeStatus(Phase.QUEUED, "unknown", error=f"{native_id} is not in squeue or sacct yet")
-
-
-def check_line(value: str) -> None:
-    if _CONTROL.search(value):
-        raise ValueError(f"control characters (newline...) are not allowed: {value!r}")
-
-
 def _directive(value: str) -> str:
     """A value in an ``#SBATCH`` line, quoted the way sbatch parses them (double quotes,
     backslash escapes; an unquoted ``#`` would start a comment)."""
@@ -688,15 +548,3 @@ def _log_path(path: Path) -> str:
     if "\\" in text:
         raise ValueError(f"a backslash in a log path is not supported by Slurm: {text!r}")
     return _directive(text.replace("%", "%%"))
-
-
-def _extra(line: str) -> str:
-    """An extra directive from the job type, verbatim (without a leading ``#SBATCH``)."""
-    check_line(line)
-    text = line.strip()
-    if text.startswith("#SBATCH"):
-        text = text[len("#SBATCH") :].strip()
-    option = text.split("=", 1)[0].split()[0] if text else ""
-    if option in ("--array", "-a"):
-        raise ValueError("job arrays ('--array') are not supported in extra directives")
-    return text

@@ -46,6 +46,7 @@ from fnmatch import fnmatchcase
 from jobmill.domain.conditions import (
     MARKER_SUFFIX,
     DataCondition,
+    WaitingCondition,
     has_magic,
     join,
     literal_prefix,
@@ -55,7 +56,8 @@ from jobmill.domain.conditions import (
 from jobmill.service import inotify
 from jobmill.service.datadirs import DirectoryPlanner, watch_spec
 from jobmill.service.failures import FailureLog
-from jobmill.storage.conditions import ConditionStore, WaitingCondition
+from jobmill.service.worker import Worker
+from jobmill.storage.conditions import ConditionStore
 
 log = logging.getLogger(__name__)
 ACTOR = "jobmill:data"
@@ -140,8 +142,10 @@ def _pattern(text: str) -> _Pattern:
     return _Pattern(text, components, join(directory), name, kind, start, match_dir)
 
 
-class DataWatcher:
+class DataWatcher(Worker):
     """Watches for the data of every waiting job, in one thread."""
+
+    thread_name = "jobmill-datawatch"
 
     def __init__(
         self,
@@ -150,6 +154,7 @@ class DataWatcher:
         *,
         on_released: Callable[[list[str]], None] = lambda ids: None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.settings = settings
         self.on_released = on_released
@@ -176,9 +181,6 @@ class DataWatcher:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
         self._loaded = threading.Event()
         self._next_scan = 0.0
         self._next_refresh = 0.0
@@ -190,26 +192,18 @@ class DataWatcher:
 
     # -- control from other threads ---------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None or self._closed:
-            return
+    def _opening(self) -> None:
         if self.settings.use_inotify:
             try:
                 self._ino = inotify.Inotify()
             except (OSError, AttributeError) as exc:
                 log.warning("inotify is not available (%s): scanning every data directory", exc)
-        self._thread = threading.Thread(target=self._run, name="jobmill-datawatch", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread and release its descriptors; safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
+    def _interrupt(self) -> None:
         self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
+
+    def _closing(self) -> None:
+        """Release the watcher's descriptors."""
         if self._ino is not None:
             self._ino.close()
         for fd in (self._wake_r, self._wake_w):

@@ -3,7 +3,9 @@
 It sleeps in ``poll()`` on a wake-up pipe plus one pidfd per running local job, so a new job
 starts and a finished local job is recorded the moment either happens, with no per-job watcher.
 Every ``poll_interval`` it reconciles: it asks each executor about *all* of its jobs in one call
-(one ``squeue``, one schedd query...), maps the answers to phases, enforces execution durations,
+(one ``squeue``, one schedd query...), records each answer as the transition table's one action
+from the job's phase to the answered one (UNKNOWN only when the backend answered it two polls in
+a row: ``lose_contact``), enforces execution durations,
 stops jobs whose phase was ended elsewhere (an abort through another jobmill process sharing the
 database), retries submissions a backend refused while it was down, and archives jobs past their
 destruction time. On start it re-attaches to the jobs an earlier jobmill process left behind.
@@ -20,7 +22,6 @@ import logging
 import os
 import queue
 import select
-import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
@@ -30,7 +31,16 @@ from pathlib import Path
 from jobmill.config import Settings
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
-from jobmill.domain.lifecycle import TERMINAL, Action, Phase, Reason
+from jobmill.domain.lifecycle import (
+    ACTIVE,
+    ENDED,
+    RUNNING,
+    TERMINAL,
+    Action,
+    Phase,
+    Reason,
+    action_between,
+)
 from jobmill.executors.base import (
     Executor,
     ExecutorUnavailable,
@@ -43,21 +53,15 @@ from jobmill.service.dispatcher import ACTOR, Dispatcher
 from jobmill.service.failures import REPORT_EVERY, FailureLog
 from jobmill.service.files import STREAMS
 from jobmill.service.space import DiskSpace, format_size, free_bytes
+from jobmill.service.worker import Worker
 from jobmill.storage.jobs import Change, Entry, JobStore
 
 log = logging.getLogger(__name__)
-RUNNING_PHASES = (Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED, Phase.UNKNOWN)
 SUBMIT_BATCH = 200  # batch jobs handed to a backend per dispatch pass
 RETRY_UNAVAILABLE = 10.0  # seconds before a refused submission is tried again
-
-# Native state -> the action that brings a job there (terminal states are handled apart).
-_STATE_ACTIONS = {
-    Phase.EXECUTING: Action.START,
-    Phase.HELD: Action.HOLD,
-    Phase.SUSPENDED: Action.SUSPEND,
-}
-_ENDED = (Phase.COMPLETED, Phase.ERROR, Phase.ABORTED)
-_BACK_TO_QUEUE = {Phase.HELD: Action.RELEASE, Phase.EXECUTING: Action.REQUEUE}
+# Polls in a row a backend must answer UNKNOWN before the job is recorded UNKNOWN: a job seen
+# once between two queues (HTCondor's queue and history) is not "lost contact".
+LOSE_CONTACT_AFTER = 2
 
 
 @dataclass
@@ -72,10 +76,13 @@ class Tracked:
     stopping: bool = False
     logs: tuple[Path, ...] = ()  # a local job's stdout and stderr (the output cap)
     final: NativeStatus | None = None  # how it ended, once seen (kept while not yet recorded)
+    unknown_polls: int = 0  # polls in a row that answered UNKNOWN
 
 
-class Engine:
+class Engine(Worker):
     """Dispatches and monitors jobs on every configured executor."""
+
+    thread_name = "jobmill-engine"
 
     def __init__(
         self,
@@ -84,6 +91,7 @@ class Engine:
         dispatcher: Dispatcher,
         executors: Mapping[str, Executor],
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -96,10 +104,7 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._stop = threading.Event()
-        self._closed = False
         self._queued_hint = True
-        self._thread: threading.Thread | None = None
         self._next_reconcile = 0.0
         self._next_sweep = 0.0
         self._next_retry = 0.0
@@ -108,19 +113,10 @@ class Engine:
 
     # -- control from other threads -------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="jobmill-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread and release its resources; safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
+    def _interrupt(self) -> None:
         self.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
+
+    def _closing(self) -> None:
         for executor in self.executors.values():
             close = getattr(executor, "close", None)
             if close is not None:
@@ -351,13 +347,21 @@ class Engine:
             tracked = self.tracked.get(job_id) if job_id else None
             if tracked is None:
                 continue
-            if status.phase in _ENDED:
+            if status.phase is Phase.UNKNOWN:
+                tracked.unknown_polls += 1
+                if tracked.unknown_polls < LOSE_CONTACT_AFTER:
+                    continue
+            else:
+                tracked.unknown_polls = 0
+            if status.phase in ENDED:
                 ended.append((tracked, status))
-            elif status.phase in _STATE_ACTIONS and status.phase is not tracked.phase:
-                self._move(tracked, status, _STATE_ACTIONS[status.phase])
-            elif status.phase is Phase.QUEUED and tracked.phase in _BACK_TO_QUEUE:
-                # Released from a hold, or requeued by the backend (preemption, node failure).
-                self._move(tracked, status, _BACK_TO_QUEUE[tracked.phase])
+                continue
+            # The table's one action from the recorded phase to the backend's: start, hold,
+            # suspend, resume, release or requeue (preemption, node failure), lose contact, or
+            # none (the same phase, or a change the table does not allow).
+            action = action_between(tracked.phase, status.phase)
+            if action is not None:
+                self._move(tracked, status, action)
         self._finish_many(ended)
 
     def _move(self, tracked: Tracked, status: NativeStatus, action: Action) -> None:
@@ -551,7 +555,7 @@ class Engine:
         self._queued_hint = True
 
     def _recover_local(self, name: str, executor: LocalExecutor) -> None:
-        jobs = self.store.ids_in_phase(RUNNING_PHASES, executor=name, node=self.settings.node)
+        jobs = self.store.ids_in_phase(RUNNING, executor=name, node=self.settings.node)
         for job in jobs:
             if job.phase is Phase.HELD and job.native_id is None:
                 continue  # held by a user before it started: it waits in the database
@@ -575,9 +579,7 @@ class Engine:
                 self._finish(self.tracked[job.id], status)
 
     def _recover_batch(self, name: str, executor: Executor) -> None:
-        jobs = self.store.ids_in_phase(
-            [Phase.QUEUED, *RUNNING_PHASES], executor=name, node=self.settings.node
-        )
+        jobs = self.store.ids_in_phase(ACTIVE, executor=name, node=self.settings.node)
         for job in jobs:
             if job.phase is Phase.QUEUED and job.reason != Reason.BACKEND.value:
                 continue

@@ -23,16 +23,16 @@ from jobmill.domain.errors import (
     Unauthorized,
     ValidationError,
 )
-from jobmill.domain.jobs import Event, Job, NewJob, parse_job_id, utcnow
+from jobmill.domain.jobs import Event, Job, JobFilter, JobRef, NewJob, parse_job_id, utcnow
 from jobmill.domain.jobtypes import JobType
-from jobmill.domain.lifecycle import ACTIVE, TERMINAL, Action, Phase, Reason
+from jobmill.domain.lifecycle import LIVE, TERMINAL, Action, Phase, Reason
 from jobmill.domain.values import INT32_MAX, check_int, check_text, check_value
 from jobmill.executors.base import Executor, ExecutorUnavailable, Holding, LaunchSpec
 from jobmill.service import reports
 from jobmill.service.files import JobFiles, LogChunk
 from jobmill.service.results import ResultFile, find_result, list_results, open_result
 from jobmill.service.space import DiskSpace, disk_full
-from jobmill.storage.jobs import JobFilter, JobRef, JobStore, hash_secret
+from jobmill.storage.jobs import JobStore, hash_secret
 
 if TYPE_CHECKING:
     from jobmill.domain.conditions import DataCondition
@@ -146,6 +146,10 @@ class JobService:
         self._verified: dict[tuple[str, str], float] = {}
 
     # -- job types --------------------------------------------------------------------------
+
+    def replace_jobtypes(self, jobtypes: Mapping[str, JobType]) -> None:
+        """Serve these job types from now on (a reload); jobs already created keep theirs."""
+        self.jobtypes = dict(jobtypes)
 
     def jobtype(self, name: str) -> JobType:
         jobtype = self.jobtypes.get(name)
@@ -639,13 +643,15 @@ class JobService:
             raise BackendUnavailable(f"{job.executor}: {exc}", field="id") from None
 
     def delete(self, user: User, job_id: str) -> None:
+        """UWS ``DELETE``: abort the job if it is live, remove its files, and remove it from
+        jobmill (404 from now on); its events stay, closed by a ``deleted`` event (audit)."""
         job = self.get(user, job_id)
-        if job.phase in ACTIVE or job.phase is Phase.PENDING:
+        if job.phase in LIVE:
             try:
                 job = self.abort(user, job.id)
             except Conflict:
                 job = self.get(user, job.id)
-        self.store.delete(job.id)
+        self.store.delete(job.id, actor=user.name)
         self.files.remove(job)
 
     def report(self, job_id: str, token: str | None, payload: Any) -> dict[str, Any]:

@@ -57,7 +57,6 @@ MEDIA_TYPES = {
     "provn": "text/provenance-notation; charset=utf-8",
     "svg": "image/svg+xml",
 }
-FINISHED = frozenset(TERMINAL)
 UWS_RESULTS = {"provjson": "json", "provxml": "xml", "provsvg": "svg"}
 """The extra UWS results (OPUS's names) that point at a finished job's provenance."""
 _GLOB_CHARS = frozenset("*?[")
@@ -223,7 +222,7 @@ class ProvenanceService:
         """The provenance of a finished job, following used results ``depth`` job levels."""
         depth = check_depth(depth)
         root = self.jobs.get(user, job_id)
-        if root.phase not in FINISHED:
+        if root.phase not in TERMINAL:
             raise Conflict(
                 f"job {root.id} is {root.phase.value}: provenance is available once it has "
                 "finished (COMPLETED, ERROR, ABORTED or ARCHIVED)",
@@ -248,7 +247,7 @@ class ProvenanceService:
                     truncated = True
                     break
                 upstream = self._visible(user, upstream_id)
-                if upstream is None or upstream.phase not in FINISHED:
+                if upstream is None or upstream.phase not in TERMINAL:
                     continue
                 seen.add(upstream.id)
                 queue.append((upstream, level + 1))

@@ -42,6 +42,7 @@ from jobmill.domain.rule_files import spec_error
 from jobmill.domain.rules import (
     MAX_KEY,
     FilePattern,
+    Firing,
     RuleSpec,
     Schedule,
     check,
@@ -57,7 +58,8 @@ from jobmill.service.datawatch import DataWatcher, FileListener
 from jobmill.service.failures import FailureLog
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.service.results import list_results
-from jobmill.storage.rules import Ended, Firing, Pending, RuleStore
+from jobmill.service.worker import Worker
+from jobmill.storage.rules import Ended, Pending, RuleStore
 
 log = logging.getLogger(__name__)
 LOOKBACK = 500
@@ -89,8 +91,10 @@ class Rule:
         return self.spec.kind
 
 
-class RuleEngine:
+class RuleEngine(Worker):
     """The rules: reading and changing them (the API), and firing them (a thread)."""
+
+    thread_name = "jobmill-rules"
 
     def __init__(
         self,
@@ -104,6 +108,7 @@ class RuleEngine:
         clock: Callable[[], datetime] = utcnow,
         interval: float = 1.0,
     ) -> None:
+        super().__init__()
         self.store = store
         self.jobs = jobs
         self.file_rules = dict(file_rules)
@@ -124,27 +129,25 @@ class RuleEngine:
         self._shadowed: set[str] = set()
         self._wake = threading.Event()
         self._job_rules = False  # whether the last pass saw an enabled job rule
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- control ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="jobmill-rules", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+    def _interrupt(self) -> None:
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+
+    def _closing(self) -> None:
         if self.watcher is not None:
             for name in list(self._listening):
                 self.watcher.unlisten(_listener_key(name))
         self._listening.clear()
+
+    def replace_file_rules(self, file_rules: Mapping[str, tuple[RuleSpec, str]]) -> None:
+        """Serve these rules-file rules from now on (a reload): the next pass, run at once,
+        starts and stops the file listeners that changed."""
+        with self._lock:
+            self.file_rules = dict(file_rules)
+            self._shadowed.clear()
+        self._wake.set()
 
     def notify_ended(self) -> None:
         """Jobs ended in this process: run a pass now if any job rule listens (any thread).

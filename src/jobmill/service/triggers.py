@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jobmill.domain.conditions import (
     DataCondition,
+    WaitingCondition,
     has_magic,
     join,
     literal_prefix,
@@ -30,7 +31,7 @@ from jobmill.domain.errors import TooMany, ValidationError
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import Reason
 from jobmill.service.datawatch import DataWatcher
-from jobmill.storage.conditions import ConditionStore, WaitingCondition
+from jobmill.storage.conditions import ConditionStore
 from jobmill.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)

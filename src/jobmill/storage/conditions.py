@@ -5,57 +5,38 @@ A job waiting for data is QUEUED with reason ``waiting for data``; its row in
 (``create_jobs``), so a job never waits for nothing and no condition is left without its job.
 
 Release is the batch form of ``JobStore.transition(WAIT, reason="capacity",
-expect_reason="waiting for data")``: one ``UPDATE`` matches only jobs still QUEUED *and* waiting
-for data, and their event rows are written in the same transaction. Whoever loses the race (a
-second watcher, a second ``monitor/complete``, a file seen twice) matches no row and does
-nothing, so a job is released exactly once. Release changes no phase; a time-out does, so it
-goes through ``JobStore.transition`` itself (DESIGN rule 1).
+expect_reason="waiting for data")``, through the same ``storage.writes.apply``: one ``UPDATE``
+matches only jobs still QUEUED *and* waiting for data, and their event rows are written in the
+same transaction. Whoever loses the race (a second watcher, a second ``monitor/complete``, a file
+seen twice) matches no row and does nothing, so a job is released exactly once. A time-out
+changes the phase through ``JobStore.transition`` (DESIGN rule 1).
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, Text, and_, bindparam, cast, func, insert, or_, select, update
 
-from jobmill.domain.conditions import DataCondition
+from jobmill.domain.conditions import DataCondition, WaitingCondition
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job, NewJob, utcnow
-from jobmill.domain.lifecycle import Action, Phase, Reason, transition
-from jobmill.storage.jobs import (
-    JobStore,
-    created_event_row,
-    hash_secret,
-    insert_jobs,
-    job_row,
-)
-from jobmill.storage.jobs import aware as _aware
-from jobmill.storage.tables import data_conditions, events, jobs
+from jobmill.domain.lifecycle import Action, Phase, Reason
+from jobmill.storage.db import aware as _aware
+from jobmill.storage.jobs import JobStore
+from jobmill.storage.tables import data_conditions, jobs
+from jobmill.storage.tokens import hash_secret
+from jobmill.storage.writes import Found, apply, created_event_row, insert_jobs, job_row
 
 CHUNK = 500
-RELEASE = transition(Action.WAIT)
-assert Phase.QUEUED in RELEASE.sources and RELEASE.target is Phase.QUEUED
 _MARK_RELEASED = (
     update(data_conditions)
     .where(data_conditions.c.job_id == bindparam("b_id"))
     .values(released_at=bindparam("b_at"), released_by=bindparam("b_by"))
 )
-
-
-@dataclass
-class WaitingCondition:
-    """A stored condition of a job that is (or was) waiting for data."""
-
-    job_id: str
-    condition: DataCondition
-    deadline: datetime | None
-    created_at: datetime
-    released_at: datetime | None = None
-    released_by: str | None = None
 
 
 def _waiting(row: Row[Any]) -> WaitingCondition:
@@ -240,43 +221,23 @@ class ConditionStore:
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             now = utcnow()
+            waiting = [Found(job_id, Phase.QUEUED, Reason.DATA.value) for job_id in chunk]
             with self.engine.begin() as conn:
-                rows = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_(chunk), _is_waiting())
-                    .values(
-                        reason=Reason.CAPACITY.value,
-                        updated_at=now,
-                        event_count=jobs.c.event_count + 1,
-                    )
-                    .returning(jobs.c.id, jobs.c.event_count)
-                ).all()
-                if not rows:
+                changed = apply(
+                    conn,
+                    Action.WAIT,
+                    waiting,
+                    actor=actor,
+                    reason=Reason.CAPACITY.value,
+                    data_for=lambda job_id: {"released_by": causes[job_id]},
+                    read_back=False,
+                    now=now,
+                ).ids
+                if not changed:
                     continue
-                conn.execute(
-                    insert(events),
-                    [
-                        {
-                            "job_id": row.id,
-                            "n": row.event_count,
-                            "at": now,
-                            "name": Action.WAIT.value,
-                            "from_phase": Phase.QUEUED.value,
-                            "to_phase": RELEASE.target.value,
-                            "actor": actor,
-                            "data": {
-                                "reason": Reason.CAPACITY.value,
-                                "released_by": causes[row.id],
-                            },
-                        }
-                        for row in rows
-                    ],
-                )
-                conn.execute(
-                    _MARK_RELEASED,
-                    [{"b_id": row.id, "b_at": now, "b_by": causes[row.id][:4096]} for row in rows],
-                )
-            released.extend(row.id for row in rows)
+                marks = [{"b_id": i, "b_at": now, "b_by": causes[i][:4096]} for i in changed]
+                conn.execute(_MARK_RELEASED, marks)
+            released.extend(changed)
         return released
 
     def time_out(self, job_id: str, *, actor: str) -> bool:

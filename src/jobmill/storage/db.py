@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import QueuePool
-
-
-def sqlite_url(home: Path) -> str:
-    return f"sqlite:///{home / 'jobmill.db'}"
 
 
 def make_engine(url: str, *, writer: bool = True) -> Engine:

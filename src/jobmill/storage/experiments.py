@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from jobmill.domain.arp import Application, Definition, Run
 from jobmill.domain.errors import Conflict
 from jobmill.domain.jobs import Job, NewJob, utcnow
-from jobmill.domain.lifecycle import TERMINAL, Phase
-from jobmill.storage.jobs import JobStore, _job, _job_from_values, created_event_row, job_row
-from jobmill.storage.jobs import aware as _aware
+from jobmill.domain.lifecycle import LIVE
+from jobmill.storage.db import aware as _aware
+from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import (
     events,
     experiment_applications,
@@ -28,12 +28,13 @@ from jobmill.storage.tables import (
     experiment_runs,
     jobs,
 )
+from jobmill.storage.writes import created_event_row, insert_jobs, job_from_row, job_row
 
 definitions_t = experiment_definitions
 runs_t = experiment_runs
 applications_t = experiment_applications
 MAX_LIST = 10_000
-ACTIVE_PHASES = [p.value for p in Phase if p not in TERMINAL]
+LIVE_PHASES = sorted(p.value for p in LIVE)
 
 
 def _definition(row: Row[Any]) -> Definition:
@@ -203,7 +204,7 @@ class ExperimentStore:
             .where(
                 applications_t.c.experiment == experiment,
                 applications_t.c.definition == definition,
-                jobs.c.phase.in_(ACTIVE_PHASES),
+                jobs.c.phase.in_(LIVE_PHASES),
             )
         )
         with self.read_engine.connect() as conn:
@@ -358,10 +359,7 @@ class ExperimentStore:
                 )
                 if existing is not None and not (reuse_removed and gone):
                     raise _AlreadyApplied
-                new_row["seq"] = conn.execute(
-                    insert(jobs).returning(jobs.c.seq), new_row
-                ).scalar_one()
-                conn.execute(insert(events), event_row)
+                job = insert_jobs(conn, [new_row], [event_row])[0]
                 if existing is None:
                     app_id = conn.execute(
                         insert(applications_t).values(app_values).returning(applications_t.c.id)
@@ -388,7 +386,7 @@ class ExperimentStore:
                     raise
                 raise Conflict("the application changed meanwhile; try again") from None
             return Applied(current, None)
-        return Applied(Application(id=app_id, **app_values), _job_from_values(new_row))  # type: ignore[arg-type]
+        return Applied(Application(id=app_id, **app_values), job)  # type: ignore[arg-type]
 
     def remove_application(self, application_id: int, *, actor: str) -> bool:
         """Take an application off the run view (its job stays in jobmill); checked."""
@@ -428,7 +426,7 @@ class ExperimentStore:
         query = query.order_by(applications_t.c.id).limit(max(1, min(limit, MAX_LIST)))
         with self.read_engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [(_application(row, prefix="app_"), _job(row)) for row in rows]
+        return [(_application(row, prefix="app_"), job_from_row(row)) for row in rows]
 
     def slow_submissions(self, job_ids: Iterable[str]) -> set[str]:
         """Which of the jobs had a submission the backend was slow to accept."""

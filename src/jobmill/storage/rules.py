@@ -20,14 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from jobmill.domain.errors import Conflict
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL
-from jobmill.storage.jobs import (
-    JobStore,
-    aware,
-    created_event_row,
-    insert_jobs,
-    job_row,
-)
+from jobmill.domain.rules import Firing
+from jobmill.storage.db import aware
+from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import events, jobs, rule_cursors, rule_firings, rules
+from jobmill.storage.writes import created_event_row, insert_jobs, job_row
 
 JOB_EVENTS = "job-events"
 """The ``rule_cursors`` row of the job rules."""
@@ -58,19 +55,6 @@ class StoredRule:
     created_by: str
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass
-class Firing:
-    """One firing: the job it created, or why it created none."""
-
-    id: int
-    rule: str
-    key: str
-    kind: str
-    job_id: str | None
-    error: str | None
-    fired_at: datetime
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""What every ``jobmill`` command shares: the console, common options, and how it fails."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+# Piped output is not cut to 80 columns: tables stay one row per job for grep and friends.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+TAIL_BYTES = 1 << 20
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="jobmill URL (default: the global --url, JOBMILL_URL).")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="API token (default: the global --token, JOBMILL_API_TOKEN)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", envvar="JOBMILL_HOME", help="jobmill home directory.")
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One ``error:`` line on stderr, then exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))

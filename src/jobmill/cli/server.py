@@ -1,0 +1,226 @@
+"""The ``jobmill`` commands that work on this machine's configuration and database: ``serve``,
+``token create|list|revoke`` and ``db upgrade``. Only these build jobmill through the factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from jobmill.cli import render
+from jobmill.cli.common import HomeOpt, JsonOpt, fail, out, print_json
+
+token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on the database).")
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+log = logging.getLogger("jobmill.serve")
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(envvar="JOBMILL_HOST", help="Address to bind (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="JOBMILL_PORT", help="Port (default 8080).")
+    ] = None,
+    home: HomeOpt = None,
+    jobtypes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--jobtypes",
+            help="Job type file or directory; repeatable (env: JOBMILL_JOBTYPES).",
+        ),
+    ] = None,
+) -> None:
+    """Run the jobmill server (API, engine and local executor)."""
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from jobmill.api.app import create_app
+    from jobmill.config import Settings
+    from jobmill.domain.errors import JobTypeFileError
+    from jobmill.factory import build
+
+    settings = Settings.from_env(host=host, port=port, home=home, jobtypes=jobtypes or None)
+    try:
+        jm = build(settings)
+    except JobTypeFileError as exc:
+        fail(f"job types: {exc}", 2)
+    except SQLAlchemyError as exc:
+        fail(f"database: {exc}", 2)
+    if settings.token_file is not None:
+        try:
+            jm.tokens.ensure_local(settings.local_user, settings.token_file)
+        except OSError as exc:
+            jm.close()
+            fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
+        typer.echo(
+            f"jobmill: your token is in {settings.token_file} (the CLI and client read it; "
+            "others need one from 'jobmill token create')",
+            err=True,
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: _reload_soon(jm))
+    try:
+        # SIGINT and SIGTERM: uvicorn stops serving, and the app's lifespan stops everything
+        # jobmill started (engine, watcher, rules); then the database is released.
+        uvicorn.run(
+            create_app(jm),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
+    finally:
+        jm.close()
+
+
+def _reload_soon(jm: Any) -> None:
+    """SIGHUP: read the job types and rules again, off the signal handler (a broken file is
+    logged and changes nothing)."""
+
+    def reload() -> None:
+        from jobmill.domain.errors import JobTypeFileError
+
+        try:
+            jm.reload()
+        except JobTypeFileError as exc:
+            log.error("reload refused, the running job types and rules stay: %s", exc)
+        except Exception:  # noqa: BLE001 - a reload must never take the server down
+            log.exception("reload failed; the running job types and rules stay")
+
+    threading.Thread(target=reload, name="jobmill-reload", daemon=True).start()
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", help="Who the token authenticates.")],
+    admin: Annotated[bool, typer.Option("--admin", help="May see and steer every job.")] = False,
+    note: Annotated[str | None, typer.Option("--note", help="What it is for.")] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", help="Lifetime, e.g. 90d, 12h, 30m, 2w (default: none)."),
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Create a user API token and print it (it is shown only this once)."""
+    from jobmill.domain.jobs import iso
+
+    lifetime = parse_lifetime(expires) if expires is not None else None
+    with _tokens(home) as tokens:
+        secret, record = tokens.create(user, admin=admin, note=note, lifetime=lifetime)
+    typer.echo(secret)
+    kind = "an admin" if admin else "a"
+    until = f", valid until {iso(record.expires_at)}" if record.expires_at else ""
+    typer.echo(
+        f"created {kind} token for {user}{until}; store it now, it is not shown again", err=True
+    )
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include revoked and expired tokens.")
+    ] = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """The tokens of this database (never their secrets): id, user, admin, state, times."""
+    with _tokens(home) as tokens:
+        records = tokens.list(user, include_inactive=all_)
+    rows = [token_dict(r) for r in records]
+    if json_:
+        print_json(rows)
+    else:
+        out.print(render.tokens_table(rows))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id (token list).")],
+    home: HomeOpt = None,
+) -> None:
+    """Revoke a token: servers refuse it within seconds (their short cache)."""
+    from jobmill.domain.errors import NotFound
+
+    with _tokens(home) as tokens:
+        try:
+            record = tokens.revoke(token_id)
+        except NotFound:
+            fail(f"no token {token_id} (see 'jobmill token list --all')")
+    typer.echo(f"revoked token {record.id} of {record.user}", err=True)
+
+
+def token_dict(record: Any) -> dict[str, Any]:
+    """A stored token (``storage.tokens.TokenRecord``) as JSON: everything but its hash."""
+    from jobmill.domain.jobs import iso
+
+    return {
+        "id": record.id,
+        "user": record.user,
+        "admin": record.admin,
+        "state": record.state(),
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "revoked_at": iso(record.revoked_at),
+        "last_used_at": iso(record.last_used_at),
+        "note": record.note,
+    }
+
+
+_LIFETIME = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_LIFETIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_lifetime(text: str) -> Any:
+    """``90d``, ``12h``, ``30m``, ``2w``, ``45s`` as a timedelta; a usage error otherwise."""
+    from datetime import timedelta
+
+    match = _LIFETIME.match(text)
+    if match is None or int(match.group(1)) == 0:
+        fail(f"--expires: '{text}' is not a lifetime such as 90d, 12h, 30m or 2w", 2)
+    seconds = int(match.group(1)) * _LIFETIME_UNITS[match.group(2)]
+    if seconds > 100 * 365 * 86400:
+        fail("--expires: at most 100 years", 2)
+    return timedelta(seconds=seconds)
+
+
+@db_app.command("upgrade")
+def db_upgrade(home: HomeOpt = None) -> None:
+    """Create or migrate the database schema to the current version."""
+    with _tokens(home) as tokens:
+        where = tokens.store.engine.url.render_as_string(hide_password=True)
+    typer.echo(f"database {where} is up to date")
+
+
+@contextmanager
+def _tokens(home: str | None) -> Iterator[Any]:
+    """The token service of this machine's database (created or migrated if need be)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from jobmill.config import Settings
+    from jobmill.factory import open_tokens
+
+    try:
+        tokens, store = open_tokens(Settings.from_env(home=home))
+        try:
+            yield tokens
+        finally:
+            store.read_engine.dispose()
+            store.engine.dispose()
+    except SQLAlchemyError as exc:
+        fail(f"database: {exc}")
+
+
+
