@@ -32,6 +32,25 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 JOBMILL = Path(sys.executable).parent / "jobmill"
+# Every server a benchmark starts writes the local credential of its user here (``jobmill
+# serve`` does), and every request of the benchmark carries it: one file for the whole run, so
+# each server (each its own database) accepts the same token.
+TOKEN_FILE = Path(tempfile.mkdtemp(prefix="jobmill-bench-token-")) / "token"
+os.environ["JOBMILL_TOKEN_FILE"] = str(TOKEN_FILE)
+
+
+def token() -> str | None:
+    """The benchmark's token (once a server has started), or None."""
+    try:
+        return TOKEN_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def auth_headers() -> dict[str, str]:
+    """``Authorization`` for httpx clients of the benchmark's servers."""
+    secret = token()
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_DIR: Path | None = None  # set by --py-spy: record a flame graph of every server
 
@@ -292,9 +311,10 @@ class HTTPError(RuntimeError):
 class Connection:
     """One keep-alive HTTP/1.1 connection on asyncio streams (Content-Length bodies only)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, token: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.token = token if token is not None else globals()["token"]()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -308,6 +328,8 @@ class Connection:
     def encode(self, method: str, path: str, body: bytes | None = None) -> bytes:
         """A complete request, encoded once and reusable."""
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if self.token:
+            head += f"Authorization: Bearer {self.token}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         return (head + "\r\n").encode() + (body or b"")

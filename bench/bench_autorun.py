@@ -230,7 +230,7 @@ def main() -> int:
             "end->created ms",
             "end->submitted ms",
             "end->ended ms",
-        ],  # fmt: skip
+        ],
         rows,
     )
     exact = (

@@ -243,7 +243,7 @@ def run_scanned(types: Path, data: Path, n: int, paced: int, keep: bool) -> list
         time.sleep(3.0)
         closed = write_files(data, range(paced), 0.05)
         lat = latencies(server, ids[:paced], closed, 60)
-    rows = [
+    return [
         [
             f"scanned root (2 s interval), {paced} files: p50 (ms)",
             percentile(lat, 50) * 1000,
@@ -253,7 +253,6 @@ def run_scanned(types: Path, data: Path, n: int, paced: int, keep: bool) -> list
         ["  p99 (ms)", percentile(lat, 99) * 1000, "", ""],
         ["  max (ms)", max(lat) * 1000, "", ""],
     ]
-    return rows
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import banner, fmt, parse_args, percentile, print_table, verdict
+from _common import TOKEN_FILE, banner, fmt, parse_args, percentile, print_table, verdict
 from jobmill.config import Settings
 from jobmill.domain.jobtypes import Resources
 from jobmill.executors.base import LaunchSpec
@@ -193,7 +193,9 @@ def bench_submission(
     took = {"bare": 0.0, "engine": 0.0, "many": 0.0}
     engine_jm = build(settings("engine"))
     try:
-        with TestClient(create_app(engine_jm)) as client:
+        secret = engine_jm.tokens.ensure_local(engine_jm.settings.local_user, TOKEN_FILE)
+        auth = {"Authorization": f"Bearer {secret}"}
+        with TestClient(create_app(engine_jm), headers=auth) as client:
             for r in range(rounds):
                 # 1. bare: the description jobmill renders, its own directory, one
                 #    Schedd.submit per job (rendering is not timed, the directory is)

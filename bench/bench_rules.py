@@ -31,7 +31,15 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from _common import Server, banner, parse_args, percentile, print_table, running_server
+from _common import (
+    Server,
+    auth_headers,
+    banner,
+    parse_args,
+    percentile,
+    print_table,
+    running_server,
+)
 
 RULES = """
 rules:
@@ -171,7 +179,7 @@ def main() -> None:
         rows.append(row("paced files, 2 servers", arrivals, wait_all(db_url, set(arrivals), 60)))
         arrivals = write_files(data, "burst", burst, 0.0)
         rows.append(row("burst, 2 servers", arrivals, wait_all(db_url, set(arrivals), 120)))
-        with httpx.Client(base_url=both[0].url, timeout=60) as client:
+        with httpx.Client(base_url=both[0].url, timeout=60, headers=auth_headers()) as client:
             answer = client.post("/api/v1/jobs/batch", json={"jobs": [{"type": "up"}] * chain})
             answer.raise_for_status()
         deadline = time.monotonic() + 120

@@ -40,6 +40,7 @@ from _common import (
     Server,
     _stop,
     _wait_healthy,
+    auth_headers,
     banner,
     children_cpu_seconds,
     cpu_seconds,
@@ -159,7 +160,7 @@ def submit_through_jobmill(server: Server, n: int) -> tuple[float, float]:
 
     cpu = server_cpu(server)
     start = time.perf_counter()
-    with httpx.Client(base_url=server.url, timeout=120) as http:
+    with httpx.Client(base_url=server.url, timeout=120, headers=auth_headers()) as http:
         for first in range(0, n, 1000):
             body = {"jobs": [{"type": "held"} for _ in range(min(1000, n - first))]}
             answer = http.post("/api/v1/jobs/batch", json=body)

@@ -55,6 +55,9 @@ from _common import (
     verdict,
     write_jobtype,
 )
+from _common import (
+    token as local_token,
+)
 from jobmill.config import Settings
 from jobmill.domain.jobs import NewJob, utcnow
 from jobmill.domain.lifecycle import Phase
@@ -169,6 +172,7 @@ class Timing:
 
 
 def raw_get(port: int, path: str, token: str | None = None) -> bytes:
+    token = token or local_token()  # the server's own user (an admin) unless another is given
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n".encode()
 

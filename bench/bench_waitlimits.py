@@ -38,10 +38,10 @@ from _common import banner, parse_args, print_table, verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from jobmill.domain.conditions import DataCondition, resolve  # noqa: E402
-from jobmill.service import inotify  # noqa: E402
-from jobmill.service.datawatch import DataWatcher, WatchSettings  # noqa: E402
-from jobmill.storage.conditions import WaitingCondition  # noqa: E402
+from jobmill.domain.conditions import DataCondition, resolve
+from jobmill.service import inotify
+from jobmill.service.datawatch import DataWatcher, WatchSettings
+from jobmill.storage.conditions import WaitingCondition
 
 TARGET_SECONDS = 1.0
 JOB = "00000000-0000-4000-8000-000000000000"

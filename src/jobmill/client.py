@@ -10,7 +10,9 @@ Inside a running job, ``report(counters={"files": 3})`` posts progress to the jo
 URL with the job's token, both taken from the environment jobmill gave the process.
 
 Every failure raises ``JobmillClientError``: an error answer of the server keeps its status,
-code, message and field; a server that cannot be reached gives status 0.
+code, message and field; a server that cannot be reached gives status 0. Its ``kind`` (usage,
+denied, not_found, conflict, transient, fatal) says what to do about it, e.g. retry a transient
+error later.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from jobmill.domain.errors import Kind, kind_of
 from jobmill.domain.lifecycle import TERMINAL
 from jobmill.paths import default_token_file, read_token_file
 
@@ -33,8 +36,15 @@ JobDict = dict[str, Any]
 JobList = list[JobDict]
 
 
+CLIENT_CODES = {"unreachable": Kind.TRANSIENT, "timeout": Kind.TRANSIENT, "not_in_job": Kind.USAGE}
+"""The codes of failures the client finds itself (status 0), and their kinds."""
+
+
 class JobmillClientError(Exception):
-    """A refused request (``status`` >= 400) or an unreachable server (``status`` 0)."""
+    """A refused request (``status`` >= 400) or an unreachable server (``status`` 0).
+
+    ``kind`` follows from the code (``domain.errors.CODES``, or ``CLIENT_CODES``), else from
+    the status."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -42,6 +52,10 @@ class JobmillClientError(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+    @property
+    def kind(self) -> Kind:
+        return CLIENT_CODES.get(self.code) or kind_of(self.code, self.status)
 
     def __str__(self) -> str:
         if self.field and not self.message.startswith(self.field):

@@ -1,21 +1,34 @@
-"""Settings: ``JOBMILL_*`` environment variables (and the OCPS ``API_*`` ones)."""
+"""Settings: a TOML config file in sections, and ``JOBMILL_*`` environment variables (and the
+OCPS ``API_*`` ones), which override it; see docs/configuration.md.
+
+``SETTINGS`` is the one table of what can be set: each row names the file's section and key, the
+``Settings`` field, how a value is read, and the environment variables that set it too.
+``read_environment`` is the one reader of the environment, ``read_file`` the one of the file
+(``JOBMILL_CONFIG``, or ``jobmill serve --config``). A bad value stops the start with a
+``ConfigError`` naming the variable, or the file, section and key.
+"""
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import ipaddress
 import os
 import socket
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from jobmill.paths import default_token_file, sqlite_url
 
+CONFIG_ENV = "JOBMILL_CONFIG"
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+
+class ConfigError(SystemExit):
+    """A setting that cannot be used: the message names where it came from. Uncaught, Python
+    prints it and exits; the CLI prints it as one ``error:`` line and exits 2."""
 
 
 def _list(value: str | None) -> list[str]:
@@ -25,9 +38,20 @@ def _list(value: str | None) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _login_name() -> str:
+    """The account running jobmill: ``$USER``, else the password database's name for the uid."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "local"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything jobmill can be configured with; ``from_env`` reads the environment."""
+    """Everything jobmill can be configured with; ``from_env`` reads the config file and the
+    environment. The fields are flat; ``SETTINGS`` groups them in the file's sections: [server],
+    [database], [jobs], [security], [limits], [data], [slurm], [lsf], [pbs], [htcondor], [ocps].
+    """
 
     home: Path = Path(".jobmill")
     database_url: str | None = None
@@ -41,7 +65,7 @@ class Settings:
     poll_interval: float = 1.0
     pass_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
     node: str = field(default_factory=socket.gethostname)
-    local_user: str = field(default_factory=lambda: _login_name())  # the server's own user
+    local_user: str = field(default_factory=_login_name)  # the server's own user
     max_request_bytes: int = 1 << 20
     max_batch_request_bytes: int = 64 << 20
     max_upload_bytes: int = 100 << 20  # multipart UWS requests (file uploads)
@@ -97,64 +121,25 @@ class Settings:
     max_user_waits: int = 10_000  # jobs of one user waiting for data (or PENDING with one)
     max_user_wildcards: int = 1000  # patterns with a wildcard among one user's waiting jobs
     max_user_wildcard_dirs: int = 64  # of which with a wildcard in a directory
+    # -- OCPS callbacks (docs/ocps.md) ---------------------------------------------------------
+    api_protocol: str = "http"  # OCPS API_PROTOCOL: the scheme of the callback URL
+    api_domain: str | None = None  # OCPS API_DOMAIN: its host; None: see callback_url
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        env: dict[str, Any] = {}
-        if (home := _env("JOBMILL_HOME")) is not None:
-            env["home"] = Path(home)
-        if (url := _env("JOBMILL_DATABASE_URL")) is not None:
-            env["database_url"] = url
-        if types := _list(_env("JOBMILL_JOBTYPES")):
-            env["jobtypes"] = tuple(types)
-        if (host := _env("JOBMILL_HOST")) is not None:
-            env["host"] = host
-        port = _env("JOBMILL_PORT") or _env("API_PORT")
-        if port is not None:
-            env["port"] = _int("JOBMILL_PORT", port)
-        if (public := _env("JOBMILL_PUBLIC_URL")) is not None:
-            env["public_url"] = public.rstrip("/")
-        if (base := _env("API_BASEPATH")) is not None:
-            env["ocps_basepath"] = "/" + base.strip("/")
-        if (limit := _env("JOBMILL_MAX_LOCAL_JOBS")) is not None:
-            env["max_local_jobs"] = max(1, _int("JOBMILL_MAX_LOCAL_JOBS", limit))
-        if (grace := _env("JOBMILL_KILL_GRACE")) is not None:
-            env["kill_grace"] = float(grace)
-        if (interval := _env("JOBMILL_POLL_INTERVAL")) is not None:
-            env["poll_interval"] = float(interval)
-        if (passed := _env("JOBMILL_PASS_ENV")) is not None:
-            env["pass_env"] = tuple(_list(passed))
-        if executors := _list(_env("JOBMILL_EXECUTORS")):
-            env["executors"] = tuple(executors)
-        for name, var, seconds in _BATCH_SETTINGS:
-            if (value := _env(var)) is not None:
-                env[name] = _seconds(var, value) if seconds else value
-        if (schedd := _env("JOBMILL_CONDOR_SCHEDD")) is not None:
-            env["condor_schedd"] = schedd
-        if (collector := _env("JOBMILL_CONDOR_COLLECTOR")) is not None:
-            env["condor_collector"] = collector
-        if (array_min := _env("JOBMILL_SLURM_ARRAY_MIN")) is not None:
-            env["slurm_array_min"] = max(0, _int("JOBMILL_SLURM_ARRAY_MIN", array_min))
-        if (slow := _env("JOBMILL_SLOW_SUBMIT")) is not None:
-            env["slow_submit"] = _seconds("JOBMILL_SLOW_SUBMIT", slow)
-        if (access := _env("JOBMILL_ACCESS_LOG")) is not None:
-            env["access_log"] = access.lower() in ("1", "true", "yes", "on")
-        if (node := _env("JOBMILL_NODE")) is not None:
-            env["node"] = node
-        if (max_wait := _env("JOBMILL_MAX_WAIT")) is not None:
-            env["max_wait"] = _seconds("JOBMILL_MAX_WAIT", max_wait)
-        if (upload := _env("JOBMILL_MAX_UPLOAD")) is not None:
-            env["max_upload_bytes"] = _size("JOBMILL_MAX_UPLOAD", upload)
-        env.update(_data_settings())
-        env.update(_identity_settings())
-        env.update(_browser_settings())
-        env.update(_limit_settings())
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(env.get("home"), str):
-            env["home"] = Path(env["home"])
-        if isinstance(env.get("jobtypes"), list):
-            env["jobtypes"] = tuple(env["jobtypes"])
-        return cls(**env)
+    def from_env(cls, config: str | Path | None = None, **overrides: Any) -> Settings:
+        """The settings of the config file (``config``, else ``$JOBMILL_CONFIG``, else none),
+        then the environment, then ``overrides`` (command-line options; None: not given)."""
+        values: dict[str, Any] = {}
+        path = config if config is not None else _getenv(os.environ, CONFIG_ENV)
+        if path is not None:
+            values.update(read_file(Path(path)))
+        values.update(read_environment())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("home"), str):
+            values["home"] = Path(values["home"])
+        if isinstance(values.get("jobtypes"), list):
+            values["jobtypes"] = tuple(values["jobtypes"])
+        return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -168,8 +153,7 @@ class Settings:
         """The base URL jobs use to reach jobmill (reports, BATCH_UPDATE_URL)."""
         if self.public_url:
             return self.public_url
-        protocol = _env("API_PROTOCOL", "http")
-        domain = _env("API_DOMAIN")
+        protocol, domain = self.api_protocol, self.api_domain
         if domain is None:
             domain = self.host if self.host not in ("0.0.0.0", "::") else socket.getfqdn()
         if ":" in domain and not domain.startswith("["):
@@ -187,172 +171,345 @@ class Settings:
             return False
 
 
-def _data_settings() -> dict[str, Any]:
-    """Waiting for data: ``JOBMILL_DATA_ROOT``, ``JOBMILL_SCAN_ROOTS``, ``JOBMILL_SCAN_INTERVAL``,
-    ``JOBMILL_STABLE_SECONDS`` and ``JOBMILL_OCPS_WAIT_FOR_DAT`` (see docs/triggers.md)."""
-    env: dict[str, Any] = {}
-    if (root := _env("JOBMILL_DATA_ROOT")) is not None:
-        env["data_root"] = Path(root)
-    if (roots := _env("JOBMILL_SCAN_ROOTS")) is not None:
-        env["scan_roots"] = tuple(_list(roots))
-    if (interval := _env("JOBMILL_SCAN_INTERVAL")) is not None:
-        env["scan_interval"] = _seconds("JOBMILL_SCAN_INTERVAL", interval)
-    if (stable := _env("JOBMILL_STABLE_SECONDS")) is not None:
-        env["stable_seconds"] = 0.0 if _zero(stable) else _seconds("JOBMILL_STABLE_SECONDS", stable)
-    if (dat := _env("JOBMILL_OCPS_WAIT_FOR_DAT")) is not None:
-        word = dat.strip().lower()
-        if word in ("0", "off", "false", "no", "none"):
-            env["ocps_wait_for_dat"] = ()
-        elif word in ("1", "on", "true", "yes", "all", "*"):
-            env["ocps_wait_for_dat"] = ("*",)
-        else:
-            env["ocps_wait_for_dat"] = tuple(_list(dat))
-    return env
+# -- how values are read ------------------------------------------------------------------------
+# A reader takes where the value comes from (for its error: a variable's name, or the file,
+# section and key) and the value: a string from the environment, or from the file a string, a
+# list of strings, or a number or boolean written as a string. ``None``: leave the default.
+
+Raw = str | list[str]
+Reader = Callable[[str, Raw], Any]
+
+_OFF = ("0", "none", "off", "no", "false")
 
 
-def _identity_settings() -> dict[str, Any]:
-    """Who is calling: ``JOBMILL_ADMINS``, ``JOBMILL_ANONYMOUS`` (``none`` or ``read``) and
-    ``JOBMILL_TOKEN_FILE`` (see docs/security.md)."""
-    env: dict[str, Any] = {}
-    if (admins := _env("JOBMILL_ADMINS")) is not None:
-        env["admins"] = tuple(_list(admins))
-    if (anonymous := _env("JOBMILL_ANONYMOUS")) is not None:
-        word = anonymous.strip().lower()
-        if word not in ("none", "read"):
-            raise SystemExit(f"JOBMILL_ANONYMOUS: '{anonymous}' is not 'none' or 'read'")
-        env["anonymous"] = word
-    return env
+def _text(where: str, value: Raw) -> str:
+    return value if isinstance(value, str) else ",".join(value)
 
 
-def _browser_settings() -> dict[str, Any]:
-    """Host and Origin checks, OCPS CORS: ``JOBMILL_ALLOWED_HOSTS``, ``JOBMILL_ALLOWED_ORIGINS``
-    and ``JOBMILL_OCPS_CORS_ORIGINS``, comma lists (see docs/security.md)."""
+def _path(where: str, value: Raw) -> Path:
+    return Path(_text(where, value))
 
-    def commas(value: str) -> tuple[str, ...]:  # not _list: origins and hosts contain ':'
-        return tuple(p.strip() for p in value.replace(",", " ").split() if p.strip())
 
-    def origins(name: str, value: str, wildcard: bool) -> tuple[str, ...]:
+def _user_path(where: str, value: Raw) -> Path:
+    return Path(_text(where, value)).expanduser()
+
+
+def _url(where: str, value: Raw) -> str:
+    return _text(where, value).rstrip("/")
+
+
+def _basepath(where: str, value: Raw) -> str:
+    return "/" + _text(where, value).strip("/")
+
+
+def _names(where: str, value: Raw) -> tuple[str, ...]:
+    """A list: ``a,b`` or ``a:b`` in a variable; in the file a list of strings, or such a
+    string."""
+    if isinstance(value, str):
+        return tuple(_list(value))
+    return tuple(v.strip() for v in value if v.strip())
+
+
+def _some_names(where: str, value: Raw) -> tuple[str, ...] | None:
+    """A list that, empty, leaves the default (job types, executors)."""
+    return _names(where, value) or None
+
+
+def _roots(where: str, value: Raw) -> tuple[str, ...]:
+    """Path roots; ``none`` (or ``off``...): none at all."""
+    if isinstance(value, str) and value.strip().lower() in _OFF:
+        return ()
+    return _names(where, value)
+
+
+def _commas(where: str, value: Raw) -> tuple[str, ...]:
+    """Names separated by commas or spaces (not ``:``: hosts and origins contain it)."""
+    text = value if isinstance(value, str) else ",".join(value)
+    return tuple(p.strip() for p in text.replace(",", " ").split() if p.strip())
+
+
+def _origins(wildcard: bool) -> Reader:
+    def read(where: str, value: Raw) -> tuple[str, ...]:
         found = []
-        for entry in commas(value):
+        for entry in _commas(where, value):
             if entry == "*" and wildcard:
                 found.append(entry)
                 continue
             scheme, sep, rest = entry.rstrip("/").partition("://")
             if scheme.lower() not in ("http", "https") or not sep or not rest:
-                raise SystemExit(f"{name}: '{entry}' is not an origin (scheme://host[:port])")
+                raise ConfigError(f"{where}: '{entry}' is not an origin (scheme://host[:port])")
             if any(c in rest for c in "/?#@"):
-                raise SystemExit(f"{name}: '{entry}' is an origin without a path")
+                raise ConfigError(f"{where}: '{entry}' is an origin without a path")
             found.append(entry.rstrip("/").lower())
         return tuple(found)
 
-    env: dict[str, Any] = {}
-    if (hosts := _env("JOBMILL_ALLOWED_HOSTS")) is not None:
-        env["allowed_hosts"] = commas(hosts)
-    if (allowed := _env("JOBMILL_ALLOWED_ORIGINS")) is not None:
-        env["allowed_origins"] = origins("JOBMILL_ALLOWED_ORIGINS", allowed, wildcard=False)
-    if (cors := _env("JOBMILL_OCPS_CORS_ORIGINS")) is not None:
-        env["ocps_cors_origins"] = origins("JOBMILL_OCPS_CORS_ORIGINS", cors, wildcard=True)
-    return env
+    return read
 
 
-def _limit_settings() -> dict[str, Any]:
-    """Path roots, umask, output caps, data-wait caps, free space: ``JOBMILL_LOG_ROOTS``,
-    ``JOBMILL_DATA_ROOTS``, ``JOBMILL_UMASK``, ``JOBMILL_MAX_JOB_OUTPUT``, ``JOBMILL_MIN_FREE``,
-    ``JOBMILL_MAX_WAIT_PATHS``, ``JOBMILL_MAX_WAIT_WILDCARD_DIRS``, ``JOBMILL_MAX_USER_WAITS``,
-    ``JOBMILL_MAX_USER_WILDCARDS`` and ``JOBMILL_MAX_USER_WILDCARD_DIRS`` (docs/security.md)."""
-    off = ("0", "none", "off", "no", "false")
-    env: dict[str, Any] = {}
-    for name, var in (("log_roots", "JOBMILL_LOG_ROOTS"), ("data_roots", "JOBMILL_DATA_ROOTS")):
-        if (roots := _env(var)) is not None:
-            env[name] = () if roots.strip().lower() in off else tuple(_list(roots))
-    if (umask := _env("JOBMILL_UMASK")) is not None:
-        try:
-            mask = int(umask.strip().lower().removeprefix("0o"), 8)
-        except ValueError:
-            raise SystemExit(f"JOBMILL_UMASK: '{umask}' is not an octal mask like 077") from None
-        if not 0 <= mask <= 0o777:
-            raise SystemExit("JOBMILL_UMASK: must be between 000 and 777")
-        env["umask"] = mask
-    sizes = (("max_job_output", "JOBMILL_MAX_JOB_OUTPUT"), ("min_free", "JOBMILL_MIN_FREE"))
-    for name, var in sizes:
-        if (size := _env(var)) is not None:
-            env[name] = 0 if size.strip().lower() in off else _size(var, size)
-    for name, var, least in (
-        ("max_wait_paths", "JOBMILL_MAX_WAIT_PATHS", 1),
-        ("max_wait_wildcard_dirs", "JOBMILL_MAX_WAIT_WILDCARD_DIRS", 0),
-        ("max_user_waits", "JOBMILL_MAX_USER_WAITS", 1),
-        ("max_user_wildcards", "JOBMILL_MAX_USER_WILDCARDS", 0),
-        ("max_user_wildcard_dirs", "JOBMILL_MAX_USER_WILDCARD_DIRS", 0),
-    ):
-        if (count := _env(var)) is not None:
-            env[name] = max(least, _int(var, count))
-    return env
+def _flag(where: str, value: Raw) -> bool:
+    return _text(where, value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def _login_name() -> str:
-    """The account running jobmill: ``$USER``, else the password database's name for the uid."""
+def _number(where: str, value: Raw) -> float:
     try:
-        return os.environ.get("USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "local"
-
-
-def _zero(value: str) -> bool:
-    try:
-        return float(value) == 0
+        return float(_text(where, value))
     except ValueError:
-        return False
+        raise ConfigError(f"{where}: '{value}' is not a number") from None
 
 
-_BATCH_SETTINGS = (  # (setting, environment variable, is a number of seconds)
-    ("slurm_bin", "JOBMILL_SLURM_BIN", False),
-    ("slurm_partition", "JOBMILL_SLURM_PARTITION", False),
-    ("slurm_account", "JOBMILL_SLURM_ACCOUNT", False),
-    ("slurm_command_timeout", "JOBMILL_SLURM_TIMEOUT", True),
-    ("slurm_lost_after", "JOBMILL_SLURM_LOST_AFTER", True),
-    ("lsf_bin", "JOBMILL_LSF_BIN", False),
-    ("lsf_queue", "JOBMILL_LSF_QUEUE", False),
-    ("lsf_project", "JOBMILL_LSF_PROJECT", False),
-    ("lsf_command_timeout", "JOBMILL_LSF_TIMEOUT", True),
-    ("lsf_lost_after", "JOBMILL_LSF_LOST_AFTER", True),
-    ("pbs_bin", "JOBMILL_PBS_BIN", False),
-    ("pbs_queue", "JOBMILL_PBS_QUEUE", False),
-    ("pbs_account", "JOBMILL_PBS_ACCOUNT", False),
-    ("pbs_command_timeout", "JOBMILL_PBS_TIMEOUT", True),
-    ("pbs_lost_after", "JOBMILL_PBS_LOST_AFTER", True),
-)
-
-
-def _seconds(name: str, value: str) -> float:
+def _seconds(where: str, value: Raw) -> float:
     try:
-        seconds = float(value)
+        seconds = float(_text(where, value))
     except ValueError:
-        raise SystemExit(f"{name}: '{value}' is not a number of seconds") from None
+        raise ConfigError(f"{where}: '{value}' is not a number of seconds") from None
     if not 0 < seconds < float("inf"):
-        raise SystemExit(f"{name}: must be a positive number of seconds")
+        raise ConfigError(f"{where}: must be a positive number of seconds")
     return seconds
+
+
+def _seconds_or_zero(where: str, value: Raw) -> float:
+    try:
+        if float(_text(where, value)) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return _seconds(where, value)
+
+
+def _int(where: str, value: Raw) -> int:
+    try:
+        return int(_text(where, value))
+    except ValueError:
+        raise ConfigError(f"{where}: '{value}' is not a whole number") from None
+
+
+def _at_least(least: int) -> Reader:
+    """A whole number, raised to ``least`` when below it."""
+    return lambda where, value: max(least, _int(where, value))
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-def _size(name: str, value: str) -> int:
+def _size(where: str, value: Raw) -> int:
     """A number of bytes, optionally with a binary unit: ``1048576``, ``512K``, ``100M``, ``2G``."""
-    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    text = _text(where, value).strip().upper().removesuffix("IB").removesuffix("B")
     unit = text[-1:] if text[-1:] in _UNITS else ""
     try:
         size = int(text.removesuffix(unit)) * _UNITS[unit] if unit else int(text)
     except ValueError:
-        raise SystemExit(
-            f"{name}: '{value}' is not a size (bytes, or e.g. 512K, 100M, 2G)"
+        raise ConfigError(
+            f"{where}: '{value}' is not a size (bytes, or e.g. 512K, 100M, 2G)"
         ) from None
     if size <= 0:
-        raise SystemExit(f"{name}: must be a positive size")
+        raise ConfigError(f"{where}: must be a positive size")
     return size
 
 
-def _int(name: str, value: str) -> int:
+def _size_or_off(where: str, value: Raw) -> int:
+    return 0 if _text(where, value).strip().lower() in _OFF else _size(where, value)
+
+
+def _anonymous(where: str, value: Raw) -> str:
+    word = _text(where, value).strip().lower()
+    if word not in ("none", "read"):
+        raise ConfigError(f"{where}: '{value}' is not 'none' or 'read'")
+    return word
+
+
+def _umask(where: str, value: Raw) -> int:
     try:
-        return int(value)
+        mask = int(_text(where, value).strip().lower().removeprefix("0o"), 8)
     except ValueError:
-        raise SystemExit(f"{name}: '{value}' is not a whole number") from None
+        raise ConfigError(f"{where}: '{value}' is not an octal mask like 077") from None
+    if not 0 <= mask <= 0o777:
+        raise ConfigError(f"{where}: must be between 000 and 777")
+    return mask
+
+
+def _wait_for_dat(where: str, value: Raw) -> tuple[str, ...]:
+    """OCPS job types that wait for ``<job_id>.dat``: a list, or a word for none or all."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _OFF:
+            return ()
+        if word in ("1", "on", "true", "yes", "all", "*"):
+            return ("*",)
+    return _names(where, value)
+
+
+# What a key of the file may hold (TOML types), in words for the error.
+TEXT = ((str,), "a string")
+LIST = ((str, list), "a list of strings (or one comma-separated string)")
+NUMBER = ((int, float), "a number")
+WHOLE = ((int,), "a whole number")
+SIZE = ((int, str), 'a number of bytes, or a string such as "100M"')
+BOOL = ((bool,), "true or false")
+WORD = ((str, bool, list), "a list of job types, or true or false")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it lives in the file, the field it sets, how it is read, and the
+    environment variables that set it too (the first one set wins)."""
+
+    section: str
+    key: str
+    field: str
+    read: Reader
+    accepts: tuple[tuple[type, ...], str]  # the TOML types of the file's value, in words
+    env: tuple[str, ...]
+
+
+def _s(section: str, key: str, read: Reader, accepts: Any, *env: str, to: str = "") -> Setting:
+    return Setting(section, key, to or key, read, accepts, env)
+
+
+# fmt: off
+SETTINGS: tuple[Setting, ...] = (
+    _s("server", "home", _path, TEXT, "JOBMILL_HOME"),
+    _s("server", "host", _text, TEXT, "JOBMILL_HOST"),
+    _s("server", "port", _int, WHOLE, "JOBMILL_PORT", "API_PORT"),
+    _s("server", "public_url", _url, TEXT, "JOBMILL_PUBLIC_URL"),
+    _s("server", "access_log", _flag, BOOL, "JOBMILL_ACCESS_LOG"),
+    _s("server", "node", _text, TEXT, "JOBMILL_NODE"),
+    _s("database", "url", _text, TEXT, "JOBMILL_DATABASE_URL", to="database_url"),
+    _s("jobs", "jobtypes", _some_names, LIST, "JOBMILL_JOBTYPES"),
+    _s("jobs", "executors", _some_names, LIST, "JOBMILL_EXECUTORS"),
+    _s("jobs", "max_local_jobs", _at_least(1), WHOLE, "JOBMILL_MAX_LOCAL_JOBS"),
+    _s("jobs", "kill_grace", _number, NUMBER, "JOBMILL_KILL_GRACE"),
+    _s("jobs", "poll_interval", _number, NUMBER, "JOBMILL_POLL_INTERVAL"),
+    _s("jobs", "pass_env", _names, LIST, "JOBMILL_PASS_ENV"),
+    _s("jobs", "slow_submit", _seconds, NUMBER, "JOBMILL_SLOW_SUBMIT"),
+    _s("security", "admins", _names, LIST, "JOBMILL_ADMINS"),
+    _s("security", "anonymous", _anonymous, TEXT, "JOBMILL_ANONYMOUS"),
+    _s("security", "token_file", _user_path, TEXT, "JOBMILL_TOKEN_FILE"),
+    _s("security", "allowed_hosts", _commas, LIST, "JOBMILL_ALLOWED_HOSTS"),
+    _s("security", "allowed_origins", _origins(wildcard=False), LIST, "JOBMILL_ALLOWED_ORIGINS"),
+    _s("security", "log_roots", _roots, LIST, "JOBMILL_LOG_ROOTS"),
+    _s("security", "data_roots", _roots, LIST, "JOBMILL_DATA_ROOTS"),
+    _s("security", "umask", _umask, TEXT, "JOBMILL_UMASK"),
+    _s("limits", "max_wait", _seconds, NUMBER, "JOBMILL_MAX_WAIT"),
+    _s("limits", "max_upload", _size, SIZE, "JOBMILL_MAX_UPLOAD", to="max_upload_bytes"),
+    _s("limits", "max_job_output", _size_or_off, SIZE, "JOBMILL_MAX_JOB_OUTPUT"),
+    _s("limits", "min_free", _size_or_off, SIZE, "JOBMILL_MIN_FREE"),
+    _s("limits", "max_wait_paths", _at_least(1), WHOLE, "JOBMILL_MAX_WAIT_PATHS"),
+    _s("limits", "max_wait_wildcard_dirs", _at_least(0), WHOLE, "JOBMILL_MAX_WAIT_WILDCARD_DIRS"),
+    _s("limits", "max_user_waits", _at_least(1), WHOLE, "JOBMILL_MAX_USER_WAITS"),
+    _s("limits", "max_user_wildcards", _at_least(0), WHOLE, "JOBMILL_MAX_USER_WILDCARDS"),
+    _s("limits", "max_user_wildcard_dirs", _at_least(0), WHOLE, "JOBMILL_MAX_USER_WILDCARD_DIRS"),
+    _s("data", "root", _path, TEXT, "JOBMILL_DATA_ROOT", to="data_root"),
+    _s("data", "scan_roots", _names, LIST, "JOBMILL_SCAN_ROOTS"),
+    _s("data", "scan_interval", _seconds, NUMBER, "JOBMILL_SCAN_INTERVAL"),
+    _s("data", "stable_seconds", _seconds_or_zero, NUMBER, "JOBMILL_STABLE_SECONDS"),
+    _s("slurm", "bin", _text, TEXT, "JOBMILL_SLURM_BIN", to="slurm_bin"),
+    _s("slurm", "partition", _text, TEXT, "JOBMILL_SLURM_PARTITION", to="slurm_partition"),
+    _s("slurm", "account", _text, TEXT, "JOBMILL_SLURM_ACCOUNT", to="slurm_account"),
+    _s("slurm", "timeout", _seconds, NUMBER, "JOBMILL_SLURM_TIMEOUT", to="slurm_command_timeout"),
+    _s("slurm", "lost_after", _seconds, NUMBER, "JOBMILL_SLURM_LOST_AFTER", to="slurm_lost_after"),
+    _s("slurm", "array_min", _at_least(0), WHOLE, "JOBMILL_SLURM_ARRAY_MIN", to="slurm_array_min"),
+    _s("lsf", "bin", _text, TEXT, "JOBMILL_LSF_BIN", to="lsf_bin"),
+    _s("lsf", "queue", _text, TEXT, "JOBMILL_LSF_QUEUE", to="lsf_queue"),
+    _s("lsf", "project", _text, TEXT, "JOBMILL_LSF_PROJECT", to="lsf_project"),
+    _s("lsf", "timeout", _seconds, NUMBER, "JOBMILL_LSF_TIMEOUT", to="lsf_command_timeout"),
+    _s("lsf", "lost_after", _seconds, NUMBER, "JOBMILL_LSF_LOST_AFTER", to="lsf_lost_after"),
+    _s("pbs", "bin", _text, TEXT, "JOBMILL_PBS_BIN", to="pbs_bin"),
+    _s("pbs", "queue", _text, TEXT, "JOBMILL_PBS_QUEUE", to="pbs_queue"),
+    _s("pbs", "account", _text, TEXT, "JOBMILL_PBS_ACCOUNT", to="pbs_account"),
+    _s("pbs", "timeout", _seconds, NUMBER, "JOBMILL_PBS_TIMEOUT", to="pbs_command_timeout"),
+    _s("pbs", "lost_after", _seconds, NUMBER, "JOBMILL_PBS_LOST_AFTER", to="pbs_lost_after"),
+    _s("htcondor", "schedd", _text, TEXT, "JOBMILL_CONDOR_SCHEDD", to="condor_schedd"),
+    _s("htcondor", "collector", _text, TEXT, "JOBMILL_CONDOR_COLLECTOR", to="condor_collector"),
+    _s("ocps", "basepath", _basepath, TEXT, "API_BASEPATH", to="ocps_basepath"),
+    _s("ocps", "protocol", _text, TEXT, "API_PROTOCOL", to="api_protocol"),
+    _s("ocps", "domain", _text, TEXT, "API_DOMAIN", to="api_domain"),
+    _s("ocps", "cors_origins", _origins(wildcard=True), LIST, "JOBMILL_OCPS_CORS_ORIGINS",
+       to="ocps_cors_origins"),
+    _s("ocps", "wait_for_dat", _wait_for_dat, WORD, "JOBMILL_OCPS_WAIT_FOR_DAT",
+       to="ocps_wait_for_dat"),
+)
+# fmt: on
+"""Every setting of the file and the environment (docs/configuration.md lists them)."""
+
+SECTIONS: dict[str, dict[str, Setting]] = {}
+for _setting in SETTINGS:
+    SECTIONS.setdefault(_setting.section, {})[_setting.key] = _setting
+del _setting
+
+
+def _getenv(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    return value if value not in (None, "") else None
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``field -> value`` for every setting one of its variables sets (an empty one is unset):
+    the one place jobmill's configuration is read from the environment."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        for name in setting.env:
+            if (raw := _getenv(environ, name)) is not None:
+                if (value := setting.read(name, raw)) is not None:
+                    values[setting.field] = value
+                break
+    return values
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """``field -> value`` for every key of a TOML config file. Unknown sections and keys and
+    values of the wrong type stop the start, naming the file, the section and the key."""
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not a valid TOML file: {exc}") from None
+    values: dict[str, Any] = {}
+    for section, table in document.items():
+        if section not in SECTIONS:
+            if not isinstance(table, dict):
+                place = [s for s, keys in SECTIONS.items() if section in keys]
+                hint = f" (it belongs in [{place[0]}])" if place else ""
+                raise ConfigError(f"{path}: '{section}' is not in a section{hint}")
+            raise ConfigError(
+                f"{path}: unknown section [{section}]{_hint(section, SECTIONS)} "
+                f"(known: {', '.join(SECTIONS)})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a section, not a value")
+        for key, value in table.items():
+            setting = SECTIONS[section].get(key)
+            where = f"{path}: [{section}] {key}"
+            if setting is None:
+                raise ConfigError(
+                    f"{path}: [{section}] unknown key '{key}'{_hint(key, SECTIONS[section])} "
+                    f"(known: {', '.join(SECTIONS[section])})"
+                )
+            if (parsed := setting.read(where, _file_value(where, value, setting))) is not None:
+                values[setting.field] = parsed
+    return values
+
+
+def _file_value(where: str, value: Any, setting: Setting) -> Raw:
+    """A value of the file as a reader takes it, once its TOML type is checked."""
+    types, what = setting.accepts
+    ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    if isinstance(value, list):
+        ok = ok and all(isinstance(v, str) for v in value)
+    if not ok:
+        shown = f"'{value}'" if isinstance(value, str) else repr(value)
+        kind = {str: "a string", bool: "a boolean", int: "a whole number", float: "a number",
+                list: "a list", dict: "a table"}.get(type(value), type(value).__name__)  # fmt: skip
+        raise ConfigError(f"{where}: must be {what}, not {kind} ({shown})")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _hint(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -22,6 +22,7 @@ from jobmill.service.experiments import ExperimentService, JobTypes
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService
 from jobmill.service.rules import RuleEngine
+from jobmill.service.signals import Signal
 from jobmill.service.space import DiskSpace
 from jobmill.service.tokens import TokenService
 from jobmill.service.triggers import DataTriggers, WaitLimits
@@ -115,7 +116,9 @@ def build(settings: Settings) -> Jobmill:
     # The dispatcher also finds ARP definitions (arp:<experiment>:<name>), from the database.
     dispatch_types = JobTypes(jobtypes, experiment_store)
     dispatcher = Dispatcher(settings, store, files, dispatch_types)
-    engine = JobEngine(settings, store, dispatcher, executors)
+    # The engine announces ended jobs; the rules, built later on the job service, listen.
+    jobs_ended = Signal("jobs ended")
+    engine = JobEngine(settings, store, dispatcher, executors, on_ended=jobs_ended.emit)
     data = build_data_triggers(settings, store, engine)
     service = JobService(
         store,
@@ -139,8 +142,8 @@ def build(settings: Settings) -> Jobmill:
         watcher=data.watcher,
         data_root=data.data_root,
         default_owner=settings.local_user,
+        jobs_ended=jobs_ended,
     )
-    engine.on_ended = rules.notify_ended
     log.info("jobmill: %d job types, database %s", len(jobtypes), store.engine.url)
     return Jobmill(
         settings,
@@ -177,13 +180,13 @@ def build_data_triggers(settings: Settings, store: JobStore, engine: JobEngine) 
         stable_seconds=settings.stable_seconds,
         refresh_interval=max(1.0, settings.scan_interval),
     )
-    watcher = DataWatcher(conditions, watch)
-    root = (settings.data_root or Path.cwd()).expanduser().absolute()
 
     def released() -> None:
         if not engine.closed:  # after the engine stopped, its wake-up pipe is gone
             engine.notify_queued()
 
+    watcher = DataWatcher(conditions, watch, on_released=lambda job_ids: released())
+    root = (settings.data_root or Path.cwd()).expanduser().absolute()
     roots = Roots(settings.data_roots or (str(root),), root, "JOBMILL_DATA_ROOTS")
     limits = WaitLimits(
         max_paths=settings.max_wait_paths,
@@ -192,8 +195,6 @@ def build_data_triggers(settings: Settings, store: JobStore, engine: JobEngine) 
         max_user_wildcards=settings.max_user_wildcards,
         max_user_wildcard_dirs=settings.max_user_wildcard_dirs,
     )
-    data = DataTriggers(
+    return DataTriggers(
         store, conditions, watcher, root, on_released=released, roots=roots, limits=limits
     )
-    watcher.on_released = data.released
-    return data

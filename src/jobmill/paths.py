@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TOKEN_FILE_ENV = "JOBMILL_TOKEN_FILE"
+TOKEN_FILE_ENV = "JOBMILL_TOKEN_FILE"  # noqa: S105 - the variable's name, not a secret
 
 
 def default_token_file() -> Path:

@@ -78,7 +78,8 @@ def _slurm_available() -> bool:
     if shutil.which("sinfo") is None:
         return False
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15).returncode == 0
+        done = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15, check=False)
+        return done.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -89,6 +90,7 @@ def _slurm_state(native: str) -> str:
         capture_output=True,
         text=True,
         timeout=20,
+        check=False,
     )
     return out.stdout.strip()
 

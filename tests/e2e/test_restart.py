@@ -64,7 +64,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(  # noqa: S603 - test harness, fixed argv
+        self.proc = subprocess.Popen(  # test harness, fixed argv
             self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
 

@@ -35,13 +35,15 @@ def test_sighup_reloads_job_types_and_sigterm_stops(tmp_path: Path) -> None:
     (types / "first.yaml").write_text(ECHO.format(name="first"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMILL_DATABASE")}
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    # fmt: off
+    proc = subprocess.Popen(  # fixed argv
         [JOBMILL, "serve", "--port", str(port), "--home", str(tmp_path / "home"),
-         "--jobtypes", str(types)],  # fmt: skip
+         "--jobtypes", str(types)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    # fmt: on
     url = f"http://127.0.0.1:{port}"
     try:
 

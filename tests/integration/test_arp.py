@@ -75,11 +75,10 @@ def write_script(
     gates = directory / "gates"
     gates.mkdir(exist_ok=True)
     path = directory / name
-    path.write_text(
-        SCRIPT.format(
-            python=sys.executable, post=post, wait=wait, code=code, gates=str(gates), keys=ENV_KEYS
-        )  # fmt: skip
+    script = SCRIPT.format(
+        python=sys.executable, post=post, wait=wait, code=code, gates=str(gates), keys=ENV_KEYS
     )
+    path.write_text(script)
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(path)
 

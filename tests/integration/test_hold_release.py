@@ -447,7 +447,7 @@ def slurm_client(settings: Settings, tmp_path: Path) -> Iterator[tuple[Jobmill, 
 def squeue(native_id: str, fmt: str) -> str:
     out = subprocess.run(
         ["squeue", "-h", "-t", "all", "-j", native_id, "-o", fmt],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True, text=True, timeout=20, check=False,
     )  # fmt: skip
     return out.stdout.strip()
 

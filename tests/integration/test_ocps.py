@@ -102,7 +102,7 @@ def test_json_submission_runs_and_completes(client: TestClient, tmp_path: Path) 
     assert job["state"] == "completed" and job["phase"] == "completed" and job["exitCode"] == 0
     assert job["jobId"] == job_id and job["type"] == "ap"
     assert isinstance(job["clusterId"], int) and job["clusterId"] > 0
-    legacy = datetime.strptime(job["timeCompleted"], "%A, %B %d, %Y %I:%M:%S")
+    legacy = datetime.strptime(job["timeCompleted"], "%A, %B %d, %Y %I:%M:%S").replace(tzinfo=UTC)
     iso = datetime.fromisoformat(job["timeCompletedISO"].replace("Z", "+00:00"))
     assert job["timeCompletedISO"].endswith("Z")
     assert abs(iso - datetime.now(UTC)) < timedelta(minutes=5)
@@ -347,7 +347,7 @@ def test_demo_client_runs_four_jobs(live: LiveServer, tmp_path: Path) -> None:
         "API_PORT": str(live.jobmill.settings.port),
         "API_BASEPATH": "/api/v1",
     }
-    proc = subprocess.run(  # noqa: S603 - fixed argv
+    proc = subprocess.run(  # fixed argv
         [
             sys.executable,
             str(ROOT / "examples/ocps/client.py"),

@@ -328,7 +328,7 @@ SCHEDULE_BODY = {
 
 
 def test_rules_api_create_list_switch_delete(api: tuple[Jobmill, TestClient]) -> None:
-    jm, client = api
+    _jm, client = api
     created = client.post(RULES, json=SCHEDULE_BODY)
     assert created.status_code == 201, created.text
     body = created.json()

@@ -36,7 +36,7 @@ def slurm_available() -> bool:
     if shutil.which("sinfo") is None:
         return False
     try:
-        result = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15)
+        result = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
@@ -137,6 +137,7 @@ def slurm_state(job: str) -> str:
         capture_output=True,
         text=True,
         timeout=20,
+        check=False,
     )
     return out.stdout.strip()
 

@@ -121,7 +121,7 @@ def test_host_names_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_callback_host_is_always_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Jobs call back to ``callback_url``; its host must never be refused."""
     monkeypatch.setenv("API_DOMAIN", "callback.example.org")
-    settings = Settings(host="0.0.0.0")
+    settings = Settings.from_env(host="0.0.0.0")
     host = split_host(settings.callback_url.split("://")[1])
     assert host is not None and host[0] == "callback.example.org"
     assert BrowserPolicy.from_settings(settings).host_allowed(host[0])

@@ -57,7 +57,7 @@ TOKEN = "fuzz-report-token"
 
 
 @pytest.fixture
-def settings(settings: Settings, tmp_path: Path) -> Settings:  # noqa: F811 - narrows the shared one
+def settings(settings: Settings, tmp_path: Path) -> Settings:  # narrows the shared one
     """The shared test settings with short waits (a fuzzed ``WAIT`` must not hold a case) and
     a data root of its own (fuzzed data waits and file rules watch there, not the checkout)."""
     data = tmp_path / "data"
@@ -327,7 +327,7 @@ class Fuzzer:
                         case = clone(base)
                         mutate(case, hostile, pick)
                         self.exchange(case)
-        except (Exception, BaseExceptionGroup) as exc:  # one failure hides no other
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - one failure hides no other
             self.failures.append(f"{operation.label}: {str(exc)[:2000]}")
 
 

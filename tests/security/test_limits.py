@@ -289,7 +289,7 @@ def test_a_full_disk_is_507_and_the_job_that_filled_it_ends_in_error(
             assert health.status_code == 200 and health.json()["disk"]["ok"] is True
             caplog.clear()
             filler = api.post(JOBS, json=spew(100 * MiB)).json()["id"]
-            wait_for(lambda: (jm.settings.home / "jobs" / filler).exists())
+            wait_for((jm.settings.home / "jobs" / filler).exists)
             time.sleep(3)  # the disk is full: the engine may fail to write, quietly
             errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
             assert len(errors) <= 2, [r.getMessage() for r in errors]

@@ -51,9 +51,12 @@ class Scripted:
 
     def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
         self.groups.append([spec.argv[-1] for spec in specs])
-        if self.all_or_nothing and len(specs) > 1:
-            if any(spec.argv[-1] in self.refuse for spec in specs):
-                raise OSError("the group was refused")
+        if (
+            self.all_or_nothing
+            and len(specs) > 1
+            and any(spec.argv[-1] in self.refuse for spec in specs)
+        ):
+            raise OSError("the group was refused")
         return submit_each(self, specs)
 
     def render(self, spec: LaunchSpec) -> str:

@@ -144,7 +144,7 @@ def test_executable_paths() -> None:
 
 
 def test_bad_extra_lines_are_refused() -> None:
-    with pytest.raises(ValueError, match="resources.extra"):
+    with pytest.raises(ValueError, match=r"resources\.extra"):
         submit_description(spec(resources=Resources(extra=["queue 10"])))
 
 
@@ -206,7 +206,7 @@ def test_status_from_ad(
 
 
 class Ad(dict[str, Any]):
-    def printOld(self) -> str:  # noqa: N802 - the bindings' name
+    def printOld(self) -> str:  # the bindings' name
         return "".join(f"{k} = {v!r}\n" for k, v in self.items())
 
 
@@ -433,7 +433,7 @@ def test_an_unknown_schedd_name_is_unavailable(monkeypatch: pytest.MonkeyPatch) 
                 return None  # what htcondor2 answers for a name the pool does not know
 
         @staticmethod
-        def Schedd(location: Any = None) -> Any:  # noqa: N802 - the bindings' name
+        def Schedd(location: Any = None) -> Any:  # the bindings' name
             raise AssertionError("must not fall back to the local schedd")
 
     monkeypatch.setattr(hc, "bindings", lambda: Bindings)

@@ -18,7 +18,7 @@ from jobmill import __version__
 from jobmill.api import arp, browser, native, ocps, provenance, rules, uws
 from jobmill.api.auth import Authenticator
 from jobmill.api.responses import openapi_document
-from jobmill.domain.errors import JobmillError, printable
+from jobmill.domain.errors import JobmillError, http_status, printable
 from jobmill.factory import Jobmill
 from jobmill.service.feed import ChangeFeed
 
@@ -68,7 +68,7 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
 
     @app.exception_handler(JobmillError)
     async def _jobmill_error(_request: Request, exc: JobmillError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status)
+        return JSONResponse(error_body(exc), status_code=http_status(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobmill.api.auth import current_user
 from jobmill.api.responses import COMMON, TEXT, ErrorDetail, errors
 from jobmill.domain.arp import MAX_RUN, Definition, Run, status_names
-from jobmill.domain.errors import Conflict, ValidationError
+from jobmill.domain.errors import JobmillError, Kind, ValidationError, http_status
 from jobmill.domain.jobs import iso
 from jobmill.domain.values import INT32_MAX, INT_MAX
 from jobmill.service.experiments import Entry, ExperimentService, RunEnded
@@ -317,8 +317,11 @@ def kill_job(experiment: str, job_id: str, svc: ServiceDep, user: UserDep) -> Re
     """Kill the job; ``success`` says whether it was (409 when it had already ended)."""
     try:
         entry = svc.kill(user, experiment, job_id)
-    except Conflict as exc:
-        return JSONResponse({"success": False, "error": exc.to_dict()}, status_code=409)
+    except JobmillError as exc:
+        if exc.kind is not Kind.CONFLICT:
+            raise
+        body = {"success": False, "error": exc.to_dict()}
+        return JSONResponse(body, status_code=http_status(exc))
     return JSONResponse({"success": True, "job": entry_out(entry)})
 
 

@@ -226,7 +226,8 @@ class BrowserPolicy:
             return f"a request from Origin '{_shown(origin)}' may not change anything here"
         scheme, name, port = parsed
         if host is not None and name == host[0]:
-            if port == (host[1] if host[1] is not None else DEFAULT_PORTS[scheme]):
+            own_port = host[1] if host[1] is not None else DEFAULT_PORTS[scheme]
+            if port == own_port:
                 return None
         return (
             f"a cross-origin request from '{_shown(origin)}' may not change anything here "

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from jobmill.api.auth import current_user
 from jobmill.api.responses import OCPS_ID, OCPS_SUBMIT, ocps_errors
 from jobmill.domain.conditions import DataCondition
-from jobmill.domain.errors import JobmillError, NotFound, ValidationError
+from jobmill.domain.errors import JobmillError, NotFound, ValidationError, http_status
 from jobmill.domain.jobs import Job, iso
 from jobmill.domain.jobtypes import JobType, Parameter
 from jobmill.domain.lifecycle import Phase, Reason
@@ -157,8 +157,7 @@ class OcpsRoute(APIRoute):
             try:
                 response = await handler(request)
             except JobmillError as exc:
-                status = 400 if isinstance(exc, ValidationError) else exc.status
-                response = envelope_error(exc.message, status, exc.field)
+                response = envelope_error(exc.message, http_status(exc, "ocps"), exc.field)
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 response = envelope_error(f"invalid request: {first.get('msg', 'bad input')}")

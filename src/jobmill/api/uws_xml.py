@@ -23,7 +23,7 @@ from urllib.parse import quote
 from fastapi import Response
 from lxml import etree
 
-from jobmill.domain.errors import Conflict, JobmillError, Unauthorized, ValidationError
+from jobmill.domain.errors import JobmillError, Kind, ValidationError, http_status
 from jobmill.domain.jobs import Job, JobRef, iso
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import Phase
@@ -116,18 +116,15 @@ def see_other(url: str) -> Response:
 
 
 def error_response(exc: JobmillError) -> Response:
-    """Plain text: 400 invalid value, 403 illegal in the job's phase, 404, 401."""
+    """Plain text, the status by the error's kind (``domain.errors.KINDS``): 400 for a usage
+    error, 403 for a request illegal in the job's phase (UWS §2.2), else the error's own."""
     message = exc.message
-    if isinstance(exc, ValidationError):
-        status = 400
+    if exc.kind is Kind.USAGE:
         field = SERVICE_FIELDS.get(exc.field or "", exc.field)
         if field and field.removeprefix("parameters.") not in message:
             message = f"{field}: {message}"
-    elif isinstance(exc, Conflict):
-        status = 403  # UWS §2.2: the request is illegal in the current state
-    else:
-        status = exc.status
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    status = http_status(exc, "uws")
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return text(clean(message), status, headers)
 
 

@@ -4,7 +4,8 @@ Client commands (this module) talk to a server over the native API (``--url``/``
 ``--token``/``JOBMILL_API_TOKEN``, else the local credential); ``serve``, ``token`` and ``db``
 (``cli/server.py``) work on this machine's configuration and database. Every failure is one
 ``error: ...`` line on stderr and a non-zero exit code: 1 when the server (or the database)
-refuses, 2 for a usage or start-up problem.
+refuses or cannot be reached, 2 for a usage or start-up problem (bad arguments, a request the
+server refuses as invalid: the kinds of ``domain.errors.KINDS``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def connect(ctx: typer.Context, url: str | None, token: str | None) -> Iterator[
         with Client(url or obj.get("url"), token or obj.get("token")) as client:
             yield client
     except JobmillClientError as exc:
-        fail(str(exc))
+        fail(str(exc))  # the server (or the client) refused: 1, as for every refusal
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -429,7 +430,7 @@ def report(
         with Client() as client:
             merged = client.report(counters or None, **extra)
     except JobmillClientError as exc:
-        fail(str(exc))
+        fail(str(exc))  # the server (or the client) refused: 1, as for every refusal
     if json_:
         print_json(merged)
 

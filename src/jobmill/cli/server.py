@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from jobmill.cli import render
-from jobmill.cli.common import HomeOpt, JsonOpt, fail, out, print_json
+from jobmill.cli.common import HomeOpt, JsonOpt, fail, load_settings, out, print_json
 
 token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on the database).")
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
@@ -39,17 +39,25 @@ def serve(
             help="Job type file or directory; repeatable (env: JOBMILL_JOBTYPES).",
         ),
     ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="TOML config file (env: JOBMILL_CONFIG); environment variables override it.",
+        ),
+    ] = None,
 ) -> None:
     """Run the jobmill server (API, engine and local executor)."""
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobmill.api.app import create_app
-    from jobmill.config import Settings
     from jobmill.domain.errors import JobTypeFileError
     from jobmill.factory import build
 
-    settings = Settings.from_env(host=host, port=port, home=home, jobtypes=jobtypes or None)
+    settings = load_settings(
+        config=config, host=host, port=port, home=home, jobtypes=jobtypes or None
+    )
     try:
         jm = build(settings)
     except JobTypeFileError as exc:
@@ -96,7 +104,7 @@ def _reload_soon(jm: Any) -> None:
             jm.reload()
         except JobTypeFileError as exc:
             log.error("reload refused, the running job types and rules stay: %s", exc)
-        except Exception:  # noqa: BLE001 - a reload must never take the server down
+        except Exception:  # a reload must never take the server down (logged with its traceback)
             log.exception("reload failed; the running job types and rules stay")
 
     threading.Thread(target=reload, name="jobmill-reload", daemon=True).start()
@@ -209,11 +217,11 @@ def _tokens(home: str | None) -> Iterator[Any]:
     """The token service of this machine's database (created or migrated if need be)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from jobmill.config import Settings
     from jobmill.factory import open_tokens
 
+    settings = load_settings(home=home)
     try:
-        tokens, store = open_tokens(Settings.from_env(home=home))
+        tokens, store = open_tokens(settings)
         try:
             yield tokens
         finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from jobmill.domain.conditions import DataCondition
 from jobmill.domain.lifecycle import TERMINAL, Phase
 
 
@@ -67,6 +68,22 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL
+
+
+@dataclass
+class JobRequest:
+    """What a face asks for when it creates a job (before validation)."""
+
+    type: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    executor: str | None = None
+    execution_duration: int | None = None
+    log_dir: str | None = None
+    start: bool = True
+    allow_unknown: bool = False
+    wait_for: DataCondition | None = None
+    """Data the job waits for before it may run (QUEUED, reason "waiting for data")."""
 
 
 @dataclass

@@ -155,10 +155,13 @@ def _line(node: yaml.Node, loc: tuple[Any, ...]) -> int:
                 if key_node.value == str(key):
                     child, line = value_node, int(key_node.start_mark.line)
                     break
-        elif isinstance(current, yaml.SequenceNode) and isinstance(key, int):
-            if 0 <= key < len(current.value):
-                child = current.value[key]
-                line = int(child.start_mark.line)
+        elif (
+            isinstance(current, yaml.SequenceNode)
+            and isinstance(key, int)
+            and (0 <= key < len(current.value))
+        ):
+            child = current.value[key]
+            line = int(child.start_mark.line)
         if child is None:
             break
         current = child

@@ -239,9 +239,9 @@ def coerce(param: Parameter, raw: Any, *, field: str) -> Any:
             raise bad(f"expected an integer, got {raw!r}")
         if isinstance(raw, int):
             value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", raw):
+        elif (isinstance(raw, float) and raw.is_integer()) or (
+            isinstance(raw, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", raw)
+        ):
             value = int(raw)
         else:
             raise bad(f"expected an integer, got {raw!r}")

@@ -167,7 +167,7 @@ class FilePattern:
     def match(self, relative: str) -> dict[str, str] | None:
         """The captures when ``relative`` (a path relative to the root) matches, else None."""
         found = self.regex.fullmatch(relative)
-        return None if found is None else {k: v for k, v in found.groupdict().items()}
+        return None if found is None else dict(found.groupdict())
 
 
 def _component(component: str, captures: list[str]) -> tuple[str, str]:

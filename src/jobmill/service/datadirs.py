@@ -2,9 +2,9 @@
 
 ``DirectoryPlanner.expand`` turns the directory part of a pattern into the existing directories
 it can match (every level, so new matching subdirectories are seen), or the nearest existing
-ancestor when a literal directory does not exist yet. ``scan_here`` says whether a directory
-must be scanned: under a configured scan root, or on a network filesystem whose writes from
-other hosts inotify cannot see.
+ancestor when a literal directory does not exist yet; ``wanted`` does so for every waiting
+pattern at once. ``scan_here`` says whether a directory must be scanned: under a configured
+scan root, or on a network filesystem whose writes from other hosts inotify cannot see.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -126,6 +127,16 @@ class DirectoryPlanner:
         if stack:
             log.warning("pattern directory %s matches over %d directories", join(spec), len(found))
         return found
+
+    def wanted(self, specs: Iterable[tuple[str, ...]]) -> set[str]:
+        """Every existing directory the pattern directories ``specs`` can lead to (or the
+        nearest existing ancestor of a missing one): what the watcher watches or scans. Each
+        directory is read once, however many patterns share it."""
+        wanted: set[str] = set()
+        listing: dict[str, list[str]] = {}
+        for spec in {watch_spec(spec) for spec in specs}:
+            wanted |= self.expand(spec, listing)
+        return wanted
 
     @staticmethod
     def subdirs(directory: str) -> list[str]:

@@ -6,16 +6,9 @@ patterns can match: with inotify on local filesystems, by scanning on network fi
 where inotify cannot see writes made by other hosts. It sleeps in ``poll()`` on the inotify
 descriptor and a wake-up pipe, so a file is noticed the moment it is closed.
 
-When a file has arrived (see ``docs/triggers.md``):
-
-* watched directory: when a writer closes it (``IN_CLOSE_WRITE``) or it is renamed into place
-  (``IN_MOVED_TO``); with ``stable_seconds`` > 0, once its size and mtime then stay unchanged
-  that long;
-* scanned directory, or a file already there when jobmill looks (start-up, a new condition, a
-  new directory): once its size and mtime have been unchanged for
-  ``max(stable_seconds, 1 s)`` (on scanned roots judged by two looks, never by the mtime's age,
-  because clocks of file servers differ);
-* with ``marker: true``: when ``<file>.done`` exists beside it (and it exists).
+When a file has arrived is decided by ``service.completeness`` (see ``docs/triggers.md``); the
+conditions a file counts for are found by ``service.waitindex``, the directories to watch or
+scan by ``service.datadirs``.
 
 A condition that holds is released with a checked update (``ConditionStore.release``): only a
 job still QUEUED and waiting for data changes, so releases are exactly once even with several
@@ -37,32 +30,22 @@ import os
 import select
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from fnmatch import fnmatchcase
 
-from jobmill.domain.conditions import (
-    MARKER_SUFFIX,
-    DataCondition,
-    WaitingCondition,
-    has_magic,
-    join,
-    literal_prefix,
-    matcher,
-    parts,
-)
+from jobmill.domain.conditions import MARKER_SUFFIX, WaitingCondition
 from jobmill.service import inotify
+from jobmill.service.completeness import Rule, Track, Tracker, rule_for
 from jobmill.service.datadirs import DirectoryPlanner, watch_spec
 from jobmill.service.failures import FailureLog
+from jobmill.service.waitindex import FileListener, Wait, WaitIndex, new_wait
 from jobmill.service.worker import Worker
 from jobmill.storage.conditions import ConditionStore
 
 log = logging.getLogger(__name__)
 ACTOR = "jobmill:data"
-PRESENT_SETTLE = 1.0
-"""Seconds a file found by looking (not by its close) must stay unchanged to count."""
 RETRY_SECONDS = 1.0
 
 
@@ -75,71 +58,6 @@ class WatchSettings:
     stable_seconds: float = 0.0
     refresh_interval: float = 2.0
     use_inotify: bool = True
-
-
-@dataclass(frozen=True)
-class FileListener:
-    """Someone other than a waiting job who wants to hear of every complete file matching
-    ``condition.paths`` (a file rule, see ``service.rules``), by the same completeness rules.
-
-    ``wanted(path)`` says whether the file still matters (False once it was handled), so a
-    scanned directory does not hand over the same file at every scan; ``arrived(path)`` is
-    called in the watcher's thread and must return at once.
-    """
-
-    key: str
-    condition: DataCondition
-    wanted: Callable[[str], bool]
-    arrived: Callable[[str], None]
-
-
-@dataclass(slots=True)
-class _Pattern:
-    text: str
-    parts: tuple[str, ...]
-    dir: str  # the literal directory (for exact and name patterns)
-    name: str
-    kind: str  # "exact" | "name" (wildcards in the file name only) | "deep"
-    start: str = "/"  # the literal directory a "deep" pattern starts from, with a final "/"
-    match_dir: Callable[[tuple[str, ...]], bool] | None = None  # "deep": its directories
-
-
-@dataclass(slots=True)
-class _Wait:
-    job_id: str
-    condition: DataCondition
-    patterns: list[_Pattern]
-    arrived: list[bool]
-    stable: float
-    deadline: float | None  # epoch seconds
-    added: float  # monotonic
-    listener: FileListener | None = None
-
-
-@dataclass(slots=True)
-class _Track:
-    """A file seen but not yet complete: its last size/mtime and since when they are unchanged."""
-
-    size: int
-    mtime: int
-    since: float  # monotonic
-    closed: bool  # a close (or rename into place) was seen since the last change
-    scanned: bool
-    due: float = 0.0
-
-
-def _pattern(text: str) -> _Pattern:
-    components = parts(text)
-    directory, name = components[:-1], components[-1]
-    if literal_prefix(directory) != directory:
-        kind = "deep"
-    elif has_magic(name):
-        kind = "name"
-    else:
-        kind = "exact"
-    start = join(literal_prefix(directory)).rstrip("/") + "/"
-    match_dir = matcher(directory) if kind == "deep" else None
-    return _Pattern(text, components, join(directory), name, kind, start, match_dir)
 
 
 class DataWatcher(Worker):
@@ -159,16 +77,8 @@ class DataWatcher(Worker):
         self.settings = settings
         self.on_released = on_released
         self.dirs = DirectoryPlanner(settings.scan_roots)
-        self.waits: dict[str, _Wait] = {}
-        self._exact: dict[str, set[tuple[str, int]]] = {}
-        self._by_dir: dict[str, set[tuple[str, int]]] = {}
-        self._deep: set[tuple[str, int]] = set()  # patterns with wildcards in a directory
-        # The deep patterns whose directory part matches the directory last asked about: the
-        # files of one directory are looked at together, and tested by their names only.
-        self._deep_here: tuple[str | None, list[tuple[str, int]]] = (None, [])
-        self._specs: Counter[tuple[str, ...]] = Counter()
-        self._tracks: dict[str, _Track] = {}
-        self._due: list[tuple[float, str]] = []
+        self.index = WaitIndex()
+        self.tracker = Tracker()
         self._deadlines: list[tuple[float, str]] = []
         self._to_release: dict[str, str] = {}
         self._retry_at = 0.0
@@ -238,14 +148,14 @@ class DataWatcher(Worker):
         return self._loaded.wait(timeout)
 
     def knows(self, job_id: str) -> bool:
-        return job_id in self.waits
+        return job_id in self.index
 
     def stats(self) -> dict[str, int]:
         return {
-            "waiting": len(self.waits),
+            "waiting": len(self.index),
             "watched_dirs": len(self._watched),
             "scanned_dirs": len(self._scanned),
-            "tracked_files": len(self._tracks),
+            "tracked_files": len(self.tracker),
             "released": self.releases,
             "cpu_ms": round(self.cpu_seconds * 1000),
         }
@@ -277,8 +187,8 @@ class DataWatcher(Worker):
     def _cycle(self) -> None:
         now = time.monotonic()
         wake_at = min(self._next_refresh, self._next_scan if self._scanned else now + 3600)
-        if self._due:
-            wake_at = min(wake_at, self._due[0][0])
+        if (due := self.tracker.next_due()) is not None:
+            wake_at = min(wake_at, due)
         if self._deadlines:
             wake_at = min(wake_at, now + self._deadlines[0][0] - time.time())
         if self._to_release:
@@ -320,8 +230,8 @@ class DataWatcher(Worker):
             self._refresh()
         self._flush()
 
-    def _drain_inbox(self) -> list[_Wait]:
-        fresh: list[_Wait] = []
+    def _drain_inbox(self) -> list[Wait]:
+        fresh: list[Wait] = []
         while self._inbox:
             what, payload = self._inbox.popleft()
             if what == "add":
@@ -343,96 +253,20 @@ class DataWatcher(Worker):
 
     # -- the in-memory index ----------------------------------------------------------------
 
-    def _index(self, item: WaitingCondition) -> _Wait | None:
-        if item.job_id in self.waits or item.job_id in self._to_release:
+    def _index(self, item: WaitingCondition) -> Wait | None:
+        if item.job_id in self.index or item.job_id in self._to_release:
             return None
-        condition = item.condition
-        stable = condition.stable_seconds
-        wait = _Wait(
-            job_id=item.job_id,
-            condition=condition,
-            patterns=[_pattern(p) for p in condition.paths],
-            arrived=[False] * len(condition.paths),
-            stable=self.settings.stable_seconds if stable is None else stable,
-            deadline=item.deadline.timestamp() if item.deadline else None,
-            added=time.monotonic(),
-        )
-        self.waits[wait.job_id] = wait
+        wait = new_wait(item, default_stable=self.settings.stable_seconds, now=time.monotonic())
+        if self.index.add(wait):
+            self._replan = True
         self._looked.clear()  # what was looked at before did not look for this one
-        for i, pattern in enumerate(wait.patterns):
-            key = (wait.job_id, i)
-            if pattern.kind == "exact":
-                self._exact.setdefault(pattern.text, set()).add(key)
-            elif pattern.kind == "name":
-                self._by_dir.setdefault(pattern.dir, set()).add(key)
-            else:
-                self._deep.add(key)
-                self._deep_here = (None, [])
-            spec = pattern.parts[:-1]
-            self._specs[spec] += 1
-            if self._specs[spec] == 1:
-                self._replan = True
         if wait.deadline is not None:
             heapq.heappush(self._deadlines, (wait.deadline, wait.job_id))
         return wait
 
     def _unindex(self, job_id: str) -> None:
-        wait = self.waits.pop(job_id, None)
-        if wait is None:
-            return
-        for i, pattern in enumerate(wait.patterns):
-            key = (job_id, i)
-            table: dict[str, set[tuple[str, int]]] | None = None
-            if pattern.kind == "exact":
-                table, slot = self._exact, pattern.text
-            elif pattern.kind == "name":
-                table, slot = self._by_dir, pattern.dir
-            else:
-                self._deep.discard(key)
-                self._deep_here = (None, [])
-            index = table.get(slot) if table is not None else None
-            if table is not None and index is not None:
-                index.discard(key)
-                if not index:
-                    del table[slot]
-            spec = pattern.parts[:-1]
-            self._specs[spec] -= 1
-            if self._specs[spec] <= 0:
-                del self._specs[spec]
-                self._replan = True
-
-    def _candidates(self, path: str) -> list[tuple[_Wait, int]]:
-        found: list[tuple[_Wait, int]] = []
-        for job_id, i in self._exact.get(path, ()):
-            found.append((self.waits[job_id], i))
-        directory, _, name = path.rpartition("/")
-        for job_id, i in self._by_dir.get(directory or "/", ()):
-            wait = self.waits[job_id]
-            if fnmatchcase(name, wait.patterns[i].name):
-                found.append((wait, i))
-        if self._deep:
-            for job_id, i in self._deep_in(directory or "/"):
-                wait = self.waits[job_id]
-                if fnmatchcase(name, wait.patterns[i].name):
-                    found.append((wait, i))
-        return found
-
-    def _deep_in(self, directory: str) -> list[tuple[str, int]]:
-        """The deep patterns whose directory part matches ``directory`` (remembered for the
-        next file of the same directory)."""
-        last, keys = self._deep_here
-        if last == directory:
-            return keys
-        keys = []
-        components = parts(directory)
-        prefix = directory.rstrip("/") + "/"
-        for key in self._deep:
-            pattern = self.waits[key[0]].patterns[key[1]]
-            if prefix.startswith(pattern.start) and pattern.match_dir is not None:
-                if pattern.match_dir(components):
-                    keys.append(key)
-        self._deep_here = (directory, keys)
-        return keys
+        if self.index.remove(job_id):
+            self._replan = True
 
     # -- which directories to watch or scan -------------------------------------------------
 
@@ -444,21 +278,14 @@ class DataWatcher(Worker):
         its ``IN_CREATE`` before that watch existed: the tree is read again after the watches
         are in place, and the plan made again while it changed."""
         self._replan = False
-        wanted = self._wanted()
+        wanted = self.dirs.wanted(self.index.specs)
         for _ in range(8):
             self._plan_for(wanted)
-            again = self._wanted()
+            again = self.dirs.wanted(self.index.specs)
             if again == wanted:
                 return
             wanted = again
         self._replan = True  # a tree still changing: once more at the next cycle
-
-    def _wanted(self) -> set[str]:
-        wanted: set[str] = set()
-        listing: dict[str, list[str]] = {}  # each directory read once per pass
-        for spec in {watch_spec(spec) for spec in self._specs}:
-            wanted |= self.dirs.expand(spec, listing)
-        return wanted
 
     def _plan_for(self, wanted: set[str]) -> None:
         for directory in list(self._watched):
@@ -534,13 +361,13 @@ class DataWatcher(Worker):
         for name in names:
             self._observe(prefix + name, closed=False, scanned=scanned)
 
-    def _look_at(self, fresh: list[_Wait]) -> None:
+    def _look_at(self, fresh: list[Wait]) -> None:
         """Check new conditions against what is already there."""
         listed = set(self._looked)  # looked at since these conditions came: done already
         expanded: dict[tuple[str, ...], set[str]] = {}  # patterns sharing directories
         listing: dict[str, list[str]] = {}
         for wait in fresh:
-            if wait.job_id not in self.waits:
+            if wait.job_id not in self.index:
                 continue
             for pattern in wait.patterns:
                 scanned = pattern.dir in self._scanned
@@ -569,22 +396,25 @@ class DataWatcher(Worker):
         """A file was closed (``closed``) or found: count it for the conditions it matches."""
         if path.endswith(MARKER_SUFFIX):
             target = path[: -len(MARKER_SUFFIX)]
-            for wait, i in self._candidates(target):
+            for wait, i in self.index.candidates(target):
                 if wait.condition.marker and not wait.arrived[i] and os.path.exists(target):
                     self._arrive(wait, i, target)
-        candidates = self._candidates(path)
+        candidates = self.index.candidates(path)
         if not candidates:
             return
         need_track = False
         for wait, i in candidates:
-            if wait.arrived[i] or wait.job_id not in self.waits:
+            if wait.arrived[i] or wait.job_id not in self.index:
                 continue
             if wait.listener is not None and not wait.listener.wanted(path):
                 continue
-            if wait.condition.marker:
+            rule = rule_for(
+                marker=wait.condition.marker, closed=closed, scanned=scanned, stable=wait.stable
+            )
+            if rule is Rule.MARKER:
                 if os.path.exists(path + MARKER_SUFFIX) and os.path.exists(path):
                     self._arrive(wait, i, path)
-            elif closed and not scanned and wait.stable <= 0:
+            elif rule is Rule.CLOSED:
                 if os.path.exists(path):
                     self._arrive(wait, i, path)
             else:
@@ -596,57 +426,42 @@ class DataWatcher(Worker):
         try:
             st = os.stat(path)
         except OSError:
-            self._tracks.pop(path, None)
+            self.tracker.gone(path)
             return
         now = time.monotonic()
-        track = self._tracks.get(path)
-        if track is None or (track.size, track.mtime) != (st.st_size, st.st_mtime_ns):
-            if closed or scanned:
-                since = now
-            else:  # found on a local filesystem: its mtime says how long it has been quiet
-                since = now - max(0.0, time.time() - st.st_mtime_ns / 1e9)
-            track = _Track(st.st_size, st.st_mtime_ns, since, closed, scanned)
-            self._tracks[path] = track
-        elif closed:
-            track.closed = True
+        track = self.tracker.seen(
+            path,
+            st.st_size,
+            st.st_mtime_ns,
+            closed=closed,
+            scanned=scanned,
+            now=now,
+            wall=time.time(),
+        )
         self._settle(path, track, now)
 
-    def _settle(self, path: str, track: _Track, now: float) -> None:
+    def _settle(self, path: str, track: Track, now: float) -> None:
         """Count the file for every condition it has been quiet long enough for."""
-        quiet = now - track.since
-        next_due = None
-        for wait, i in self._candidates(path):
-            if wait.arrived[i] or wait.condition.marker:
-                continue
-            need = wait.stable if track.closed else max(wait.stable, PRESENT_SETTLE)
-            if quiet >= need:
-                self._arrive(wait, i, path)
-            else:
-                due = track.since + need
-                next_due = due if next_due is None else min(next_due, due)
-        if next_due is None:
-            self._tracks.pop(path, None)
-        elif next_due != track.due:
-            track.due = next_due
-            heapq.heappush(self._due, (next_due, path))
+        needs = [
+            ((wait, i), wait.stable)
+            for wait, i in self.index.candidates(path)
+            if not wait.arrived[i] and not wait.condition.marker
+        ]
+        for wait, i in self.tracker.settle(path, track, now, needs):
+            self._arrive(wait, i, path)
 
     def _check_tracks(self, now: float) -> None:
-        while self._due and self._due[0][0] <= now:
-            due, path = heapq.heappop(self._due)
-            track = self._tracks.get(path)
-            if track is None or track.due != due:
-                continue
+        while (due := self.tracker.pop_due(now)) is not None:
+            path, track = due
             try:
                 st = os.stat(path)
             except OSError:
-                del self._tracks[path]
+                self.tracker.gone(path)
                 continue
-            if (st.st_size, st.st_mtime_ns) != (track.size, track.mtime):
-                track.size, track.mtime, track.since = st.st_size, st.st_mtime_ns, now
-                track.closed = False
+            self.tracker.looked_again(track, st.st_size, st.st_mtime_ns, now)
             self._settle(path, track, now)
 
-    def _arrive(self, wait: _Wait, i: int, path: str) -> None:
+    def _arrive(self, wait: Wait, i: int, path: str) -> None:
         if wait.listener is not None:  # listeners hear of every file and never complete
             if wait.listener.wanted(path):
                 wait.listener.arrived(path)
@@ -662,7 +477,7 @@ class DataWatcher(Worker):
         now = time.time()
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, job_id = heapq.heappop(self._deadlines)
-            wait = self.waits.get(job_id)
+            wait = self.index.get(job_id)
             if wait is None or wait.deadline != deadline:
                 continue
             self._unindex(job_id)
@@ -673,7 +488,7 @@ class DataWatcher(Worker):
                 log.exception("timing out job %s failed; retrying", job_id)
                 self._index_again(wait, deadline + RETRY_SECONDS)
 
-    def _index_again(self, wait: _Wait, deadline: float | None) -> None:
+    def _index_again(self, wait: Wait, deadline: float | None) -> None:
         item = WaitingCondition(
             wait.job_id,
             wait.condition,
@@ -707,12 +522,12 @@ class DataWatcher(Worker):
         ids = self.store.waiting_ids()
         gone = [
             j
-            for j, w in self.waits.items()
+            for j, w in self.index.waits.items()
             if j not in ids and w.added < started and w.listener is None
         ]
         for job_id in gone:
             self._unindex(job_id)
-        missing = [j for j in ids if j not in self.waits and j not in self._to_release]
+        missing = [j for j in ids if j not in self.index and j not in self._to_release]
         if not missing:
             return
         loaded = self.store.waiting(missing)
@@ -731,7 +546,7 @@ class DataWatcher(Worker):
         if initial:
             log.info(
                 "data watcher: %d job(s) waiting, %d directories watched, %d scanned",
-                len(self.waits),
+                len(self.index),
                 len(self._watched),
                 len(self._scanned),
             )

@@ -13,6 +13,10 @@ destruction time. On start it re-attaches to the jobs an earlier jobmill process
 Local jobs start EXECUTING when their process starts and are limited by ``max_local_jobs``. A
 batch job is handed to its backend while QUEUED (reason ``backend``) and becomes EXECUTING when
 the backend says it runs.
+
+Beside it: ``service.submission`` hands claimed jobs to a backend, ``service.recovery`` finds
+the jobs to re-attach to after a restart, ``service.outputs`` applies the output cap and notes
+a full disk.
 """
 
 from __future__ import annotations
@@ -23,38 +27,26 @@ import os
 import queue
 import select
 import time
-from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from jobmill.config import Settings
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
-from jobmill.domain.lifecycle import (
-    ACTIVE,
-    ENDED,
-    RUNNING,
-    TERMINAL,
-    Action,
-    Phase,
-    Reason,
-    action_between,
-)
-from jobmill.executors.base import (
-    Executor,
-    ExecutorUnavailable,
-    LaunchSpec,
-    NativeStatus,
-    PartlySubmitted,
-)
+from jobmill.domain.lifecycle import ENDED, TERMINAL, Action, Phase, Reason, action_between
+from jobmill.executors.base import Executor, ExecutorUnavailable, NativeStatus
 from jobmill.executors.local import LocalExecutor
 from jobmill.service.dispatcher import ACTOR, Dispatcher
 from jobmill.service.failures import REPORT_EVERY, FailureLog
 from jobmill.service.files import STREAMS
-from jobmill.service.space import DiskSpace, format_size, free_bytes
+from jobmill.service.outputs import ended_as, over_cap, past_cap
+from jobmill.service.recovery import left_behind
+from jobmill.service.space import DiskSpace
+from jobmill.service.submission import Submitter
 from jobmill.service.worker import Worker
-from jobmill.storage.jobs import Change, Entry, JobStore
+from jobmill.storage.jobs import Change, JobStore
 
 log = logging.getLogger(__name__)
 SUBMIT_BATCH = 200  # batch jobs handed to a backend per dispatch pass
@@ -90,17 +82,21 @@ class Engine(Worker):
         store: JobStore,
         dispatcher: Dispatcher,
         executors: Mapping[str, Executor],
+        *,
+        on_ended: Callable[[], None] | None = None,
     ) -> None:
+        """``on_ended`` is called (on the engine thread) after jobs ended, e.g. to wake the
+        rules at once."""
         super().__init__()
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
+        self.submitter = Submitter(dispatcher, settings.slow_submit)
         self.executors = dict(executors)
         self.tracked: dict[str, Tracked] = {}
         self._by_native: dict[tuple[str, str], str] = {}
         self._cancels: queue.SimpleQueue[str] = queue.SimpleQueue()
-        # Called (on the engine thread) after jobs ended, e.g. to wake the rules at once.
-        self.on_ended: Callable[[], None] | None = None
+        self.on_ended = on_ended
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -228,19 +224,10 @@ class Engine(Worker):
             self._queued_hint = True  # more are waiting: the next cycle does not sleep
 
     def _submit_group(self, name: str, executor: Executor, claimed: list[tuple[Job, str]]) -> None:
-        """Start claimed jobs: one ``submit_many`` per ``batch_key`` group, then ONE transaction
-        records every native id. Until then a crash leaves them QUEUED (reason ``backend``)
-        without an id: recovery finds them by name (``executor.find``)."""
-        groups: dict[Hashable, list[tuple[Job, LaunchSpec]]] = {}
-        for job, token in claimed:
-            spec = self.dispatcher.spec_for(job, token)
-            if isinstance(spec, str):
-                self.dispatcher.fail(job, spec)
-            else:
-                groups.setdefault(executor.batch_key(spec), []).append((job, spec))
-        submitted: dict[str, Entry] = {}
-        for members in groups.values():
-            self._submit_members(executor, members, submitted)
+        """Start claimed jobs (``Submitter.submit``), then ONE transaction records every native
+        id. Until then a crash leaves them QUEUED (reason ``backend``) without an id: recovery
+        finds them by name (``executor.find``)."""
+        submitted = self.submitter.submit(executor, claimed)
         if not submitted:
             return
         recorded = self.store.record_many("submitted", submitted, actor=ACTOR)
@@ -251,60 +238,6 @@ class Engine(Worker):
                 executor.cancel(native_id)
             else:
                 self._track(changed, name, native_id)
-
-    def _submit_members(
-        self,
-        executor: Executor,
-        members: list[tuple[Job, LaunchSpec]],
-        submitted: dict[str, Entry],
-    ) -> str | None:
-        """Submit one group; what went in lands in ``submitted``. A backend that cannot be
-        reached leaves the rest QUEUED for a retry (and that error is returned); a group the
-        backend refuses as a whole is submitted again job by job, so only the job at fault
-        fails."""
-        started = time.monotonic()
-        try:
-            native_ids = executor.submit_many([spec for _, spec in members])
-            error: Exception | None = None
-        except PartlySubmitted as exc:
-            native_ids, error = exc.native_ids, exc.error
-        except Exception as exc:
-            native_ids, error = [], exc
-        took = time.monotonic() - started
-        for (job, _), native_id in zip(members, native_ids, strict=False):
-            submitted[job.id] = self._submitted_entry(native_id, took, len(members))
-        rest = members[len(native_ids) :]
-        if error is None or not rest:
-            return None
-        if isinstance(error, ExecutorUnavailable):
-            for job, _ in rest:
-                self.dispatcher.backend_unavailable(job, str(error))
-            return str(error)
-        if len(rest) > 1 and not native_ids:  # refused as a whole: which job is at fault?
-            for n, member in enumerate(rest):
-                unavailable = self._submit_members(executor, [member], submitted)
-                if unavailable is not None:
-                    for job, _ in rest[n + 1 :]:
-                        self.dispatcher.backend_unavailable(job, unavailable)
-                    return unavailable
-            return None
-        self._refused(rest[0][0], error)
-        return self._submit_members(executor, rest[1:], submitted) if rest[1:] else None
-
-    def _refused(self, job: Job, error: Exception) -> None:
-        if isinstance(error, OSError):
-            self.dispatcher.fail(job, f"cannot start the job: {error.strerror or error}")
-        else:  # a bug: say so in the job rather than retry it for ever
-            log.error("job %s: submission failed", job.id, exc_info=error)
-            self.dispatcher.fail(job, f"cannot start the job: internal error: {error!r}")
-
-    def _submitted_entry(self, native_id: str, took: float, together: int) -> Entry:
-        data: dict[str, object] = {"native_id": native_id, "seconds": round(took, 3)}
-        if together > 1:
-            data["submitted_with"] = together  # jobs in the same backend call
-        if took > self.settings.slow_submit:
-            data["slow"] = True  # ARP's "LSF_Slow": flagged, then reconciled by polling
-        return Entry(data=data, values={"native_id": native_id})
 
     def _track(self, job: Job, executor: str, native_id: str) -> None:
         logs: tuple[Path, ...] = ()
@@ -411,34 +344,18 @@ class Engine(Worker):
                 log.exception("on_ended listener failed")
 
     def _final(self, tracked: Tracked, status: NativeStatus) -> NativeStatus:
-        """How a local job ended, as recorded: ERROR when its output passed the cap, and a
-        failure says when the disk was full. Kept on ``tracked``, so a retry after a failed
+        """How a local job ended, as recorded (``outputs.ended_as``: ERROR past the output
+        cap, a note when the disk was full). Kept on ``tracked``, so a retry after a failed
         write records the same (the disk may have room again by then)."""
-        if tracked.final is not None:
-            return tracked.final
-        final = status
-        cap = self.settings.max_job_output
-        if tracked.logs and status.phase is not Phase.ABORTED:
-            if cap > 0 and _output_size(tracked.logs) > cap:
-                final = NativeStatus(
-                    Phase.ERROR, status.native_state, status.exit_code, error=_over_cap(cap)
-                )
-            elif status.phase is Phase.ERROR and (full := self._disk_note(tracked)):
-                final = replace(status, error=f"{status.error or status.native_state}; {full}")
-        tracked.final = final
-        return final
-
-    def _disk_note(self, tracked: Tracked) -> str | None:
-        """What to add to a local job's error when its disk was (nearly) full as it ended."""
-        places = {path.parent for path in tracked.logs}
-        places.add(self.dispatcher.files.workdir(tracked.job_id))
-        need = max(self.settings.min_free, 1 << 20)
-        for place in sorted(places):
-            free = free_bytes(place)
-            if free is not None and free < need:
-                how = "full" if free < 1 << 20 else "nearly full"
-                return f"the disk was {how} ({format_size(free)} free under {place})"
-        return None
+        if tracked.final is None:
+            tracked.final = ended_as(
+                status,
+                tracked.logs,
+                self.settings.max_job_output,
+                self.dispatcher.files.workdir(tracked.job_id),
+                self.settings.min_free,
+            )
+        return tracked.final
 
     def _check_output(self) -> None:
         """Stop local jobs whose stdout + stderr passed ``max_job_output`` (checked at every
@@ -447,8 +364,8 @@ class Engine(Worker):
         if cap <= 0:
             return
         for tracked in list(self.tracked.values()):
-            if tracked.logs and not tracked.stopping and _output_size(tracked.logs) > cap:
-                error = _over_cap(cap)
+            if not tracked.stopping and past_cap(tracked.logs, cap):
+                error = over_cap(cap)
                 log.warning("job %s: %s: stopping it", tracked.job_id, error)
                 with contextlib.suppress(Conflict, NotFound):
                     self.store.transition(
@@ -546,70 +463,14 @@ class Engine(Worker):
     # -- after a restart ------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Re-attach to the jobs an earlier jobmill process on this node left behind."""
-        for name, executor in self.executors.items():
-            if isinstance(executor, LocalExecutor):
-                self._recover_local(name, executor)
-            else:
-                self._recover_batch(name, executor)
+        """Re-attach to the jobs an earlier jobmill process on this node left behind
+        (``service.recovery``)."""
+        files, node = self.dispatcher.files, self.settings.node
+        for found in left_behind(self.store, files, node, self.executors):
+            self._track(found.job, found.executor, found.native_id)
+            if found.status is not None and found.status.phase is not Phase.EXECUTING:
+                self._finish(self.tracked[found.job.id], found.status)
         self._queued_hint = True
-
-    def _recover_local(self, name: str, executor: LocalExecutor) -> None:
-        jobs = self.store.ids_in_phase(RUNNING, executor=name, node=self.settings.node)
-        for job in jobs:
-            if job.phase is Phase.HELD and job.native_id is None:
-                continue  # held by a user before it started: it waits in the database
-            workdir = self.dispatcher.files.workdir(job.id)
-            native_id = job.native_id or executor.find_started(workdir)
-            if native_id is None:
-                self._requeue(job, "jobmill stopped before the process started")
-                continue
-            if job.native_id is None:
-                job = self.store.record(
-                    job.id,
-                    "submitted",
-                    actor=ACTOR,
-                    data={"native_id": native_id},
-                    values={"native_id": native_id},
-                )
-            status = executor.status_after_restart(native_id, workdir)
-            self._track(job, name, native_id)
-            log.info("re-attached job %s (%s): %s", job.id, native_id, status.native_state)
-            if status.phase is not Phase.EXECUTING:
-                self._finish(self.tracked[job.id], status)
-
-    def _recover_batch(self, name: str, executor: Executor) -> None:
-        jobs = self.store.ids_in_phase(ACTIVE, executor=name, node=self.settings.node)
-        for job in jobs:
-            if job.phase is Phase.QUEUED and job.reason != Reason.BACKEND.value:
-                continue
-            if job.phase is Phase.HELD and job.native_id is None:
-                continue  # held by a user before it was handed over: not lost
-            native_id = job.native_id
-            if native_id is None:
-                try:
-                    native_id = executor.find(job.id)
-                except ExecutorUnavailable:
-                    continue  # looked at again after the next restart or by reconciliation
-                if native_id is None:
-                    self._requeue(job, "jobmill stopped before the backend took the job")
-                    continue
-                job = self.store.record(
-                    job.id,
-                    "submitted",
-                    actor=ACTOR,
-                    data={"native_id": native_id},
-                    values={"native_id": native_id},
-                )
-            self._track(job, name, native_id)
-            log.info("re-attached job %s (%s %s)", job.id, name, native_id)
-
-    def _requeue(self, job: Job, why: str) -> None:
-        action = Action.REQUEUE if job.phase is Phase.EXECUTING else Action.WAIT
-        with contextlib.suppress(Conflict, NotFound):
-            self.store.transition(
-                job.id, action, actor=ACTOR, reason=Reason.CAPACITY.value, data={"why": why}
-            )
 
 
 def _end_change(job_id: str, status: NativeStatus) -> Change:
@@ -625,18 +486,6 @@ def _end_change(job_id: str, status: NativeStatus) -> Change:
         values["error"] = status.error or status.native_state
     data = {"exit_code": status.exit_code, "state": status.native_state}
     return Change(job_id, action, data=data, values=values)
-
-
-def _over_cap(cap: int) -> str:
-    return f"output over {format_size(cap)} (JOBMILL_MAX_JOB_OUTPUT)"
-
-
-def _output_size(paths: tuple[Path, ...]) -> int:
-    total = 0
-    for path in paths:
-        with contextlib.suppress(OSError):
-            total += os.lstat(path).st_size
-    return total
 
 
 def _deadline(job: Job) -> float | None:

@@ -58,6 +58,7 @@ from jobmill.service.datawatch import DataWatcher, FileListener
 from jobmill.service.failures import FailureLog
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.service.results import list_results
+from jobmill.service.signals import Signal
 from jobmill.service.worker import Worker
 from jobmill.storage.rules import Ended, Pending, RuleStore
 
@@ -107,7 +108,10 @@ class RuleEngine(Worker):
         default_owner: str,
         clock: Callable[[], datetime] = utcnow,
         interval: float = 1.0,
+        jobs_ended: Signal | None = None,
     ) -> None:
+        """``jobs_ended`` announces jobs ended in this process (the engine's): a pass then
+        runs at once when a job rule listens (``notify_ended``)."""
         super().__init__()
         self.store = store
         self.jobs = jobs
@@ -129,6 +133,8 @@ class RuleEngine(Worker):
         self._shadowed: set[str] = set()
         self._wake = threading.Event()
         self._job_rules = False  # whether the last pass saw an enabled job rule
+        if jobs_ended is not None:
+            jobs_ended.connect(self.notify_ended)
 
     # -- control ----------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from jobmill.domain.jobs import utcnow
+from jobmill.domain.users import User
 from jobmill.service.credentials import ensure_local_token
-from jobmill.service.jobs import User
 from jobmill.storage.tokens import TokenRecord, TokenStore, hash_secret
 
 # A token checked once is trusted this long without asking the database again: a revoked or

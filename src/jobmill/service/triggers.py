@@ -231,11 +231,6 @@ class DataTriggers:
             return None
         return KeyRelease(job, released)
 
-    def released(self, job_ids: list[str]) -> None:
-        """The watcher released jobs: tell the engine."""
-        if job_ids:
-            self.on_released()
-
 
 def wildcard_dirs(pattern: str) -> int:
     """1 when the pattern has a wildcard in a directory (``**`` included), else 0."""
