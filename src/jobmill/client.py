@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import httpx
 
@@ -295,6 +296,29 @@ class Client:
         exists = response.headers.get("X-Log-Exists", "true") == "true"
         return LogChunk(response.content, start + len(response.content), exists)
 
+    def results(self, job_id: str) -> JobList:
+        """The job's result files: ``id``, ``size``, ``content_type`` and download ``url``."""
+        return self._json("GET", f"/jobs/{job_id}/results")
+
+    def download(self, job_id: str, result_id: str, directory: str | os.PathLike[str]) -> str:
+        """Download one result file into ``directory`` (streamed, any size); returns its path.
+        The file is named after the result's file name, never a path the server chose."""
+        target_dir = os.fspath(directory)
+        os.makedirs(target_dir, exist_ok=True)
+        path = f"/api/v1/jobs/{quote(job_id, safe='')}/results/{quote(result_id)}"
+        with self._http.stream("GET", path) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error(response)
+            name = os.path.basename(result_id.rstrip("/"))
+            if name in ("", ".", ".."):
+                name = "result"
+            target = os.path.join(target_dir, name)
+            with open(target, "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        return target
+
     def wait(
         self,
         job_id: str,
@@ -341,6 +365,14 @@ class Client:
 
     def rule_firings(self, name: str, limit: int = 100) -> JobList:
         return self._json("GET", f"/rules/{name}/firings", params={"limit": limit})
+
+    def enable_rule(self, name: str) -> JobDict:
+        """Switch a rule on (administrators only)."""
+        return self._json("POST", f"/rules/{name}/enable")
+
+    def disable_rule(self, name: str) -> JobDict:
+        """Switch a rule off (administrators only)."""
+        return self._json("POST", f"/rules/{name}/disable")
 
     # -- inside a job ---------------------------------------------------------------------------
 

@@ -466,3 +466,33 @@ def test_serve_stops_on_a_broken_job_type_file(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: job types: {broken}:5: ")
     assert "Traceback" not in result.stderr
+
+
+def test_results_get_and_rule_switches(live: Any, tmp_path: Path) -> None:
+    done = run("submit", "echo", "message=from the cli", "--wait", "--url", live.url)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[0]
+    listed = run("results", job_id, "--json", "--url", live.url)
+    assert listed.returncode == 0, listed.stderr
+    names = [r["id"] for r in json.loads(listed.stdout)]
+    assert "echo" in names
+    table = run("results", job_id, "--url", live.url)
+    assert table.stdout.startswith("echo\t")
+    out = tmp_path / "out"
+    got = run("get", job_id, "echo", "-o", str(out), "--url", live.url)
+    assert got.returncode == 0, got.stderr
+    assert Path(got.stdout.strip()).parent == out
+    assert Path(got.stdout.strip()).read_text().strip() == "from the cli"
+    everything = run("get", job_id, "-o", str(tmp_path / "all"), "--url", live.url)
+    assert everything.returncode == 0 and len(everything.stdout.splitlines()) == len(names)
+    missing = run("get", job_id, "nope", "-o", str(out), "--url", live.url)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ")
+    assert "Traceback" not in missing.stderr
+    on = run("rules", "enable", "echo-incoming", "--url", live.url)
+    assert on.returncode == 0 and on.stdout.strip() == "rule echo-incoming: enabled", on.stderr
+    shown = json.loads(run("rules", "show", "echo-incoming", "--json", "--url", live.url).stdout)
+    assert shown["rule"]["enabled"] is True
+    off = run("rules", "disable", "echo-incoming", "--url", live.url)
+    assert off.returncode == 0 and off.stdout.strip() == "rule echo-incoming: disabled"
+    unknown = run("rules", "enable", "no-such-rule", "--url", live.url)
+    assert unknown.returncode == 1 and "no-such-rule" in unknown.stderr

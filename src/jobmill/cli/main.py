@@ -314,6 +314,48 @@ def details(
     typer.echo(text if text.endswith("\n") else text + "\n", nl=False)
 
 
+@app.command()
+def results(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List a job's result files (name, size, content type)."""
+    with connect(ctx, url, token) as jm:
+        found = jm.results(job_id)
+    if json_:
+        print_json(found)
+        return
+    if not found:
+        typer.echo(f"(job {job_id} has no results)", err=True)
+    for result in found:
+        typer.echo(f"{result['id']}\t{result['size']}\t{result['content_type']}")
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="[NAME]...", help="Results (default: all).")
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Directory to write them to.")
+    ] = ".",
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Download a job's result files into a directory."""
+    with connect(ctx, url, token) as jm:
+        wanted = names or [r["id"] for r in jm.results(job_id)]
+        if not wanted:
+            fail(f"job {job_id} has no results")
+        for name in wanted:
+            typer.echo(jm.download(job_id, name, output))
+
+
 @app.command("rm")
 def remove(
     ctx: typer.Context,
@@ -394,6 +436,28 @@ def rules_show(
     for firing in latest:
         outcome = firing["job_id"] or f"error: {firing['error']}"
         typer.echo(f"{firing['fired_at']}  {firing['key']}  {outcome}")
+
+
+def _switch_rule(name: str, on: bool) -> None:
+    verb = "enable" if on else "disable"
+
+    @rules_app.command(verb)
+    def command(
+        ctx: typer.Context,
+        rule: Annotated[str, typer.Argument(metavar="NAME", help="The rule's name.")],
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        with connect(ctx, url, token) as jm:
+            answer = jm.enable_rule(rule) if on else jm.disable_rule(rule)
+        state = "enabled" if answer.get("enabled") else "disabled"
+        typer.echo(f"rule {rule}: {state}")
+
+    command.__doc__ = f"{verb.capitalize()} a rule (administrators only)."
+
+
+_switch_rule("enable", True)
+_switch_rule("disable", False)
 
 
 # -- inside a job ------------------------------------------------------------------------------
