@@ -24,9 +24,10 @@ from sqlalchemy.engine import make_url
 from jobmill.api.app import create_app
 from jobmill.config import Settings
 from jobmill.domain.lifecycle import ENDED
-from jobmill.factory import Jobmill, build
+from jobmill.factory import Jobmill, build, open_store
 from jobmill.paths import default_token_file, read_token_file
 from jobmill.service.credentials import ensure_local_token
+from jobmill.storage.jobs import JobStore
 from tests.replay import impossible_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +114,25 @@ def settings(tmp_path: Path, db_url: str) -> Iterator[Settings]:
     problems = impossible_steps(db_url)
     if problems:
         pytest.fail("impossible job histories:\n" + "\n".join(problems[:20]), pytrace=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An empty directory for data a test makes arrive."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def store(tmp_path: Path, db_url: str) -> Iterator[JobStore]:
+    """A job store alone (no jobmill around it) on each database."""
+    job_store = open_store(Settings(home=tmp_path / "home", database_url=db_url))
+    try:
+        yield job_store
+    finally:
+        job_store.read_engine.dispose()
+        job_store.engine.dispose()
 
 
 @pytest.fixture

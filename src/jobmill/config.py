@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import getpass
-import ipaddress
 import os
 import socket
 import tomllib
@@ -159,16 +158,6 @@ class Settings:
         if ":" in domain and not domain.startswith("["):
             domain = f"[{domain}]"
         return f"{protocol}://{domain}:{self.port}"
-
-    @property
-    def loopback(self) -> bool:
-        """Bound to loopback only (this grants nobody anything: see docs/security.md)."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
 
 
 # -- how values are read ------------------------------------------------------------------------

@@ -118,7 +118,10 @@ def build(settings: Settings) -> Jobmill:
     dispatcher = Dispatcher(settings, store, files, dispatch_types)
     # The engine announces ended jobs; the rules, built later on the job service, listen.
     jobs_ended = Signal("jobs ended")
-    engine = JobEngine(settings, store, dispatcher, executors, on_ended=jobs_ended.emit)
+    space = DiskSpace(settings.home.resolve(), settings.min_free)
+    engine = JobEngine(
+        settings, store, dispatcher, executors, on_ended=jobs_ended.emit, space=space
+    )
     data = build_data_triggers(settings, store, engine)
     service = JobService(
         store,
@@ -132,7 +135,7 @@ def build(settings: Settings) -> Jobmill:
         backends=executors,
         launch_spec=dispatcher.spec_for,
         log_roots=Roots(settings.log_roots, settings.home.resolve(), "JOBMILL_LOG_ROOTS"),
-        space=DiskSpace(settings.home.resolve(), settings.min_free),
+        space=space,
     )
     experiments = ExperimentService(experiment_store, service, dispatch_types, executors)
     rules = RuleEngine(

@@ -33,13 +33,6 @@ def types_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "data"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def server(tmp_path: Path, types_dir: Path, data_dir: Path, db_url: str) -> Iterator[Server]:
     srv = Server(tmp_path / "home", types_dir, free_port(), db_url)
     srv.env["JOBMILL_DATA_ROOT"] = str(data_dir)

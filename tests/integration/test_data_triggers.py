@@ -25,13 +25,6 @@ OCPS = "/api/v1/job"
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "data"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def data_settings(settings: Settings, data_dir: Path) -> Settings:
     return settings.with_(data_root=data_dir, scan_interval=0.3, ocps_wait_for_dat=("ap",))
 

@@ -46,13 +46,6 @@ rules:
 """
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "data"
-    directory.mkdir()
-    return directory
-
-
 def rules_settings(settings: Settings, tmp_path: Path, data_dir: Path, text: str) -> Settings:
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir(exist_ok=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from jobmill.domain.errors import Forbidden
 from jobmill.factory import Jobmill, build
 from jobmill.service.files import open_inside
 from tests.conftest import EXAMPLES, app_client, wait_phase
+from tests.security.conftest import error
 from tests.security.spew import spew_jobtypes
 
 JOBS = "/api/v1/jobs"
@@ -34,13 +35,6 @@ def roots(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    return data
-
-
-@pytest.fixture
 def secret(tmp_path: Path) -> Path:
     path = tmp_path / "secret.txt"
     path.write_text(SECRET)
@@ -48,34 +42,13 @@ def secret(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def confined_settings(settings: Settings, tmp_path: Path, roots: Path, data_dir: Path) -> Settings:
+def security_settings(settings: Settings, tmp_path: Path, roots: Path, data_dir: Path) -> Settings:
     return settings.with_(
         log_roots=(str(roots / "{user}"),),
         data_root=data_dir,
         data_roots=(str(data_dir),),
         jobtypes=(str(EXAMPLES), spew_jobtypes(tmp_path / "types")),
     )
-
-
-@pytest.fixture
-def jm(confined_settings: Settings) -> Iterator[Jobmill]:
-    jobmill = build(confined_settings)
-    try:
-        yield jobmill
-    finally:
-        jobmill.close()
-
-
-@pytest.fixture
-def api(jm: Jobmill) -> Iterator[TestClient]:
-    with app_client(jm) as client:
-        yield client
-
-
-def error(response: Any, status: int = 422) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()["error"]
-    return body
 
 
 def echo(log_dir: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -141,9 +114,9 @@ def test_log_dir_under_the_users_root_works(api: TestClient, roots: Path) -> Non
 
 
 def test_without_log_roots_log_dir_is_refused_and_says_how_to_enable_it(
-    confined_settings: Settings,
+    security_settings: Settings,
 ) -> None:
-    jm = build(confined_settings.with_(log_roots=()))
+    jm = build(security_settings.with_(log_roots=()))
     try:
         with app_client(jm, start_engine=False) as api:
             refused = error(api.post(JOBS, json=echo("logs")))
@@ -266,9 +239,9 @@ def test_an_upload_turned_into_a_link_is_not_served(
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o027, 0o640)])
 def test_jobs_run_with_the_configured_umask(
-    confined_settings: Settings, umask: int, mode: int
+    security_settings: Settings, umask: int, mode: int
 ) -> None:
-    jm = build(confined_settings.with_(umask=umask))
+    jm = build(security_settings.with_(umask=umask))
     try:
         with app_client(jm) as api:
             job = api.post(JOBS, json=echo("modes")).json()

@@ -23,6 +23,7 @@ from jobmill.factory import Jobmill, build
 from jobmill.service.failures import FailureLog
 from jobmill.service.space import disk_full, format_size
 from tests.conftest import EXAMPLES, app_client, wait_for, wait_phase
+from tests.security.conftest import error
 from tests.security.spew import spew_jobtypes
 
 JOBS = "/api/v1/jobs"
@@ -30,40 +31,12 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    return data
-
-
-@pytest.fixture
-def limit_settings(settings: Settings, tmp_path: Path, data_dir: Path) -> Settings:
+def security_settings(settings: Settings, tmp_path: Path, data_dir: Path) -> Settings:
     return settings.with_(
         data_root=data_dir,
         data_roots=(str(data_dir),),
         jobtypes=(str(EXAMPLES), spew_jobtypes(tmp_path / "types")),
     )
-
-
-@pytest.fixture
-def jm(limit_settings: Settings) -> Iterator[Jobmill]:
-    jobmill = build(limit_settings)
-    try:
-        yield jobmill
-    finally:
-        jobmill.close()
-
-
-@pytest.fixture
-def api(jm: Jobmill) -> Iterator[TestClient]:
-    with app_client(jm) as client:
-        yield client
-
-
-def error(response: Any, status: int = 422) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()["error"]
-    return body
 
 
 def waiting(paths: list[str], **extra: Any) -> dict[str, Any]:
@@ -163,8 +136,8 @@ def test_the_worst_allowed_wait_is_cheap_and_does_not_delay_others(
     assert latency < 5.0
 
 
-def test_per_user_caps_on_waiting_jobs(limit_settings: Settings) -> None:
-    jm = build(limit_settings.with_(max_user_waits=3))
+def test_per_user_caps_on_waiting_jobs(security_settings: Settings) -> None:
+    jm = build(security_settings.with_(max_user_waits=3))
     try:
         with app_client(jm, start_engine=False) as api:
             for name in ("a", "b"):
@@ -176,7 +149,7 @@ def test_per_user_caps_on_waiting_jobs(limit_settings: Settings) -> None:
             assert jm.store.count() == 3
     finally:
         jm.close()
-    jm = build(limit_settings.with_(max_user_wildcards=4, max_user_wildcard_dirs=2))
+    jm = build(security_settings.with_(max_user_wildcards=4, max_user_wildcard_dirs=2))
     try:
         with app_client(jm, start_engine=False) as api:
             for body in (waiting(["x/**/f.dat", "n/*.dat"]), waiting(["y*/f.dat", "exact.dat"])):
@@ -196,8 +169,8 @@ def test_per_user_caps_on_waiting_jobs(limit_settings: Settings) -> None:
 # -- job output ---------------------------------------------------------------------------------
 
 
-def test_output_over_the_cap_ends_the_job_in_error(limit_settings: Settings) -> None:
-    jm = build(limit_settings.with_(max_job_output=64 << 10))
+def test_output_over_the_cap_ends_the_job_in_error(security_settings: Settings) -> None:
+    jm = build(security_settings.with_(max_job_output=64 << 10))
     message = "output over 64 KiB (JOBMILL_MAX_JOB_OUTPUT)"
     try:
         with app_client(jm) as api:
@@ -273,11 +246,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_is_507_and_the_job_that_filled_it_ends_in_error(
-    limit_settings: Settings, tmpfs: Path, caplog: pytest.LogCaptureFixture
+    security_settings: Settings, tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ballast = tmpfs / "ballast"
     ballast.write_bytes(b"\0" * (2 * MiB))
-    settings = limit_settings.with_(
+    settings = security_settings.with_(
         home=tmpfs / "home",
         database_url=f"sqlite:///{tmpfs / 'jobmill.db'}",  # the database fills up too
         min_free=MiB,

@@ -3,31 +3,16 @@ finds impossible histories, and passes the ones jobmill writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import insert, update
 
-from jobmill.config import Settings
 from jobmill.domain.jobs import NewJob, utcnow
 from jobmill.domain.lifecycle import Action, Phase, Reason
-from jobmill.factory import open_store
 from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import events, jobs
 from tests.replay import impossible_steps
-
-
-@pytest.fixture
-def store(tmp_path: Path, db_url: str) -> Iterator[JobStore]:
-    job_store = open_store(Settings(home=tmp_path / "home", database_url=db_url))
-    try:
-        yield job_store
-    finally:
-        job_store.read_engine.dispose()
-        job_store.engine.dispose()
 
 
 def create(store: JobStore, **overrides: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,16 +33,6 @@ from jobmill.storage.tables import events, jobs
 from jobmill.storage.tables import tokens as tokens_table
 
 THREADS = 8
-
-
-@pytest.fixture
-def store(tmp_path: Path, db_url: str) -> Iterator[JobStore]:
-    job_store = open_store(Settings(home=tmp_path / "home", database_url=db_url))
-    try:
-        yield job_store
-    finally:
-        job_store.read_engine.dispose()
-        job_store.engine.dispose()
 
 
 def new_job(**overrides: Any) -> NewJob:

@@ -84,9 +84,11 @@ class Engine(Worker):
         executors: Mapping[str, Executor],
         *,
         on_ended: Callable[[], None] | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
         """``on_ended`` is called (on the engine thread) after jobs ended, e.g. to wake the
-        rules at once."""
+        rules at once; ``space`` is the free-space rule the job service also applies (by
+        default one of the settings' home)."""
         super().__init__()
         self.settings = settings
         self.store = store
@@ -104,7 +106,7 @@ class Engine(Worker):
         self._next_reconcile = 0.0
         self._next_sweep = 0.0
         self._next_retry = 0.0
-        self.space = DiskSpace(settings.home, settings.min_free)
+        self.space = space or DiskSpace(settings.home, settings.min_free)
         self._next_space_warning = 0.0
 
     # -- control from other threads -------------------------------------------------------
