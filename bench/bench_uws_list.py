@@ -15,6 +15,9 @@ a PostgreSQL server: a scratch database is created there and dropped afterwards)
 * ``GET /uws/sim/{id}``, the job document, for random jobs;
 * lists filtered on one phase, ``PHASE=EXECUTING`` (no job matches: the worst case) and
   ``PHASE=ERROR`` (2 % match), served by the index ``jobs (type, phase, seq)``;
+* native lists (``GET /api/v1/jobs``, whole jobs) unfiltered and on one filter alone: a phase
+  (2 %, none and 90 % match), two phases, the owner, the owner and a phase, the type (20 %),
+  a tag (on half of the jobs, on one in 1,000);
 * floors, side by side: the same store call timed in this process (``JobStore.list_refs`` /
   ``JobStore.get``: the query plus building the result objects), ``GET /uws/<unknown type>``
   (404: the same route, authentication and error path, no query) and ``GET /healthz``.
@@ -72,6 +75,23 @@ BATCH = 5000
 TYPE = "sim"
 TOKEN = "bench-uws-alice-token"  # noqa: S105 - a throwaway token of a scratch database
 LISTED = tuple(p for p in Phase if p is not Phase.ARCHIVED)
+# Native job lists: (key, query string, the store's filter), the unfiltered one first.
+NATIVE = (
+    ("n_all", "", JobFilter()),
+    ("n_error", "phase=ERROR&", JobFilter(phases=[Phase.ERROR])),
+    ("n_executing", "phase=EXECUTING&", JobFilter(phases=[Phase.EXECUTING])),
+    ("n_completed", "phase=COMPLETED&", JobFilter(phases=[Phase.COMPLETED])),
+    (
+        "n_two",
+        "phase=QUEUED&phase=EXECUTING&",
+        JobFilter(phases=[Phase.QUEUED, Phase.EXECUTING]),
+    ),
+    ("n_owner", "owner=alice&", JobFilter(owner="alice")),
+    ("n_owner_error", "owner=alice&phase=ERROR&", JobFilter(owner="alice", phases=[Phase.ERROR])),
+    ("n_type", "type=other&", JobFilter(type="other")),
+    ("n_tag_half", "tag=half&", JobFilter(tag="half")),
+    ("n_tag_rare", "tag=rare&", JobFilter(tag="rare")),
+)
 
 
 def phase_of(i: int) -> Phase:
@@ -116,6 +136,15 @@ def fill(store: JobStore, n: int) -> list[str]:
                 "error = CASE WHEN phase = 'ERROR' THEN 'exit code 1' END"
             )
         )
+        # tags: "half" on every other job, "rare" on one in 1,000
+        for tag, every in (("half", 2), ("rare", 1000)):
+            conn.execute(
+                text(
+                    "INSERT INTO job_tags (job_id, tag) SELECT id, :tag FROM jobs "
+                    "WHERE seq % :every = 0"
+                ),
+                {"tag": tag, "every": every},
+            )
     store.tokens.add("alice", TOKEN, admin=False)
     return ids
 
@@ -231,6 +260,9 @@ def measure(db: Database, root: Path, n_jobs: int, n_req: int, keep: bool) -> li
     def store_call(key: str, flt: JobFilter, n: int = n_req) -> None:
         direct[key] = direct_timing(key, lambda _: reader.list_refs(flt, limit=100), n)
 
+    def native_call(key: str, flt: JobFilter, n: int) -> None:
+        direct[key] = direct_timing(key, lambda _: reader.list(flt, limit=101), n)
+
     with running_server([types], env=env, keep=keep) as server:
         port = server.port
 
@@ -253,6 +285,11 @@ def measure(db: Database, root: Path, n_jobs: int, n_req: int, keep: bool) -> li
             path = f"/uws/{TYPE}?PHASE={phase.value}&LAST=100"
             http(key, path, b"<uws:jobs", n=max(20, n_req // 4))
             store_call(key, JobFilter(phases=[phase], type=TYPE), max(20, n_req // 4))
+        # Native lists (whole jobs) on one filter alone: each as fast as the unfiltered list.
+        for key, query, flt in NATIVE:
+            n = max(20, n_req // 4)
+            http(key, f"/api/v1/jobs?{query}limit=100", b'"jobs"', n=n)
+            native_call(key, flt, n)
     for engine in (reader.engine, reader.read_engine, store.engine, store.read_engine):
         engine.dispose()
 
@@ -277,6 +314,7 @@ def measure(db: Database, root: Path, n_jobs: int, n_req: int, keep: bool) -> li
         row("GET /uws/sim/{id} (job document)", "job", JOB_TARGET_MS, OPUS_JOB_MS),
         row("  ?PHASE=EXECUTING&LAST=100 (none match)", "EXECUTING"),
         row("  ?PHASE=ERROR&LAST=100 (2 % match)", "ERROR"),
+        *(row(f"GET /api/v1/jobs?{query}limit=100", key) for key, query, _ in NATIVE),
         [f"{db.name}: floor GET /uws/unknown (404)", floor_404.p50, floor_404.p95, "", "", "", ""],
         [f"{db.name}: floor GET /healthz", floor_health.p50, floor_health.p95, "", "", "", ""],
     ]

@@ -34,6 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "jobtypes"
 PG_ENV = "JOBMILL_TEST_DATABASE_URL"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SKIPPED_FILE = os.environ.get("JOBMILL_SKIPPED_TESTS")
+"""``.ci/run`` runs the tests on the bare machine first and lists the skipped ones here, to run
+them again once the services are up."""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if SKIPPED_FILE and report.skipped and report.when in ("setup", "call"):
+        with open(SKIPPED_FILE, "a", encoding="utf-8") as listed:
+            listed.write(report.nodeid + "\n")
 
 
 def require_service(available: bool, what: str) -> None:

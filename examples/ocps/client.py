@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 STATUS_OK = "ok"
-DONE_STATES = ("completed", "removed", "held", "suspended", "unknown")
+DONE_STATES = ("completed", "error", "removed", "held", "suspended", "unknown")
 N_JOBS = 4
 DEMO_IMAGES = [
     {"visit_id": 411371, "ccd": 56},
@@ -71,6 +71,10 @@ def local_token() -> str | None:
         return None
 
 
+class Unreachable(Exception):
+    """The OCPS service does not answer at the configured address."""
+
+
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One request; an error answer from the server is returned like any other envelope."""
     headers = {"Accept": "application/json"}
@@ -89,6 +93,14 @@ def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str,
             return json.loads(error.read())
         except ValueError:
             return {"status": "error", "msg": f"HTTP {error.code} {error.reason}"}
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise Unreachable(
+            f"cannot reach the OCPS service at {url}: {reason}\n"
+            "Start it (jobmill serve --jobtypes examples/jobtypes), or point this client at it "
+            "with API_PROTOCOL, API_DOMAIN, API_PORT and API_BASEPATH "
+            "(e.g. API_PORT=8081 for 'make run PORT=8081')."
+        ) from None
 
 
 def get_job_status(base: str, job_id: str) -> dict[str, Any]:
@@ -190,5 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def run() -> int:
+    try:
+        return main()
+    except Unreachable as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -28,7 +28,7 @@ import httpx
 
 from jobmill.domain.errors import Kind, kind_of
 from jobmill.domain.lifecycle import TERMINAL
-from jobmill.paths import default_token_file, read_token_file
+from jobmill.paths import default_token_file, read_server_url, read_token_file, server_file
 
 DEFAULT_TIMEOUT = 30.0
 TERMINAL_PHASES = TERMINAL  # phases are strings: "COMPLETED" in TERMINAL_PHASES
@@ -80,9 +80,15 @@ class LogChunk(NamedTuple):
 
 
 def default_url() -> str:
-    """``JOBMILL_URL``, else ``http://JOBMILL_HOST:JOBMILL_PORT`` (127.0.0.1:8080 by default)."""
+    """``JOBMILL_URL``, else ``http://JOBMILL_HOST:JOBMILL_PORT`` when either is set, else where
+    the user's own ``jobmill serve`` listens (``jobmill.paths.server_file``), else
+    ``http://127.0.0.1:8080``."""
     if url := os.environ.get("JOBMILL_URL"):
         return url.rstrip("/")
+    if not (os.environ.get("JOBMILL_HOST") or os.environ.get("JOBMILL_PORT")):
+        noted = read_server_url(server_file())
+        if noted is not None:
+            return noted
     host = os.environ.get("JOBMILL_HOST") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
@@ -186,10 +192,34 @@ class Client:
         execution_duration: int | None = None,
         log_dir: str | None = None,
         phase: str | None = None,
+        tags: Sequence[str] | None = None,
+        after: Sequence[str] | None = None,
+        on_parent_failure: str | None = None,
     ) -> JobDict:
-        """Create a job (queued at once, or ``phase="PENDING"`` to hold it until ``run``)."""
-        body = _job_body(type, parameters, run_id, executor, execution_duration, log_dir, phase)
+        """Create a job (queued at once, or ``phase="PENDING"`` to hold it until ``run``);
+        ``after``: ids of jobs that must complete first (``on_parent_failure``: "fail" or
+        "wait" when one of them fails)."""
+        body = _job_body(
+            type, parameters, run_id, executor, execution_duration, log_dir, phase,
+            after, on_parent_failure,
+        )  # fmt: skip
+        if tags:
+            body["tags"] = list(tags)
         return self._json("POST", "/jobs", json=body)
+
+    def link(self, job_id: str, after: Sequence[str]) -> JobDict:
+        """The job (PENDING, or waiting for upstream jobs) also runs after ``after``."""
+        return self._json("POST", f"/jobs/{job_id}/links", json={"after": list(after)})
+
+    def unlink(self, job_id: str, parent_id: str) -> JobDict:
+        """The job no longer runs after ``parent_id``."""
+        return self._json("DELETE", f"/jobs/{job_id}/links/{parent_id}")
+
+    def graph(self, job_id: str | None = None) -> JobDict:
+        """Jobs connected by dependencies and sub-jobs (to ``job_id``, or all of the user's):
+        ``{"jobs", "after", "subjobs", "truncated"}``."""
+        params = {"job": job_id} if job_id else {}
+        return self._json("GET", "/graph", params=params)
 
     def render(
         self,
@@ -223,8 +253,13 @@ class Client:
         created_after: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        tag: str | None = None,
+        id_prefix: str | None = None,
+        seq_min: int | None = None,
+        seq_max: int | None = None,
     ) -> JobPage:
-        """One page of jobs, newest first."""
+        """One page of jobs, newest first (``id_prefix``: ids starting so; ``seq_min`` and
+        ``seq_max``: sequence numbers within)."""
         phases = [phase] if isinstance(phase, str) else [*phase] if phase else []
         params: dict[str, Any] = {"phase": phases} if phases else {}
         for key, value in (
@@ -234,6 +269,10 @@ class Client:
             ("created_after", created_after),
             ("limit", limit),
             ("cursor", cursor),
+            ("tag", tag),
+            ("id_prefix", id_prefix),
+            ("seq_min", seq_min),
+            ("seq_max", seq_max),
         ):
             if value is not None:
                 params[key] = value
@@ -344,6 +383,41 @@ class Client:
                 )
             time.sleep(poll)
 
+    # -- the manager's verbs (docs/workflows.md) ------------------------------------------------
+
+    def edit(
+        self, job_id: str, parameters: Mapping[str, Any], version: int | None = None
+    ) -> JobDict:
+        """Change parameters of a PENDING job; with ``version`` (a job's ``version``), only if
+        it has not changed since (else a ``conflict`` error)."""
+        return self._json(
+            "PATCH",
+            f"/jobs/{job_id}",
+            json={"parameters": dict(parameters)},
+            headers=_if_match(version),
+        )
+
+    def reset(self, job_id: str, version: int | None = None) -> JobDict:
+        """Put a job in ERROR or ABORTED back to PENDING."""
+        return self._json("POST", f"/jobs/{job_id}/reset", headers=_if_match(version))
+
+    def clone(self, job_id: str, phase: str = "PENDING") -> JobDict:
+        """A new job with the same type, parameters and tags (PENDING, or ``"QUEUED"``)."""
+        return self._json("POST", f"/jobs/{job_id}/clone", json={"phase": phase})
+
+    def tags(self, job_id: str) -> tuple[str, ...]:
+        """The job's tags, sorted."""
+        return tuple(self._json("GET", f"/jobs/{job_id}/tags"))
+
+    def add_tag(self, job_id: str, tag: str, version: int | None = None) -> JobDict:
+        """Tag a job (a no-op when it has the tag)."""
+        path = f"/jobs/{job_id}/tags/{quote(tag, safe='')}"
+        return self._json("PUT", path, headers=_if_match(version))
+
+    def remove_tag(self, job_id: str, tag: str, version: int | None = None) -> JobDict:
+        path = f"/jobs/{job_id}/tags/{quote(tag, safe='')}"
+        return self._json("DELETE", path, headers=_if_match(version))
+
     # -- job types and health -----------------------------------------------------------------
 
     def jobtypes(self) -> JobList:
@@ -374,6 +448,67 @@ class Client:
         """Switch a rule off (administrators only)."""
         return self._json("POST", f"/rules/{name}/disable")
 
+    # -- ARP runs -------------------------------------------------------------------------------
+
+    def run_start(
+        self, experiment: str, run: int, parameters: Mapping[str, Any] | None = None
+    ) -> JobDict:
+        """Tell the ARP face that a run of an experiment started (replays are harmless)."""
+        return self._run_edge(experiment, run, "start", parameters)
+
+    def run_end(
+        self, experiment: str, run: int, parameters: Mapping[str, Any] | None = None
+    ) -> JobDict:
+        """Tell the ARP face that a run ended: ``{"run", "jobs", "errors"}``, the jobs autorun
+        created for it."""
+        return self._run_edge(experiment, run, "end", parameters)
+
+    def _run_edge(
+        self, experiment: str, run: int, edge: str, parameters: Mapping[str, Any] | None
+    ) -> JobDict:
+        body = {"parameters": dict(parameters)} if parameters else {}
+        path = f"/arp/experiments/{quote(experiment, safe='')}/runs/{int(run)}/{edge}"
+        return self._json("POST", path, json=body)
+
+    # -- PipelineJobs (docs/pipelinejobs.md) ---------------------------------------------------
+
+    def pipeline_create(
+        self, type: str, parameters: Mapping[str, Any] | None = None, **fields: Any
+    ) -> JobDict:
+        """Create a PipelineJob: ``{uuid, state, token, callback, pipeline, job}`` (the update
+        token is shown only here). ``fields``: ``executor`` ("external"), ``data``, ``run_id``..."""
+        body = {"type": type, "parameters": dict(parameters or {}), **fields}
+        return self._json("POST", "/pipelinejobs", json=body)
+
+    def pipeline_event(
+        self,
+        job_id: str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        event_id: str | None = None,
+    ) -> JobDict:
+        """Send a named event to a PipelineJob: ``{uuid, state, last_event, event,
+        duplicate}``. ``token`` is the job's update token (else the client's bearer token
+        authorises it); ``event_id`` names the delivery, so a retry is recorded once."""
+        body: dict[str, Any] = {"uuid": job_id, "name": name}
+        if data is not None:
+            body["data"] = dict(data)
+        if token is not None:
+            body["token"] = token
+        headers = {"Idempotency-Key": event_id} if event_id else {}
+        return self._json("POST", "/pipelinejobs/events", json=body, headers=headers)
+
+    def pipeline_status(self, job_id: str) -> JobDict:
+        """A PipelineJob's state, last event, phase and curation status."""
+        return self._json("GET", f"/pipelinejobs/{quote(job_id, safe='')}")
+
+    def pipeline_history(self, job_id: str) -> JobList:
+        """A PipelineJob's history, oldest first: ``{date, name, data, uuid, state, ...}``."""
+        path = f"/pipelinejobs/{quote(job_id, safe='')}/history"
+        return self._json("GET", path)["history"]
+
     # -- inside a job ---------------------------------------------------------------------------
 
     def report(self, /, counters: Mapping[str, Any] | None = None, **fields: Any) -> JobDict:
@@ -403,6 +538,10 @@ def report(counters: Mapping[str, Any] | None = None, **fields: Any) -> JobDict:
         return client.report(counters, **fields)
 
 
+def _if_match(version: int | None) -> dict[str, str]:
+    return {} if version is None else {"If-Match": f'"{version}"'}
+
+
 def _job_body(
     type: str,
     parameters: Mapping[str, Any] | None = None,
@@ -411,9 +550,14 @@ def _job_body(
     execution_duration: int | None = None,
     log_dir: str | None = None,
     phase: str | None = None,
+    after: Sequence[str] | None = None,
+    on_parent_failure: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": type, "parameters": dict(parameters or {})}
+    if after:
+        body["after"] = list(after)
     for key, value in (
+        ("on_parent_failure", on_parent_failure),
         ("run_id", run_id),
         ("executor", executor),
         ("execution_duration", execution_duration),

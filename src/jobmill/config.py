@@ -62,6 +62,7 @@ class Settings:
     max_local_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     kill_grace: float = 5.0
     poll_interval: float = 1.0
+    engine_lease: float = 5.0  # seconds a dead engine's lease blocks a standby (service.lease)
     pass_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
     node: str = field(default_factory=socket.gethostname)
     local_user: str = field(default_factory=_login_name)  # the server's own user
@@ -98,7 +99,10 @@ class Settings:
     scan_roots: tuple[str, ...] = ()  # roots to scan instead of watch (network filesystems)
     scan_interval: float = 2.0
     stable_seconds: float = 0.0  # 0: a file counts once closed
-    ocps_wait_for_dat: tuple[str, ...] = ()  # OCPS job types that wait for <job_id>.dat; "*": all
+    # OCPS job types that wait for <job_id>.dat; "*": all; None: those of job_specs.yaml files
+    ocps_wait_for_dat: tuple[str, ...] | None = None
+    ocps_monitor_job_id: bool = False  # monitor/complete also takes the job id as key (weaker)
+    ocps_command_type: str | None = None  # the job type that runs the successor's PUT commands
     # -- identity (api/auth.py; docs/security.md) ---------------------------------------------
     admins: tuple[str, ...] = ()  # users who are administrators (besides admin tokens)
     anonymous: str = "none"  # callers without a token: "none" (401) or "read" (GET/HEAD only)
@@ -316,10 +320,13 @@ def _umask(where: str, value: Raw) -> int:
     return mask
 
 
-def _wait_for_dat(where: str, value: Raw) -> tuple[str, ...]:
-    """OCPS job types that wait for ``<job_id>.dat``: a list, or a word for none or all."""
+def _wait_for_dat(where: str, value: Raw) -> tuple[str, ...] | None:
+    """OCPS job types that wait for ``<job_id>.dat``: a list, or a word for none, all, or the
+    default (``specs``: the types of ``job_specs.yaml`` files)."""
     if isinstance(value, str):
         word = value.strip().lower()
+        if word in ("specs", "default"):
+            return None
         if word in _OFF:
             return ()
         if word in ("1", "on", "true", "yes", "all", "*"):
@@ -368,6 +375,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("jobs", "max_local_jobs", _at_least(1), WHOLE, "JOBMILL_MAX_LOCAL_JOBS"),
     _s("jobs", "kill_grace", _number, NUMBER, "JOBMILL_KILL_GRACE"),
     _s("jobs", "poll_interval", _number, NUMBER, "JOBMILL_POLL_INTERVAL"),
+    _s("jobs", "engine_lease", _seconds, NUMBER, "JOBMILL_ENGINE_LEASE"),
     _s("jobs", "pass_env", _names, LIST, "JOBMILL_PASS_ENV"),
     _s("jobs", "slow_submit", _seconds, NUMBER, "JOBMILL_SLOW_SUBMIT"),
     _s("security", "admins", _names, LIST, "JOBMILL_ADMINS"),
@@ -416,6 +424,10 @@ SETTINGS: tuple[Setting, ...] = (
        to="ocps_cors_origins"),
     _s("ocps", "wait_for_dat", _wait_for_dat, WORD, "JOBMILL_OCPS_WAIT_FOR_DAT",
        to="ocps_wait_for_dat"),
+    _s("ocps", "monitor_job_id", _flag, BOOL, "JOBMILL_OCPS_MONITOR_JOB_ID",
+       to="ocps_monitor_job_id"),
+    _s("ocps", "command_type", _text, TEXT, "JOBMILL_OCPS_COMMAND_TYPE",
+       to="ocps_command_type"),
 )
 # fmt: on
 """Every setting of the file and the environment (docs/configuration.md lists them)."""

@@ -21,18 +21,24 @@ from jobmill.service.engine import Engine as JobEngine
 from jobmill.service.experiments import ExperimentService, JobTypes
 from jobmill.service.files import JobFiles
 from jobmill.service.jobs import JobService
+from jobmill.service.lease import Lease, lease_names
+from jobmill.service.pipelinejobs import PipelineService, PipelineWatcher
 from jobmill.service.rules import RuleEngine
 from jobmill.service.signals import Signal
 from jobmill.service.space import DiskSpace
 from jobmill.service.tokens import TokenService
 from jobmill.service.triggers import DataTriggers, WaitLimits
+from jobmill.service.wakeups import QueuedWakeups
 from jobmill.service.worker import Worker
 from jobmill.storage import migrate
 from jobmill.storage.conditions import ConditionStore
 from jobmill.storage.db import make_engine
 from jobmill.storage.experiments import ExperimentStore
 from jobmill.storage.jobs import JobStore
+from jobmill.storage.leases import LeaseStore
+from jobmill.storage.pipelinejobs import PipelineStore
 from jobmill.storage.rules import RuleStore
+from jobmill.storage.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ class Jobmill:
     data: DataTriggers | None = None
     experiments: ExperimentService | None = None
     rules: RuleEngine | None = None
+    pipeline: PipelineService | None = None
+    wakeups: QueuedWakeups | None = None  # jobs queued elsewhere wake the engine (PostgreSQL)
 
     def workers(self) -> list[Worker]:
         """The background components, in the order they start (they stop in reverse)."""
@@ -59,6 +67,10 @@ class Jobmill:
             found.append(self.data.watcher)
         if self.rules is not None:
             found.append(self.rules)
+        if self.pipeline is not None and self.pipeline.watcher is not None:
+            found.append(self.pipeline.watcher)
+        if self.wakeups is not None:
+            found.append(self.wakeups)
         return found
 
     def start(self) -> None:
@@ -119,17 +131,20 @@ def build(settings: Settings) -> Jobmill:
     # The engine announces ended jobs; the rules, built later on the job service, listen.
     jobs_ended = Signal("jobs ended")
     space = DiskSpace(settings.home.resolve(), settings.min_free)
+    # One engine per executor among the processes sharing the database (service.lease).
+    lease = Lease(LeaseStore(store.engine), lease_names(list(executors)), settings.engine_lease)
     engine = JobEngine(
-        settings, store, dispatcher, executors, on_ended=jobs_ended.emit, space=space
+        settings, store, dispatcher, executors, on_ended=jobs_ended.emit, space=space, lease=lease
     )
     data = build_data_triggers(settings, store, engine)
+    wakeups = QueuedWakeups(Wakeups(store.engine), engine.notify_queued)
     service = JobService(
         store,
         jobtypes,
         files,
         executors=list(executors),
         max_batch=settings.max_batch_jobs,
-        on_queued=engine.notify_queued,
+        on_queued=wakeups.queued,
         on_cancel=engine.request_cancel,
         data=data,
         backends=executors,
@@ -147,6 +162,8 @@ def build(settings: Settings) -> Jobmill:
         default_owner=settings.local_user,
         jobs_ended=jobs_ended,
     )
+    pipeline = PipelineService(PipelineStore(store), service)
+    jobs_ended.connect(PipelineWatcher(pipeline).wake)  # indexes finished PipelineJobs
     log.info("jobmill: %d job types, database %s", len(jobtypes), store.engine.url)
     return Jobmill(
         settings,
@@ -159,6 +176,8 @@ def build(settings: Settings) -> Jobmill:
         data,
         experiments=experiments,
         rules=rules,
+        pipeline=pipeline,
+        wakeups=wakeups,
     )
 
 

@@ -34,6 +34,31 @@ def read_token_file(path: Path) -> str | None:
     return token or None
 
 
+def server_file(token_file: Path | None = None) -> Path:
+    """Where ``jobmill serve`` notes the URL it listens on for its user's CLI: beside the local
+    credential, ``<credential>.url`` (``~/.config/jobmill/token.url``)."""
+    token_file = token_file or default_token_file()
+    return token_file.with_name(token_file.name + ".url")
+
+
+def write_server_url(path: Path, url: str) -> None:
+    """Write ``url`` to ``path``, readable by its owner only (0600), replacing it whole."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(url + "\n")
+    os.replace(part, path)
+
+
+def read_server_url(path: Path) -> str | None:
+    """The http(s) URL in ``path``, trusted as the token file is (``read_token_file``)."""
+    url = read_token_file(path)
+    if url is None or not url.startswith(("http://", "https://")) or len(url) > 2048:
+        return None
+    return url.rstrip("/")
+
+
 def sqlite_url(home: Path) -> str:
     """The embedded database of a jobmill home."""
     return f"sqlite:///{home / 'jobmill.db'}"

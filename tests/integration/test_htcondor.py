@@ -207,6 +207,22 @@ def test_echo_completes_with_result_log_and_exact_argv(
     assert f'JobmillJobId = "{job["id"]}"' in details
 
 
+def test_ocps_job_has_its_event_log_in_log_dir_as_the_prototype(
+    client: TestClient, jobmill: Jobmill
+) -> None:
+    """The OCPS prototype's submit description: ``log = <log_dir>/<job_id>.log``."""
+    logs = jobmill.settings.home / "logs" / "tester" / "ocps"  # under the caller's log root
+    body = {"type": "echo", "env": {"message": "hi"}, "log_dir": "ocps"}
+    answer = client.post("/api/v1/job", json=body).json()
+    assert answer["status"] == "ok", answer
+    hex_id = answer["job_id"]
+    done = wait_phase(client, hex_id, timeout=JOB_TIMEOUT)
+    assert done["phase"] == "COMPLETED" and done["executor"] == "htcondor"
+    assert (logs / f"{hex_id}.out").read_text() == "hi\n"
+    event_log = (logs / f"{hex_id}.log").read_text()
+    assert event_log.startswith("000 (") and "Job terminated" in event_log
+
+
 def test_failure_keeps_exit_code_and_stderr(client: TestClient) -> None:
     job = submit(client, "fail", code=7)
     done = wait_phase(client, job["id"], timeout=JOB_TIMEOUT)

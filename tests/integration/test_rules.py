@@ -328,7 +328,15 @@ def test_rules_api_create_list_switch_delete(api: tuple[Jobmill, TestClient]) ->
     assert body["kind"] == "schedule" and body["source"] == "api" and body["enabled"]
     assert body["created_by"] == "tester" and body["next_slot"].endswith(":00:00.000Z")
     names = {r["name"]: r for r in client.get(RULES).json()}
-    assert set(names) == {"raw-echo", "hourly", "echo-incoming", "echo-after-sleep", "daily-echo"}
+    assert set(names) == {
+        "raw-echo",
+        "hourly",
+        "echo-incoming",
+        "echo-after-sleep",
+        "daily-echo",
+        "arp-run-start",
+        "arp-run-end",
+    }
     assert not names["daily-echo"]["enabled"]  # the examples ship disabled
     assert names["raw-echo"]["source"] == "file" and names["raw-echo"]["origin"].endswith(":3")
     assert client.post(RULES, json=SCHEDULE_BODY).status_code == 409

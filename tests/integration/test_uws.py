@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -317,9 +316,8 @@ def test_an_archived_job_keeps_its_document_but_no_result_files(
     assert [r.get("id") for r in child(job, "results")] == ids
     for result in results:  # the provenance documents still resolve
         href = result.get(XLINK + "href")
-        # The SVG needs Graphviz' dot: without it (a machine without Graphviz) the answer is 503.
-        expected = 503 if "svg" in href and shutil.which("dot") is None else 200
-        assert client.get(href).status_code == expected, href
+        # The SVG too, with or without Graphviz (service/provsvg.py draws it without).
+        assert client.get(href).status_code == 200, href
     gone = client.get(f"{url}/results/dump")
     assert gone.status_code == 404 and gone.headers["content-type"].startswith("text/plain")
     params = {p.get("id"): p for p in valid(schema, client.get(f"{url}/parameters").content)}

@@ -343,6 +343,8 @@ def ocps_dir(tmp_path: Path) -> Path:
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "ap_job.sh").write_text("#!/bin/sh\necho ap\n")
     (tmp_path / "calib.sh").write_text("#!/bin/sh\necho calib\n")
+    os.chmod(tmp_path / "jobs" / "ap_job.sh", 0o755)
+    os.chmod(tmp_path / "calib.sh", 0o755)
     write(tmp_path, "job_specs.yaml", OCPS_SPECS)
     return tmp_path
 
@@ -371,21 +373,53 @@ def test_ocps_types_have_required_string_env_parameters(ocps_dir: Path) -> None:
     assert info.value.field == "parameters.AP_JOB_OUTPUT_DIR"
 
 
-def test_ocps_script_that_is_not_executable_runs_with_sh(ocps_dir: Path) -> None:
-    types = load_jobtypes([ocps_dir / "job_specs.yaml"])
-    assert types["ap"].command == ["/bin/sh", str((ocps_dir / "jobs" / "ap_job.sh").resolve())]
-    assert types["calib"].command == ["/bin/sh", str((ocps_dir / "calib.sh").resolve())]
-    assert build_argv(types["ap"], {}, {}) == types["ap"].command
+def test_ocps_script_that_is_not_executable_is_refused_naming_file_and_line(
+    ocps_dir: Path,
+) -> None:
+    os.chmod(ocps_dir / "calib.sh", 0o644)
+    path = ocps_dir / "job_specs.yaml"
+    assert_names(load_error(path), path, 9, "is not executable")
+
+
+def test_ocps_missing_script_is_refused_naming_file_and_line(
+    ocps_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (ocps_dir / "jobs" / "ap_job.sh").unlink()
+    monkeypatch.chdir(ocps_dir / "jobs")
+    path = ocps_dir / "job_specs.yaml"
+    error = load_error(path)
+    assert_names(error, path, 3, "script 'jobs/ap_job.sh' not found")
+    assert str(ocps_dir / "jobs" / "jobs" / "ap_job.sh") in error.problem
+
+
+def test_ocps_script_is_taken_from_the_working_directory_as_the_prototype_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prototype's layout: ``server/jobs/job_specs.yaml`` says ``script: jobs/ap_job.sh``
+    and the server runs in ``server/``; a ``jobs/ap_job.sh`` there wins over one beside the
+    file."""
+    server = tmp_path / "server"
+    (server / "jobs" / "jobs").mkdir(parents=True)
+    for script in (server / "jobs" / "ap_job.sh", server / "jobs" / "jobs" / "ap_job.sh"):
+        script.write_text("#!/bin/sh\n")
+        os.chmod(script, 0o755)
+    write(server / "jobs", "job_specs.yaml", OCPS_SPECS.replace("calib.sh", "jobs/ap_job.sh"))
+    monkeypatch.chdir(server)
+    types = load_jobtypes([server / "jobs" / "job_specs.yaml"])
+    assert types["ap"].command == [str(server / "jobs" / "ap_job.sh")]
+    assert types["ap"].ocps_specs and types["calib"].ocps_specs
+    monkeypatch.chdir(tmp_path)  # elsewhere: beside the file
+    types = load_jobtypes([server / "jobs" / "job_specs.yaml"])
+    assert types["ap"].command == [str(server / "jobs" / "jobs" / "ap_job.sh")]
 
 
 def test_ocps_executable_script_with_a_directory_is_absolute(ocps_dir: Path) -> None:
-    os.chmod(ocps_dir / "jobs" / "ap_job.sh", 0o755)
     types = load_jobtypes([ocps_dir / "job_specs.yaml"])
     assert types["ap"].command == [str((ocps_dir / "jobs" / "ap_job.sh").resolve())]
+    assert build_argv(types["ap"], {}, {}) == types["ap"].command
 
 
 def test_ocps_executable_script_beside_the_file_is_absolute(ocps_dir: Path) -> None:
-    os.chmod(ocps_dir / "calib.sh", 0o755)
     types = load_jobtypes([ocps_dir / "job_specs.yaml"])
     assert types["calib"].command == [str((ocps_dir / "calib.sh").resolve())]
 
@@ -406,6 +440,9 @@ def test_ocps_bad_type_name_names_the_line_of_the_type(tmp_path: Path) -> None:
     path = write(
         tmp_path, "job_specs.yaml", "type:\n  ok:\n    script: a.sh\n  1bad:\n    script: b.sh\n"
     )
+    for name in ("a.sh", "b.sh"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        os.chmod(tmp_path / name, 0o755)
     error = load_error(path)
     assert error.line == 4 and "not a valid job type name" in error.problem
 

@@ -56,6 +56,8 @@ EXPECTED: dict[Action, tuple[set[Phase], Phase]] = {
     Action.LOSE_CONTACT: ({P.QUEUED, P.EXECUTING, P.HELD, P.SUSPENDED}, P.UNKNOWN),
     Action.REQUEUE: ({P.EXECUTING, P.UNKNOWN}, P.QUEUED),
     Action.ARCHIVE: ({P.COMPLETED, P.ERROR, P.ABORTED}, P.ARCHIVED),
+    Action.STAND_BY: ({P.QUEUED, P.EXECUTING, P.HELD, P.SUSPENDED, P.UNKNOWN}, P.QUEUED),
+    Action.RESET: ({P.ERROR, P.ABORTED}, P.PENDING),
 }
 
 # The allowed reason changes, (before, after), written out the same way.
@@ -63,13 +65,15 @@ Changes = set[tuple[Reason | None, Reason | None]]
 NONE_TO_NONE: Changes = {(None, None)}
 ENDS: Changes = {(r, None) for r in [*Reason, None]}
 EXPECTED_REASONS: dict[Action, Changes] = {
-    Action.RUN: {(None, R.CAPACITY), (None, R.DATA)},
+    Action.RUN: {(None, R.CAPACITY), (None, R.DATA), (None, R.UPSTREAM)},
     Action.WAIT: {
         (R.CAPACITY, R.BACKEND),
         (R.BACKEND, R.BACKEND_UNAVAILABLE),
         (R.BACKEND_UNAVAILABLE, R.CAPACITY),
         (R.BACKEND, R.CAPACITY),
         (R.DATA, R.CAPACITY),
+        (R.UPSTREAM, R.CAPACITY),
+        (R.CHILDREN, R.CAPACITY),
     },
     Action.START: {(R.CAPACITY, None), (R.BACKEND, None), (None, None)},
     Action.COMPLETE: {(R.BACKEND, None), (None, None)},
@@ -87,6 +91,8 @@ EXPECTED_REASONS: dict[Action, Changes] = {
     Action.LOSE_CONTACT: {(R.BACKEND, None), (None, None)},
     Action.REQUEUE: {(None, R.CAPACITY), (None, R.BACKEND)},
     Action.ARCHIVE: NONE_TO_NONE,
+    Action.STAND_BY: {(R.BACKEND, R.CHILDREN), (None, R.CHILDREN)},
+    Action.RESET: NONE_TO_NONE,
 }
 
 ALL_PAIRS = list(itertools.product(Phase, Action))
@@ -148,12 +154,16 @@ def test_phase_names_are_members_of_the_sets() -> None:
 
 @pytest.mark.parametrize("phase", sorted(TERMINAL))
 def test_terminal_phases_only_lead_to_archived(phase: Phase) -> None:
+    """...or, for a failed or aborted job, back to PENDING by an operator's ``reset``."""
     targets = {target(phase, action) for action in Action} - {None}
     if phase is P.ARCHIVED:
         assert targets == set()
-    else:
+    elif phase is P.COMPLETED:
         assert targets == {P.ARCHIVED}
         assert [a for a in Action if allowed(phase, a)] == [Action.ARCHIVE]
+    else:
+        assert targets == {P.ARCHIVED, P.PENDING}
+        assert [a for a in Action if allowed(phase, a)] == [Action.ARCHIVE, Action.RESET]
 
 
 def test_only_terminal_phases_can_be_archived() -> None:
@@ -181,8 +191,10 @@ def test_every_phase_is_reachable_from_pending() -> None:
     assert seen == set(Phase)
 
 
-def test_nothing_leads_back_to_pending() -> None:
-    assert all(row.target is not P.PENDING for row in TRANSITIONS.values())
+def test_only_reset_leads_back_to_pending() -> None:
+    back = [row.action for row in TRANSITIONS.values() if row.target is P.PENDING]
+    assert back == [Action.RESET]
+    assert TRANSITIONS[Action.RESET].sources == {P.ERROR, P.ABORTED}
 
 
 def test_reason_rows_match_the_documented_reasons() -> None:
@@ -235,14 +247,24 @@ def test_reason_helpers() -> None:
 
 
 def test_jobs_are_created_pending_or_queued_ready_or_waiting_for_data() -> None:
-    assert CREATED == {(P.PENDING, None), (P.QUEUED, R.CAPACITY), (P.QUEUED, R.DATA)}
+    assert CREATED == {
+        (P.PENDING, None),
+        (P.QUEUED, R.CAPACITY),
+        (P.QUEUED, R.DATA),
+        (P.QUEUED, R.UPSTREAM),
+    }
     assert can_create(P.QUEUED, "waiting for data")
     assert not can_create(P.QUEUED, None) and not can_create(P.EXECUTING, None)
 
 
 def test_action_between_phases_is_unique_and_from_the_table() -> None:
     for source, wanted in itertools.product(Phase, Phase):
-        actions = {a for a in Action if source is not wanted and target(source, a) is wanted}
+        # stand_by is jobmill's own decision, never what a backend reports: left out
+        actions = {
+            a
+            for a in Action
+            if source is not wanted and target(source, a) is wanted and a is not Action.STAND_BY
+        }
         assert len(actions) <= 1, (source, wanted, actions)
         assert action_between(source, wanted) == (actions.pop() if actions else None)
     assert action_between(P.SUSPENDED, P.EXECUTING) is Action.RESUME

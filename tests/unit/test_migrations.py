@@ -19,6 +19,11 @@ from jobmill.storage.tables import metadata
 TABLES = {"jobs", "events", "tokens", "data_conditions"}
 TABLES |= {"experiment_definitions", "experiment_runs", "experiment_applications"}
 TABLES |= {"rules", "rule_firings", "rule_cursors"}
+TABLES |= {"job_tags"}
+TABLES |= {"experiments"}
+TABLES |= {"job_links"}
+TABLES |= {"pipeline_jobs", "pipeline_events", "pipeline_nonces"}
+TABLES |= {"engine_leases"}
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
@@ -367,21 +368,38 @@ def test_uws_provenance_results_point_at_the_native_endpoint() -> None:
     assert provenance_url(BASE, ID, "provn", 3).endswith("?format=provn&depth=3")
 
 
-def test_svg_needs_prov_dot_and_a_timely_graphviz(
+def test_svg_without_graphviz_prov_dot_or_time_is_drawn_by_jobmill(
     service: JobService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """A missing, failing or slow Graphviz, or no prov.dot: jobmill's own drawing, never 503;
+    a large graph goes to it at once."""
     import sys
 
-    from jobmill.service.provenance import ProvenanceUnavailable, render_svg
+    from jobmill.service.provenance import render_svg
 
     doc = document(service, stored(service, "make", files={"run.log": "x"}))
     slow = tmp_path / "slow-dot"
     slow.write_text("#!/bin/sh\nexec sleep 5\n")
     slow.chmod(0o755)
-    with pytest.raises(ProvenanceUnavailable) as too_slow:
-        render_svg(doc, dot=str(slow), timeout=0.3)
-    assert too_slow.value.status == 503 and "longer than 0.3 s" in too_slow.value.message
+    broken = tmp_path / "broken-dot"
+    broken.write_text("#!/bin/sh\necho nope >&2; exit 3\n")
+    broken.chmod(0o755)
+    fine = tmp_path / "fine-dot"
+    fine.write_text("#!/bin/sh\ncat >/dev/null; echo '<svg class=\"graphviz\"/>'\n")
+    fine.chmod(0o755)
+
+    def drawn_by_jobmill(svg: bytes) -> bool:
+        root = etree.fromstring(svg)
+        return [g.get("class") for g in root.iterchildren("{*}g")] == ["edges", "nodes"]
+
+    assert render_svg(doc, dot=str(fine)).strip() == b'<svg class="graphviz"/>'
+    started = time.monotonic()
+    assert drawn_by_jobmill(render_svg(doc, dot=str(slow), timeout=0.3))
+    assert time.monotonic() - started < 4
+    for dot in ("jobmill-test-no-such-dot", str(broken)):
+        assert drawn_by_jobmill(render_svg(doc, dot=dot))
+    monkeypatch.setattr(provenance_module, "GRAPHVIZ_MAX_RECORDS", 3)
+    assert drawn_by_jobmill(render_svg(doc, dot=str(fine)))
+    monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "prov.dot", None)
-    with pytest.raises(ProvenanceUnavailable) as no_extra:
-        render_svg(doc)
-    assert no_extra.value.status == 503 and "'dot' extra" in no_extra.value.message
+    assert drawn_by_jobmill(render_svg(doc, dot=str(fine)))

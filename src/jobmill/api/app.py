@@ -15,12 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobmill import __version__
-from jobmill.api import arp, browser, native, ocps, provenance, rules, uws
+from jobmill.api import arp, browser, native, ocps, pipelinejobs, provenance, rules, uws
 from jobmill.api.auth import Authenticator
 from jobmill.api.responses import openapi_document
 from jobmill.domain.errors import JobmillError, http_status, printable
 from jobmill.factory import Jobmill
 from jobmill.service.feed import ChangeFeed
+from jobmill.web import install as install_web
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
         version=__version__,
         description="A job manager for scientific data pipelines.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from the web face, with packaged assets
+        redoc_url=None,
     )
     app.state.jobmill = jobmill
     app.state.feed = feed  # wakes UWS WAIT requests on phase changes (service/feed.py)
@@ -130,8 +133,11 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
     app.include_router(ocps.make_router(jobmill.settings.ocps_basepath))
     app.include_router(provenance.router)
     app.include_router(uws.router)
+    app.include_router(uws.provsap_router)
     app.include_router(arp.router)
     app.include_router(rules.router)
+    app.include_router(pipelinejobs.router)
+    install_web(app)  # the pages for people: / and /ui/ (docs/web.md)
     app.add_middleware(
         BodyLimit,
         limit=jobmill.settings.max_request_bytes,

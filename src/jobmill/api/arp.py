@@ -9,7 +9,9 @@
 * ``/experiments/{experiment}/jobs/{id}`` (GET, DELETE ``?kill=true``), ``.../kill`` (POST),
   ``.../log`` and ``.../details`` (GET);
 * ``/experiments/{experiment}/status``: every job's merged report, the ARP FAQ's
-  ``batches_status``.
+  ``batches_status``;
+* ``/experiments`` (GET): every experiment's numeric id and name. ``{experiment}`` in every path
+  is a name or that numeric id.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ def entry_out(entry: Entry) -> dict[str, Any]:
         "experiment": app.experiment,
         "run_num": app.run,
         "hash": app.definition,
+        "attempt": app.attempt,
         "user": job.owner,
         "trigger": app.trigger,
         "executor": job.executor,
@@ -191,16 +194,25 @@ def _one_of(first: str | None, second: str | None, field: str) -> str:
     return value
 
 
+# -- experiments ------------------------------------------------------------------------------
+
+
+@router.get("/experiments")
+def list_experiments(svc: ServiceDep, _user: UserDep) -> Response:
+    """Every experiment jobmill knows (it has a definition or a run), with its numeric id."""
+    return JSONResponse([{"id": i, "name": name} for i, name in svc.experiments()])
+
+
 # -- definitions ------------------------------------------------------------------------------
 
 
-@router.get(BASE + "/definitions")
+@router.get(BASE + "/definitions", responses=errors(404))
 def list_definitions(experiment: str, svc: ServiceDep, _user: UserDep) -> Response:
     """The experiment's definitions (ARP's "Batch defs")."""
     return JSONResponse([definition_out(d) for d in svc.definitions(experiment)])
 
 
-@router.post(BASE + "/definitions", status_code=201, responses=errors(409))
+@router.post(BASE + "/definitions", status_code=201, responses=errors(404, 409))
 def create_definition(
     experiment: str, body: DefinitionCreate, svc: ServiceDep, user: UserDep
 ) -> Response:
@@ -257,7 +269,7 @@ def backfill(
 # -- runs -------------------------------------------------------------------------------------
 
 
-@router.get(BASE + "/runs")
+@router.get(BASE + "/runs", responses=errors(404))
 def list_runs(
     experiment: str,
     svc: ServiceDep,
@@ -269,14 +281,21 @@ def list_runs(
     return JSONResponse([run_out(r) for r in svc.runs(experiment, limit=limit, before=before)])
 
 
+History = Annotated[
+    bool, Query(description="every attempt, not only the latest of each definition on each run")
+]
+
+
 @router.get(BASE + "/runs/{run}", responses=errors(404))
-def get_run(experiment: str, run: RunPath, svc: ServiceDep, user: UserDep) -> Response:
-    """The run view: the run and its jobs."""
-    found, entries = svc.run(user, experiment, run)
+def get_run(
+    experiment: str, run: RunPath, svc: ServiceDep, user: UserDep, history: History = False
+) -> Response:
+    """The run view: the run and its jobs (the latest attempt of each definition)."""
+    found, entries = svc.run(user, experiment, run, history=history)
     return JSONResponse(run_out(found) | {"jobs": [entry_out(e) for e in entries]})
 
 
-@router.post(BASE + "/runs/{run}/start", responses=errors(409))
+@router.post(BASE + "/runs/{run}/start", responses=errors(404, 409))
 def start_run(
     experiment: str, run: RunPath, svc: ServiceDep, user: UserDep, body: RunEdge | None = None
 ) -> Response:
@@ -285,7 +304,7 @@ def start_run(
     return JSONResponse(run_out(started))
 
 
-@router.post(BASE + "/runs/{run}/end", responses=errors(409))
+@router.post(BASE + "/runs/{run}/end", responses=errors(404, 409))
 def end_run(
     experiment: str, run: RunPath, svc: ServiceDep, user: UserDep, body: RunEdge | None = None
 ) -> Response:
@@ -379,7 +398,7 @@ def job_details(experiment: str, job_id: str, svc: ServiceDep, user: UserDep) ->
 # -- the experiment's status ------------------------------------------------------------------
 
 
-@router.get(BASE + "/status")
+@router.get(BASE + "/status", responses=errors(404))
 def status(
     experiment: str,
     svc: ServiceDep,
@@ -389,9 +408,11 @@ def status(
         int, Query(ge=0, le=INT32_MAX, description="application id to continue after")
     ] = 0,
     limit: Limit = 1000,
+    history: History = False,
 ) -> Response:
     """Every job of the experiment (yours; all for an administrator): its merged report,
-    ARP status, backend id and ids. ``X-Next-After`` is set when more follow."""
-    entries = svc.entries(user, experiment, run=run, after=after, limit=limit)
+    ARP status, backend id and ids. ``X-Next-After`` is set when more follow. The experiment
+    is its name or its numeric id (ARP's ``batches_status/<experiment_id>``)."""
+    entries = svc.entries(user, experiment, run=run, after=after, limit=limit, history=history)
     headers = {"X-Next-After": str(entries[-1].application.id)} if len(entries) == limit else {}
     return JSONResponse([entry_out(e) for e in entries], headers=headers)

@@ -48,4 +48,24 @@ async def current_user(request: Request) -> User:
     short cache is one indexed query (and at most one write a minute for its last use).
     """
     auth: Authenticator = request.app.state.auth
-    return auth.user(request.headers.get("authorization"), request.method)
+    authorization = request.headers.get("authorization")
+    try:
+        return auth.user(authorization, request.method)
+    except Unauthorized:
+        # A running job's own token creates its sub-jobs (POST /api/v1/jobs) and nothing else
+        # here (it reports through /report): docs/workflows.md.
+        scheme, _, secret = (authorization or "").partition(" ")
+        if (
+            request.method == "POST"
+            and request.url.path == SUBJOB_PATH
+            and scheme.lower() == "bearer"
+            and secret.strip()
+        ):
+            user = request.app.state.jobmill.jobs.job_token_user(secret.strip())
+            if isinstance(user, User):
+                return user
+        raise
+
+
+SUBJOB_PATH = "/api/v1/jobs"
+"""Where a running job's own token is accepted (beside its report): creating its sub-jobs."""

@@ -201,7 +201,7 @@ class BrowserPolicy:
         path = path.rstrip("/")
         base = self.ocps
         return path in (f"{base}/job", f"{base}/monitor/complete") or path.startswith(
-            f"{base}/schema/"
+            (f"{base}/schema/", f"{base}/job/")  # not the native /jobs: "job/" needs the slash
         )
 
     def cors_allows(self, origin: str | None) -> bool:

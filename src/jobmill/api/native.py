@@ -9,21 +9,27 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from jobmill.api.auth import current_user
 from jobmill.api.download import send_file
+from jobmill.api.pipelinejobs import pipeline_field
 from jobmill.api.responses import COMMON, errors
 from jobmill.api.schemas import (
     DetailsOut,
     EventOut,
+    GraphOut,
     JobBatchCreate,
+    JobClone,
     JobCreate,
+    JobEdit,
     JobOut,
     JobPage,
+    LinkCreate,
     RenderOut,
     condition_out,
     event_out,
+    graph_out,
     job_out,
 )
 from jobmill.domain.errors import NotFound, ValidationError
-from jobmill.domain.jobs import JobFilter
+from jobmill.domain.jobs import Job, JobFilter
 from jobmill.domain.lifecycle import Phase
 from jobmill.domain.values import INT32_MAX, INT_MAX
 from jobmill.service.jobs import JobRequest, JobService, User, parse_time
@@ -77,7 +83,35 @@ def _request(body: JobCreate) -> JobRequest:
         log_dir=body.log_dir,
         start=body.phase == "QUEUED",
         wait_for=body.wait_for.condition() if body.wait_for else None,
+        tags=body.tags,
+        after=body.after,
+        on_parent_failure=body.on_parent_failure,
     )
+
+
+def _one(
+    jobs: JobService, job: Job, status_code: int = 200, pipeline: dict[str, Any] | None = None
+) -> JSONResponse:
+    """One job as ``JobOut``, with its tags, and its ``version`` as the ``ETag``; ``pipeline``:
+    its PipelineJobs status, if it is a PipelineJob."""
+    body = job_out(jobs.with_links([jobs.with_tags(job)])[0])
+    if pipeline is not None:
+        body["pipeline"] = pipeline
+    return JSONResponse(body, status_code=status_code, headers={"ETag": f'"{job.event_count}"'})
+
+
+def _if_match(request: Request) -> int | None:
+    """The ``version`` an ``If-Match`` header names (``"7"``, ``W/"7"`` or ``7``); None
+    without one (or ``*``)."""
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 10:
+        raise ValidationError(
+            'If-Match: give the job\'s version (its ETag), such as "7"', field="If-Match"
+        )
+    return int(text)
 
 
 @router.get("/jobtypes", tags=["job types"])
@@ -92,12 +126,14 @@ def get_jobtype(name: str, jobs: ServiceDep, _user: UserDep) -> dict[str, Any]:
     return jobs.jobtype(name).schema_dict()
 
 
-@router.post("/jobs", status_code=201, response_model=JobOut, responses=errors(507))
+@router.post("/jobs", status_code=201, response_model=JobOut, responses=errors(409, 507))
 def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
     """Create a job; it is validated against its job type (422 names the bad field)."""
     job = jobs.create(user, _request(body))
     return JSONResponse(
-        job_out(job), status_code=201, headers={"Location": f"/api/v1/jobs/{job.id}"}
+        job_out(jobs.with_links([job])[0]),
+        status_code=201,
+        headers={"Location": f"/api/v1/jobs/{job.id}"},
     )
 
 
@@ -110,7 +146,7 @@ def render_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> dict[str, An
     return {"executor": rendered.executor, "script": rendered.script, "job_id": rendered.job_id}
 
 
-@router.post("/jobs/batch", status_code=201, responses=errors(507))
+@router.post("/jobs/batch", status_code=201, responses=errors(409, 507))
 def create_jobs(body: JobBatchCreate, jobs: ServiceDep, user: UserDep) -> dict[str, Any]:
     """Create many jobs in one request and one transaction: all or nothing."""
     created = jobs.create_many(user, [_request(j) for j in body.jobs])
@@ -126,6 +162,10 @@ def list_jobs(
     owner: str | None = None,
     run_id: str | None = None,
     created_after: str | None = None,
+    tag: str | None = None,
+    id_prefix: Annotated[str | None, Query(description="the start of the job id")] = None,
+    seq_min: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
+    seq_max: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> Response:
@@ -142,14 +182,22 @@ def list_jobs(
         owner=owner,
         run_id=run_id,
         created_after=parse_time(created_after, "created_after") if created_after else None,
+        tag=tag,
+        id_prefix=id_prefix,
+        seq_min=seq_min,
+        seq_max=seq_max,
     )
     page = jobs.list(user, flt, limit=limit, cursor=cursor)
-    return JSONResponse({"jobs": [job_out(j) for j in page.jobs], "next_cursor": page.next_cursor})
+    listed = [job_out(j) for j in jobs.with_links(list(page.jobs))]
+    return JSONResponse({"jobs": listed, "next_cursor": page.next_cursor})
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
-    return JSONResponse(job_out(jobs.get(user, job_id)))
+def get_job(job_id: str, jobs: ServiceDep, user: UserDep, request: Request) -> Response:
+    """One job, with its ``version`` as the ``ETag`` (for ``If-Match``), and its PipelineJobs
+    status as ``pipeline`` if it is a PipelineJob."""
+    job = jobs.get(user, job_id)
+    return _one(jobs, job, pipeline=pipeline_field(request, job.id))
 
 
 @router.get("/jobs/{job_id}/wait_for", tags=["triggers"], responses=errors(404))
@@ -165,7 +213,7 @@ def job_wait_for(job_id: str, jobs: ServiceDep, user: UserDep) -> dict[str, Any]
 @router.post("/jobs/{job_id}/abort", response_model=JobOut, responses=errors(404, 409))
 def abort_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
     """Abort a job: a running one gets SIGTERM, then SIGKILL after the grace period."""
-    return JSONResponse(job_out(jobs.abort(user, job_id)))
+    return _one(jobs, jobs.abort(user, job_id))
 
 
 @router.post(
@@ -174,7 +222,7 @@ def abort_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
 def hold_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
     """Keep a QUEUED job from starting (HELD): in the database, or in its batch system. 409
     for a job that started or is in another phase; 503 when the batch system cannot be asked."""
-    return JSONResponse(job_out(jobs.hold(user, job_id)))
+    return _one(jobs, jobs.hold(user, job_id))
 
 
 @router.post(
@@ -182,7 +230,7 @@ def hold_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
 )
 def release_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
     """Let a HELD job start again (back to QUEUED)."""
-    return JSONResponse(job_out(jobs.release(user, job_id)))
+    return _one(jobs, jobs.release(user, job_id))
 
 
 @router.get(
@@ -206,10 +254,98 @@ def job_details(job_id: str, jobs: ServiceDep, user: UserDep, request: Request) 
     )
 
 
+@router.post(
+    "/jobs/{job_id}/links", tags=["workflows"], response_model=JobOut, responses=errors(404, 409)
+)
+def link_job(job_id: str, body: LinkCreate, jobs: ServiceDep, user: UserDep) -> Response:
+    """The job also runs after the jobs ``after`` (while it is PENDING or QUEUED waiting for
+    upstream jobs). 409 for a link that would close a cycle (the message names it), for a
+    job that is not waiting, or a parent that can never complete for it."""
+    return _one(jobs, jobs.link(user, job_id, body.after))
+
+
+@router.delete(
+    "/jobs/{job_id}/links/{parent_id}",
+    tags=["workflows"],
+    response_model=JobOut,
+    responses=errors(404, 409),
+)
+def unlink_job(job_id: str, parent_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+    """The job no longer runs after ``parent_id``; it is released when it waited for nothing
+    else."""
+    return _one(jobs, jobs.unlink(user, job_id, parent_id))
+
+
+@router.get("/graph", tags=["workflows"], response_model=GraphOut)
+def job_graph(
+    jobs: ServiceDep,
+    user: UserDep,
+    job: Annotated[str | None, Query(description="a job: the jobs connected to it")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 100_000,
+) -> Response:
+    """Jobs connected by dependencies (``after``) and sub-jobs, as nodes and edges; without
+    ``job``, every job of the caller that has a dependency or a sub-job (422 naming ``job``
+    when there is no such job)."""
+    return JSONResponse(graph_out(jobs.graph(user, job, limit=limit)))
+
+
 @router.post("/jobs/{job_id}/run", response_model=JobOut, responses=errors(404, 409))
 def run_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
     """Queue a PENDING job."""
-    return JSONResponse(job_out(jobs.run(user, job_id)))
+    return _one(jobs, jobs.run(user, job_id))
+
+
+# -- the manager's verbs (docs/workflows.md) ------------------------------------------------
+
+
+@router.patch("/jobs/{job_id}", response_model=JobOut, responses=errors(404, 409))
+def edit_job(
+    job_id: str, body: JobEdit, jobs: ServiceDep, user: UserDep, request: Request
+) -> Response:
+    """Change parameters of a PENDING job, validated by its job type (422 names the
+    parameter). With ``If-Match: "<version>"``, only if the job has not changed since it was
+    read at that version; 409 when it has, or when it is no longer PENDING."""
+    return _one(jobs, jobs.edit(user, job_id, body.parameters, version=_if_match(request)))
+
+
+@router.post("/jobs/{job_id}/reset", response_model=JobOut, responses=errors(404, 409))
+def reset_job(job_id: str, jobs: ServiceDep, user: UserDep, request: Request) -> Response:
+    """Put a job in ERROR or ABORTED back to PENDING (its history stays in its events)."""
+    return _one(jobs, jobs.reset(user, job_id, version=_if_match(request)))
+
+
+@router.post(
+    "/jobs/{job_id}/clone", status_code=201, response_model=JobOut, responses=errors(404, 507)
+)
+def clone_job(
+    job_id: str, jobs: ServiceDep, user: UserDep, body: JobClone | None = None
+) -> Response:
+    """A new job with the job's type, parameters and tags: PENDING, or QUEUED at once."""
+    start = body is not None and body.phase == "QUEUED"
+    job = jobs.clone(user, job_id, start=start)
+    response = _one(jobs, job, status_code=201)
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return response
+
+
+@router.get("/jobs/{job_id}/tags", responses=errors(404))
+def job_tags(job_id: str, jobs: ServiceDep, user: UserDep) -> list[str]:
+    """The job's tags, sorted."""
+    return list(jobs.shown(user, job_id).tags)
+
+
+@router.put("/jobs/{job_id}/tags/{tag}", response_model=JobOut, responses=errors(404, 409))
+def add_tag(job_id: str, tag: str, jobs: ServiceDep, user: UserDep, request: Request) -> Response:
+    """Tag the job (a no-op when it has the tag; 422 for a value that is not a tag)."""
+    return _one(jobs, jobs.tag(user, job_id, tag, version=_if_match(request)))
+
+
+@router.delete("/jobs/{job_id}/tags/{tag}", response_model=JobOut, responses=errors(404, 409))
+def remove_tag(
+    job_id: str, tag: str, jobs: ServiceDep, user: UserDep, request: Request
+) -> Response:
+    """Remove a tag from the job (404 naming ``tag`` when it does not have it)."""
+    return _one(jobs, jobs.untag(user, job_id, tag, version=_if_match(request)))
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses=errors(404))

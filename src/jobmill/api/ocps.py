@@ -9,7 +9,13 @@ Routes, under the configurable base path (``API_BASEPATH``, default ``/api/v1``)
   ``status``).
 * ``GET {base}/schema/all`` and ``GET {base}/schema/{job_type}`` (from the draft OpenAPI spec).
 * ``GET {base}/monitor/complete?id=<key>``: releases a job waiting for its ``<job_id>.dat``; the
-  key is the ``monitor_key`` the submission answered with (see ``docs/triggers.md``).
+  key is the ``monitor_key`` the submission answered with (see ``docs/triggers.md``), or, with
+  ``JOBMILL_OCPS_MONITOR_JOB_ID``, the job id as the prototype's ``monitor.py`` sends it.
+* ``PUT {base}/job``: the successor service's submission (``command``, ``run_id``,
+  ``environment``, ``url``, ``commit_ref``), run by the job type ``JOBMILL_OCPS_COMMAND_TYPE``;
+  or the draft spec's (``type``, ``env`` as a list), as ``POST``. ``GET {base}/job/{id}`` and
+  ``GET {base}/job/{id}/phase``: the successor's job object and phase; ``DELETE
+  {base}/job/{id}``: abort and remove the job (the draft's and the successor's).
 * ``OPTIONS`` on each of them: 204 for CORS preflight.
 
 CORS headers, which the prototype put on every answer, come from ``api/browser.py``, only for
@@ -35,9 +41,16 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from jobmill.api.auth import current_user
-from jobmill.api.responses import OCPS_ID, OCPS_SUBMIT, ocps_errors
+from jobmill.api.responses import OCPS_ID, OCPS_PUT, OCPS_SUBMIT, TEXT, ocps_errors
 from jobmill.domain.conditions import DataCondition
-from jobmill.domain.errors import JobmillError, NotFound, ValidationError, http_status
+from jobmill.domain.errors import (
+    Conflict,
+    Forbidden,
+    JobmillError,
+    NotFound,
+    ValidationError,
+    http_status,
+)
 from jobmill.domain.jobs import Job, iso
 from jobmill.domain.jobtypes import JobType, Parameter
 from jobmill.domain.lifecycle import Phase, Reason
@@ -55,15 +68,15 @@ STATES: dict[Phase, str] = {
     Phase.QUEUED: "idle",
     Phase.EXECUTING: "running",
     Phase.COMPLETED: "completed",
-    Phase.ERROR: "completed",
+    Phase.ERROR: "error",
     Phase.ABORTED: "removed",
     Phase.HELD: "held",
     Phase.SUSPENDED: "suspended",
     Phase.UNKNOWN: "unknown",
     Phase.ARCHIVED: "completed",
 }
-"""UWS phase -> the HTCondor-like state names OCPS clients know (a failure is ``completed``
-with ``phase: "error"`` and its ``exitCode``, as HTCondor reports a failed job)."""
+"""UWS phase -> the HTCondor-like state names OCPS clients know. A failure is ``error`` (the
+successor service's word), never ``completed``; an archived job says how it had ended."""
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -80,6 +93,8 @@ def envelope_error(message: str, status: int = 400, field: str | None = None) ->
 def ocps_state(job: Job) -> str:
     if job.phase is Phase.QUEUED and job.reason == Reason.DATA.value:
         return "init"
+    if job.phase is Phase.ARCHIVED:  # ended earlier: the exit status tells how
+        return "completed" if job.exit_code == 0 and not job.error else "error"
     return STATES[job.phase]
 
 
@@ -90,6 +105,14 @@ def cluster_id(native_id: str | None) -> int | str | None:
         return None
     head = native_id.partition("@")[0].partition(".")[0]
     return int(head) if head.isdigit() else native_id
+
+
+def canonical_id(value: str) -> str | None:
+    """A job id given as 32 hex digits (or dashed) in jobmill's form; None if it is not one."""
+    try:
+        return str(uuid.UUID(value)) if len(value) in (32, 36) else None
+    except ValueError:
+        return None
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -114,6 +137,44 @@ def job_dict(job: Job) -> dict[str, Any]:
         out["timeCompleted"] = ended.astimezone(UTC).strftime(LEGACY_TIME)
         out["timeCompletedISO"] = iso(ended)
     return out
+
+
+def uws_phase(job: Job) -> str:
+    """The successor service's lower-case phase (an archived job says how it had ended)."""
+    if job.phase is Phase.ARCHIVED:
+        return "completed" if job.exit_code == 0 and not job.error else "error"
+    return job.phase.value.lower()
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    """The successor service's job object (``PUT {base}/job``, ``GET {base}/job/{id}``)."""
+    parameters = dict(job.parameters)
+    environment = parameters.get("environment")
+    if isinstance(environment, str):
+        try:
+            parameters["environment"] = json.loads(environment)
+        except ValueError:
+            pass
+    ended = job.ended_at if job.terminal else None
+    return {
+        "jobId": uuid.UUID(job.id).hex,
+        "runId": job.run_id,
+        "ownerId": job.owner,
+        "phase": uws_phase(job),
+        "creationTime": iso(job.created_at),
+        "startTime": iso(job.started_at),
+        "endTime": iso(ended),
+        "executionDuration": job.execution_duration,
+        "destruction": iso(job.destruction_at),
+        "parameters": parameters,
+        "results": [],
+        "errorSummary": {"message": job.error or ""},
+        "jobInfo": {
+            "type": job.type,
+            "clusterId": cluster_id(job.native_id),
+            "exitCode": job.exit_code,
+        },
+    }
 
 
 def _text(value: Any) -> str | None:
@@ -224,6 +285,43 @@ def to_parameters(jobtype: JobType | None, env: Mapping[str, Any]) -> dict[str, 
     }
 
 
+COMMAND_KEYS = ("command", "run_id", "environment", "url", "commit_ref", "replicas")
+
+
+def command_request(command_type: str, args: Mapping[str, Any]) -> JobRequest:
+    """A successor ``PUT /job`` as a job of the command job type: its parameters ``command``,
+    ``environment`` (the list as JSON text), ``url`` and ``commit_ref`` (those given)."""
+    unknown = sorted(set(args) - set(COMMAND_KEYS))
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]}", field=unknown[0])
+    command = args["command"]
+    if not isinstance(command, str) or not command.strip():
+        raise ValidationError("command must be a non-empty string", field="command")
+    if args.get("replicas", 1) != 1:
+        raise ValidationError("only one replica is run (replicas: 1)", field="replicas")
+    run_id = args.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise ValidationError("run_id must be a string", field="run_id")
+    parameters: dict[str, Any] = {"command": command}
+    if "environment" in args:
+        environment = args["environment"]
+        if not isinstance(environment, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) for e in environment
+        ):
+            raise ValidationError(
+                'environment must be a list of {"name", "value"}', field="environment"
+            )
+        parameters["environment"] = json.dumps(
+            [{"name": e["name"], "value": str(e.get("value", ""))} for e in environment]
+        )
+    for key in ("url", "commit_ref"):
+        if args.get(key) is not None:
+            if not isinstance(args[key], str):
+                raise ValidationError(f"{key} must be a string", field=key)
+            parameters[key] = args[key]
+    return JobRequest(type=command_type, parameters=parameters, run_id=run_id)
+
+
 def client_name(param: Parameter) -> str:
     return param.name if param.deliver == "argv" else param.env_name
 
@@ -269,9 +367,12 @@ DAT_FILE = "{job_hex}.dat"
 MONITOR_WAIT = 2.0
 
 
-def waits_for_dat(request: Request, job_type: str) -> bool:
-    """Whether OCPS jobs of this type wait for their ``.dat`` (``JOBMILL_OCPS_WAIT_FOR_DAT``)."""
-    types = request.app.state.jobmill.settings.ocps_wait_for_dat
+def waits_for_dat(request: Request, job_type: str, jobtype: JobType | None) -> bool:
+    """Whether OCPS jobs of this type wait for their ``.dat``: by default those of a
+    ``job_specs.yaml`` file, as in the prototype; ``JOBMILL_OCPS_WAIT_FOR_DAT`` overrides."""
+    types: tuple[str, ...] | None = request.app.state.jobmill.settings.ocps_wait_for_dat
+    if types is None:
+        return jobtype is not None and jobtype.ocps_specs
     return "*" in types or job_type in types
 
 
@@ -295,7 +396,8 @@ def make_router(basepath: str) -> APIRouter:
         responses=ocps_errors(400, 401, 403, 413),
     )
 
-    for path in ("/job", "/schema/{job_type}", "/monitor/complete"):
+    for path in ("/job", "/job/{job_id}", "/job/{job_id}/phase", "/schema/{job_type}",
+                 "/monitor/complete"):  # fmt: skip
         router.add_api_route(
             path, _preflight, methods=["OPTIONS"], status_code=204, include_in_schema=False
         )
@@ -303,17 +405,74 @@ def make_router(basepath: str) -> APIRouter:
     @router.post("/job", responses=ocps_errors(507), openapi_extra=OCPS_SUBMIT)
     async def submit_job(request: Request, jobs: ServiceDep, user: UserDep) -> Response:
         """Submit a job: ``type``, ``env`` (object) and ``log_dir``; validated at once."""
+        return await _submit(request, jobs, user, await request_args(request))
+
+    @router.put("/job", responses=ocps_errors(403, 507), openapi_extra=OCPS_PUT)
+    async def put_job(request: Request, jobs: ServiceDep, user: UserDep) -> Response:
+        """The successor service's ``PUT /job`` (``command``, ``run_id``?, ``environment``?
+        as ``[{"name", "value"}]``, ``url``?, ``commit_ref``?, ``replicas``? = 1), answered
+        with its job object; or the draft spec's (``type``, ``env``), answered as ``POST``."""
         args = await request_args(request)
+        if "command" not in args:
+            return await _submit(request, jobs, user, args, log_dir_required=False)
+        command_type = request.app.state.jobmill.settings.ocps_command_type
+        if not command_type:
+            raise ValidationError(
+                "this server runs no commands: an administrator names the job type that runs "
+                "them with JOBMILL_OCPS_COMMAND_TYPE (docs/ocps.md)",
+                field="command",
+            )
+        if not user.admin:  # a command runs as the server's user: as defining a job type
+            raise Forbidden("only an administrator can run commands", field="command")
+        job_request = command_request(command_type, args)
+        job = await run_in_threadpool(jobs.create, user, job_request)
+        return JSONResponse(job_object(job))
+
+    @router.get("/job/{job_id}", responses=ocps_errors(404))
+    def get_job_object(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+        """The successor service's job object; an unknown id is a 404."""
+        return JSONResponse(job_object(jobs.get(user, job_id)))
+
+    @router.get(
+        "/job/{job_id}/phase",
+        response_class=Response,
+        responses=ocps_errors(404) | {200: {"content": TEXT, "description": "the phase"}},
+    )
+    def get_job_phase(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+        """The job's lower-case UWS phase, as text (the successor's ``/job/{id}/phase``)."""
+        return Response(uws_phase(jobs.get(user, job_id)), media_type="text/plain")
+
+    @router.delete("/job/{job_id}", responses=ocps_errors(404))
+    def delete_job(job_id: str, jobs: ServiceDep, user: UserDep) -> Response:
+        """Abort the job if it has not ended, then remove it (its files too): the draft's and
+        the successor's ``DELETE``. Answers the job object as it ended; 404 from then on."""
+        job = jobs.get(user, job_id)
+        if not job.terminal:
+            try:
+                job = jobs.abort(user, job.id)
+            except Conflict:  # it ended meanwhile
+                job = jobs.get(user, job.id)
+        jobs.delete(user, job.id)
+        return JSONResponse(job_object(job))
+
+    async def _submit(
+        request: Request,
+        jobs: JobService,
+        user: User,
+        args: dict[str, Any],
+        *,
+        log_dir_required: bool = True,
+    ) -> Response:
         job_type = required(args, "type")
         env = env_values(required(args, "env"))
-        log_dir = required(args, "log_dir")
+        log_dir = required(args, "log_dir") if log_dir_required else args.get("log_dir")
         if not isinstance(job_type, str):
             raise ValidationError("Invalid job type: type must be a string", field="type")
-        if not isinstance(log_dir, str):
+        if log_dir is not None and not isinstance(log_dir, str):
             raise ValidationError("log_dir must be a directory path", field="log_dir")
         jobtype = jobs.jobtypes.get(job_type)
         parameters = to_parameters(jobtype, env)
-        key = new_key() if waits_for_dat(request, job_type) else None
+        key = new_key() if waits_for_dat(request, job_type, jobtype) else None
         job_request = JobRequest(
             type=job_type,
             parameters=parameters,
@@ -351,6 +510,11 @@ def make_router(basepath: str) -> APIRouter:
             raise ValidationError("Missing argument id", field="id")
         data: DataTriggers | None = request.app.state.jobmill.data
         outcome = await run_in_threadpool(data.release_by_key, key) if data else None
+        job_id = canonical_id(key)
+        # JOBMILL_OCPS_MONITOR_JOB_ID: the prototype's monitor.py sends the job id as key
+        allow_id = request.app.state.jobmill.settings.ocps_monitor_job_id
+        if outcome is None and data is not None and job_id is not None and allow_id:
+            outcome = await run_in_threadpool(data.release_by_job_id, job_id)
         if outcome is None or data is None:
             return JSONResponse({"status": STATUS_ERROR, "msg": "Unknown key", "cluster_id": None})
         job = outcome.job
@@ -374,7 +538,10 @@ def make_router(basepath: str) -> APIRouter:
         if job_id is None:
             raise ValidationError("Missing argument id", field="id")
         try:
-            job = jobs.get(user, job_id)
+            if job_id.isascii() and job_id.isdigit() and len(job_id) <= 18:
+                job = jobs.by_cluster_id(user, int(job_id))  # the earliest prototype client
+            else:
+                job = jobs.get(user, job_id)
         except NotFound:
             return JSONResponse({"status": STATUS_ERROR, "msg": "Job not found", "job": {}})
         return JSONResponse({"status": STATUS_OK, "msg": "", "job": job_dict(job)})

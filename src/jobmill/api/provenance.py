@@ -52,7 +52,6 @@ ProvenanceDep = Annotated[ProvenanceService, Depends(provenance_service)]
         },
         409: {"description": "the job has not finished yet"},
         422: {"description": "unknown format or depth out of range"},
-        503: {"description": "SVG asked for, but Graphviz is not installed"},
     },
 )
 def job_provenance(

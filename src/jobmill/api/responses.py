@@ -160,7 +160,40 @@ OCPS_SUBMIT = {
         }
     }
 }
+OCPS_PUT = {  # the OCPS successor service's PUT /job (or the draft spec's, with "type")
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "command": {"type": "string"},
+                        "run_id": {"type": "string"},
+                        "environment": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "value": {}},
+                            },
+                        },
+                        "url": {"type": "string"},
+                        "commit_ref": {"type": "string"},
+                        "replicas": {"type": "integer"},
+                        "type": {"type": "string"},
+                        "env": {},
+                    },
+                }
+            }
+        }
+    }
+}
 OCPS_ID = query(id={"type": "string"})
+
+
+NAMES_SOMETHING = "x-jobmill-names"
+"""Set (``openapi_extra={NAMES_SOMETHING: True}``) on an operation without a path parameter
+that still names something that may not exist (a job in its body or query): its 404 stays."""
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -183,7 +216,8 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
                     parameters or "requestBody" in operation
                 ):
                     responses.pop("422", None)
-                if not any(p.get("in") == "path" for p in parameters):
+                names = operation.pop(NAMES_SOMETHING, False)
+                if not names and not any(p.get("in") == "path" for p in parameters):
                     responses.pop("404", None)
         app.openapi_schema = document
     return app.openapi_schema

@@ -13,6 +13,7 @@ from jobmill.domain.values import INT32_MAX
 
 if TYPE_CHECKING:
     from jobmill.domain.conditions import WaitingCondition
+    from jobmill.service.jobs import Graph
 
 
 class WaitFor(BaseModel):
@@ -64,6 +65,47 @@ class JobCreate(BaseModel):
     wait_for: WaitFor | None = Field(
         default=None, description="data to wait for: the job stays QUEUED until it arrives"
     )
+    tags: list[Any] = Field(
+        default_factory=list, description="tags to create the job with (docs/workflows.md)"
+    )
+    after: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="ids of jobs that must complete first: the job waits QUEUED (waiting for "
+        "upstream jobs) until they have",
+    )
+    on_parent_failure: Literal["fail", "wait"] | None = Field(
+        default=None,
+        description="when a job of 'after' ends in ERROR or ABORTED: fail (end in ERROR) or "
+        "wait (until reset or unlinked); default: the job type's, else fail",
+    )
+
+
+class LinkCreate(BaseModel):
+    """``POST /api/v1/jobs/{id}/links``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after: list[str] = Field(min_length=1, max_length=10_000, description="ids of jobs")
+
+
+class JobEdit(BaseModel):
+    """``PATCH /api/v1/jobs/{id}``: change parameters of a PENDING job (``If-Match``: the
+    ``version`` it was read at)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] = Field(description="merged with the current parameters")
+
+
+class JobClone(BaseModel):
+    """``POST /api/v1/jobs/{id}/clone``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Literal["PENDING", "QUEUED"] = Field(
+        default="PENDING", description="PENDING keeps the copy until it is run"
+    )
 
 
 class JobBatchCreate(BaseModel):
@@ -97,6 +139,17 @@ class JobOut(BaseModel):
     execution_duration: int
     parent: str | None
     log_dir: str | None
+    seq: int = Field(description="the job's sequence number (``jobmill ls id>10``)")
+    version: int = Field(description="changes with every event of the job (the ETag)")
+    tags: list[str]
+    pipeline: dict[str, Any] | None = Field(
+        default=None,
+        description="GET /jobs/{id} of a PipelineJob: {uuid, state, last_event, phase, "
+        "curation, executor, indexer_job, history_url} (docs/pipelinejobs.md)",
+    )
+    after: list[str] = Field(default_factory=list, description="the jobs it runs after")
+    dependents: list[str] = Field(default_factory=list, description="the jobs that run after it")
+    children: list[str] = Field(default_factory=list, description="its sub-jobs")
 
 
 class JobPage(BaseModel):
@@ -154,6 +207,47 @@ def job_out(job: Job) -> dict[str, Any]:
         "execution_duration": job.execution_duration,
         "parent": job.parent_id,
         "log_dir": job.log_dir,
+        "seq": job.seq,
+        "version": job.event_count,
+        "tags": list(job.tags),
+        "after": list(job.after or ()),
+        "dependents": list(job.dependents or ()),
+        "children": list(job.children or ()),
+    }
+
+
+class GraphNode(BaseModel):
+    id: str
+    type: str
+    phase: str
+    reason: str | None
+    parent: str | None
+
+
+class GraphOut(BaseModel):
+    """``GET /api/v1/graph``: jobs and the edges between them, ``[parent, child]``."""
+
+    jobs: list[GraphNode]
+    after: list[list[str]] = Field(description="dependencies: [job, the job that runs after it]")
+    subjobs: list[list[str]] = Field(description="[job, a sub-job it created]")
+    truncated: bool
+
+
+def graph_out(graph: Graph) -> dict[str, Any]:
+    return {
+        "jobs": [
+            {
+                "id": job.id,
+                "type": job.type,
+                "phase": job.phase.value,
+                "reason": job.reason,
+                "parent": job.parent_id,
+            }
+            for job in graph.jobs
+        ],
+        "after": [list(edge) for edge in graph.after],
+        "subjobs": [list(edge) for edge in graph.subjobs],
+        "truncated": graph.truncated,
     }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from jobmill.api import pipelinejobs
 from jobmill.api import uws_xml as xml
 from jobmill.api.auth import current_user
 from jobmill.api.download import send_file
@@ -38,6 +40,7 @@ from jobmill.api.responses import (
     UWS_LIST_QUERY,
     UWS_TEXT_BODY,
     XML_OK,
+    query,
     uws_errors,
     uws_form,
 )
@@ -48,12 +51,19 @@ from jobmill.domain.errors import (
     NotFound,
     ValidationError,
 )
-from jobmill.domain.jobs import Job, JobFilter, iso
+from jobmill.domain.jobs import Job, JobFilter, iso, parse_job_id
 from jobmill.domain.jobtypes import NAME_RE, JobType
 from jobmill.domain.lifecycle import TERMINAL, Phase
 from jobmill.service.feed import ChangeFeed
 from jobmill.service.jobs import JobRequest, JobService, User
-from jobmill.service.provenance import uws_provenance_results
+from jobmill.service.provenance import (
+    MEDIA_TYPES,
+    UWS_RESULTS,
+    ProvenanceService,
+    parse_depth,
+    parse_reference,
+    uws_provenance_results,
+)
 from jobmill.service.results import list_results
 from jobmill.service.space import disk_full
 
@@ -111,11 +121,15 @@ class Ctx:
         feed: ChangeFeed = self.request.app.state.feed
         return feed
 
-    def list_url(self, job_type: str) -> str:
-        """A job list's absolute URL, from ``JOBMILL_PUBLIC_URL`` or the request's own base."""
+    @property
+    def base_url(self) -> str:
+        """The server's URL, from ``JOBMILL_PUBLIC_URL`` or the request's own base."""
         public = self.request.app.state.jobmill.settings.public_url
-        base = (public or str(self.request.base_url)).rstrip("/")
-        return f"{base}/uws/{xml.segment(job_type)}"
+        return str(public or self.request.base_url).rstrip("/")
+
+    def list_url(self, job_type: str) -> str:
+        """A job list's absolute URL."""
+        return f"{self.base_url}/uws/{xml.segment(job_type)}"
 
     def job_url(self, job: Job) -> str:
         return f"{self.list_url(job.type)}/{job.id}"
@@ -124,12 +138,14 @@ class Ctx:
         """A finished job's provenance documents, listed as extra results (as OPUS does)."""
         if job.phase not in TERMINAL:
             return []
-        public = self.request.app.state.jobmill.settings.public_url
-        base = (public or str(self.request.base_url)).rstrip("/")
         return [
             xml.Link(name, url, media)
-            for name, (url, media) in uws_provenance_results(base, job.id).items()
+            for name, (url, media) in uws_provenance_results(self.base_url, job.id).items()
         ]
+
+    @property
+    def provenance(self) -> ProvenanceService:
+        return ProvenanceService(self.jobs, self.base_url)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a (blocking) service call in a worker thread."""
@@ -379,6 +395,7 @@ def _stage(workdir: Path, files: Mapping[str, UploadFile]) -> list[tuple[Path, P
 
 
 def _job_document(ctx: Ctx, job: Job) -> bytes:
+    ctx.jobs.with_links([job])  # jobInfo names its parent, dependencies and sub-jobs
     url = ctx.job_url(job)
     files = ctx.jobs.files
     view = xml.JobView(
@@ -388,6 +405,7 @@ def _job_document(ctx: Ctx, job: Job) -> bytes:
         results=list_results(files, ctx.jobs.jobtypes.get(job.type), job),
         error=xml.error_info(job),
         links=ctx.provenance_links(job),
+        pipeline=pipelinejobs.job_info(ctx.request, job.id),
     )
     return xml.job_document(view)
 
@@ -419,25 +437,24 @@ def _document_of(ctx: Ctx, job_type: str, job_id: str) -> bytes:
     "/{job_type}/{job_id}",
     status_code=303,
     responses=SEE_OTHER,
-    openapi_extra=uws_form("ACTION", "PHASE", "EXECUTIONDURATION", "DESTRUCTION"),
+    openapi_extra=uws_form("ACTION", "PHASE", "RUNID", "EXECUTIONDURATION", "DESTRUCTION"),
 )
 @router.post(
     "/{job_type}/{job_id}/parameters",
     status_code=303,
     responses=SEE_OTHER,
-    openapi_extra=uws_form("EXECUTIONDURATION", "DESTRUCTION"),
+    openapi_extra=uws_form("RUNID", "EXECUTIONDURATION", "DESTRUCTION"),
 )
 async def post_job(job: JobDep, ctx: CtxDep) -> Response:
-    """``ACTION=DELETE`` (303 to the list); or parameter values (PENDING only, files are
-    uploads), ``EXECUTIONDURATION``, ``DESTRUCTION``, ``PHASE=RUN|ABORT`` (303 to the job)."""
+    """``ACTION=DELETE`` (303 to the list); or parameter values and ``RUNID`` (PENDING only,
+    files are uploads), ``EXECUTIONDURATION``, ``DESTRUCTION``, ``PHASE=RUN|ABORT`` (303 to the
+    job)."""
     form = await read_form(ctx.request, ctx.jobs.jobtype(job.type))
     if "ACTION" in form.control:
         if form.control["ACTION"].strip().upper() != "DELETE":
             raise ValidationError("ACTION can only be DELETE", field="ACTION")
         return await delete_job(job, ctx)
     control = parse_control(form.control)
-    if control.run_id is not None:
-        raise Conflict("RUNID can only be given when the job is created")
     await ctx.call(_apply, ctx, job, form, control)
     return xml.see_other(ctx.job_url(job))
 
@@ -453,6 +470,8 @@ async def delete_job(job: JobDep, ctx: CtxDep) -> Response:
 def _apply(ctx: Ctx, job: Job, form: Form, control: Control) -> None:
     if form.values or form.files:
         _set_parameters(ctx, job, form.values, form.files)
+    if control.run_id is not None:
+        ctx.jobs.set_run_id(ctx.user, job.id, control.run_id)
     if control.duration is not None:
         ctx.jobs.set_execution_duration(ctx.user, job.id, control.duration)
     if control.destruction is not None:
@@ -620,3 +639,102 @@ def get_result(result_id: str, job: JobDep, ctx: CtxDep) -> Response:
     """Download one result file (403 for one a symbolic link leads to)."""
     result, handle = ctx.jobs.open_result(ctx.user, job.id, result_id)
     return send_file(handle, result.content_type, filename=result.path.name)
+
+
+# -- provenance (OPUS's URLs) -------------------------------------------------------------------
+
+
+def _provenance_ok(*formats: str) -> dict[int | str, dict[str, Any]]:
+    media: dict[str, Any] = {MEDIA_TYPES[fmt].split(";")[0]: {} for fmt in formats}
+    return {200: {"description": "the provenance document", "content": media}}
+
+
+def _provenance_alias(path: str, fmt: str) -> None:
+    """``GET /{job_type}/{job_id}/{path}``: the job's provenance in ``fmt``, as OPUS serves it
+    (``DEPTH=n|ALL`` follows used results back through the jobs that made them)."""
+
+    async def get_provenance(job: JobDep, ctx: CtxDep) -> Response:
+        depth = parse_depth(_single(query_args(ctx.request, ("DEPTH",)), "DEPTH"))
+        rendered = await ctx.call(ctx.provenance.render, ctx.user, job.id, fmt, depth)
+        return Response(rendered.body, media_type=rendered.media_type)
+
+    get_provenance.__name__ = f"get_{path}"
+    get_provenance.__doc__ = f"The finished job's provenance ({fmt}; 403 before it ends)."
+    router.add_api_route(
+        f"/{{job_type}}/{{job_id}}/{path}",
+        get_provenance,
+        methods=["GET"],
+        responses=_provenance_ok(fmt),
+        openapi_extra=query(DEPTH={"type": "string"}),
+    )
+
+
+for _path, _fmt in {**UWS_RESULTS, "provn": "provn"}.items():
+    _provenance_alias(_path, _fmt)
+
+
+provsap_router = APIRouter(
+    tags=["uws"],
+    route_class=UwsRoute,
+    default_response_class=Response,
+    responses=uws_errors(400, 401, 403),
+)
+SAP_FORMATS = {"PROV-JSON": "json", "PROV-XML": "xml", "PROV-N": "provn", "PROV-SVG": "svg"}
+SAP_IGNORED = ("MODEL", "AGENTS", "MEMBERS", "DESCRIPTIONS", "CONFIGURATION", "ATTRIBUTES")
+
+
+@provsap_router.get(
+    "/provsap",
+    responses=_provenance_ok(*SAP_FORMATS.values()),
+    openapi_extra=query(
+        ID={"type": "string"},
+        DEPTH={"type": "string"},
+        DIRECTION={"type": "string"},
+        RESPONSEFORMAT={"type": "string"},
+    ),
+)
+async def provsap(ctx: CtxDep) -> Response:
+    """OPUS's ProvSAP: ``ID`` (a job id, a job's URL or one of its results' URLs),
+    ``DEPTH=n|ALL`` (default 1), ``DIRECTION=BACK`` (the only one), ``RESPONSEFORMAT``
+    ``PROV-SVG`` (default), ``PROV-JSON``, ``PROV-XML`` or ``PROV-N``. ``MODEL``, ``AGENTS``,
+    ``MEMBERS``, ``DESCRIPTIONS``, ``CONFIGURATION`` and ``ATTRIBUTES`` are accepted and have
+    no effect."""
+    args = query_args(ctx.request, ("ID", "DEPTH", "DIRECTION", "RESPONSEFORMAT", *SAP_IGNORED))
+    ids = args.get("ID", [])
+    if len(ids) != 1:
+        raise ValidationError("give one ID (a job id or a result's URL)", field="ID")
+    direction = (_single(args, "DIRECTION") or "BACK").strip().upper()
+    if direction != "BACK":
+        raise ValidationError(
+            f"'{xml.clean(direction)}' is not supported: jobmill follows provenance BACK only",
+            field="DIRECTION",
+        )
+    wanted = (_single(args, "RESPONSEFORMAT") or "PROV-SVG").strip().upper()
+    fmt = SAP_FORMATS.get(wanted) or SAP_FORMATS.get(f"PROV-{wanted}")
+    if fmt is None:
+        raise ValidationError(
+            f"'{xml.clean(wanted)}' is not one of {', '.join(SAP_FORMATS)}",
+            field="RESPONSEFORMAT",
+        )
+    depth = parse_depth(_single(args, "DEPTH"))
+    job_id = sap_job_id(ids[0], ctx)
+    try:
+        rendered = await ctx.call(ctx.provenance.render, ctx.user, job_id, fmt, depth)
+    except NotFound:  # a query value, not a resource of its own: 400, as for any bad value
+        raise ValidationError(f"no job {job_id} (or not yours)", field="ID") from None
+    return Response(rendered.body, media_type=rendered.media_type)
+
+
+def sap_job_id(value: str, ctx: Ctx) -> str:
+    """The job a ProvSAP ``ID`` names: its id, its URL (UWS or native), or a result's URL."""
+    text = value.strip()
+    found = parse_job_id(text)
+    if found is None:
+        reference = parse_reference(text, ctx.jobs.files.root)
+        found = reference.job_id if reference else None
+    if found is None:
+        parts = urlsplit(text).path.split("/")  # /uws/<type>/<id>/..., /api/v1/jobs/<id>
+        found = next((job_id for job_id in map(parse_job_id, parts) if job_id), None)
+    if found is None:
+        raise ValidationError(f"'{xml.clean(text[:200])}' names no job", field="ID")
+    return found

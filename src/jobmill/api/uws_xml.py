@@ -89,6 +89,8 @@ class JobView:
     results: Sequence[ResultFile]
     error: ErrorInfo | None
     links: Sequence[Link] = ()
+    pipeline: tuple[str, str] | None = None
+    """A PipelineJob's (state, last event), shown in ``jobInfo``."""
 
 
 @dataclass(frozen=True)
@@ -178,10 +180,35 @@ def parse_instant(value: str, name: str) -> datetime:
     return when
 
 
+_YEAR_OR_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def parse_utc_instant(value: str, name: str) -> datetime:
+    """An ISO 8601 time in UTC (UWS §2.2.1): ``Z``, ``+00:00`` or no offset; a bare year or
+    date (``2015``, ``2015-10``, ``2015-10-26``) is its first instant. Another offset is 400."""
+    text = value.strip()
+    partial = _YEAR_OR_DATE.fullmatch(text)
+    if partial:
+        year, month, day = (int(part) if part else 1 for part in partial.groups())
+        try:
+            return datetime(year, month, day, tzinfo=UTC)
+        except ValueError:
+            raise ValidationError(f"{name}: '{clean(value)}' is not a date", field=name) from None
+    when = parse_time(text, name)
+    if when.utcoffset() != timedelta(0):
+        shown = clean(text.replace(" ", "+"))  # a query's '+' arrives as a space
+        raise ValidationError(
+            f"{name}: '{shown}' is not in UTC; UWS times are UTC, with a Z "
+            "(e.g. 2015-10-26T10:00:00Z)",
+            field=name,
+        )
+    return parse_instant(text, name)
+
+
 def created_after(value: str) -> datetime:
     """``AFTER`` at the precision ``creationTime`` is shown with: a job counts as created after
     ``t`` when its creation time, cut to milliseconds, is later than ``t``."""
-    when = parse_instant(value, "AFTER")
+    when = parse_utc_instant(value, "AFTER")
     return when.replace(microsecond=when.microsecond // 1000 * 1000) + timedelta(microseconds=999)
 
 
@@ -374,6 +401,11 @@ def job_document(view: JobView) -> bytes:
         summary.set("hasDetail", "true")
         _text(summary, "message", view.error.message, nillable=False)
     info = _job_info(job)
+    if view.pipeline is not None:
+        state, last_event = view.pipeline
+        element = etree.SubElement(info, f"{{{JOBMILL_NS}}}pipelinejobs")
+        element.set("state", state)
+        element.set("last_event", last_event)
     if len(info):
         root.append(info)
     return _serialise(root)
@@ -434,4 +466,15 @@ def _job_info(job: Job) -> etree._Element:
         etree.SubElement(info, f"{{{JOBMILL_NS}}}reason").text = clean(job.reason)
     if job.exit_code is not None:
         etree.SubElement(info, f"{{{JOBMILL_NS}}}exitCode").text = str(job.exit_code)
+    # Workflows (docs/workflows.md): the job that created it, the jobs it runs after, the
+    # jobs that run after it, its sub-jobs.
+    if job.parent_id:
+        etree.SubElement(info, f"{{{JOBMILL_NS}}}parent").text = job.parent_id
+    for name, ids in (
+        ("after", job.after),
+        ("dependent", job.dependents),
+        ("child", job.children),
+    ):
+        for linked in ids or ():
+            etree.SubElement(info, f"{{{JOBMILL_NS}}}{name}").text = linked
     return info

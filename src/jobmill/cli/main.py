@@ -22,7 +22,17 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from jobmill.cli import render, server
+from jobmill.cli import (
+    filters,
+    jobtypes,
+    manager,
+    pipeline,
+    processes,
+    render,
+    runs,
+    server,
+    workflow,
+)
 from jobmill.cli.common import (
     TAIL_BYTES,
     JsonOpt,
@@ -32,6 +42,7 @@ from jobmill.cli.common import (
     out,
     print_json,
 )
+from jobmill.cli.ids import resolve
 from jobmill.client import TERMINAL_PHASES, Client, JobDict, JobmillClientError
 
 app = typer.Typer(
@@ -40,11 +51,17 @@ app = typer.Typer(
     help="jobmill: a job manager for scientific data pipelines.",
 )
 POLL = 0.5
+BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off"})
 rules_app = typer.Typer(no_args_is_help=True, help="Rules that create jobs (docs/triggers.md).")
 app.add_typer(server.token_app, name="token")
 app.add_typer(server.db_app, name="db")
 app.add_typer(rules_app, name="rules")
+app.add_typer(jobtypes.types_app, name="types")
+render.flags_without_types()  # --wait, not --wait <bool>, in --help
 app.command()(server.serve)
+app.command()(processes.api)
+app.command()(processes.engine)
+
 
 @contextmanager
 def connect(ctx: typer.Context, url: str | None, token: str | None) -> Iterator[Client]:
@@ -54,6 +71,11 @@ def connect(ctx: typer.Context, url: str | None, token: str | None) -> Iterator[
         with Client(url or obj.get("url"), token or obj.get("token")) as client:
             yield client
     except JobmillClientError as exc:
+        if exc.code == "unreachable":  # say how to point the CLI at the right server
+            fail(
+                f"{exc}\n  is it running ('jobmill serve', 'make run')? For a server elsewhere "
+                "or on another port: --url http://HOST:PORT or JOBMILL_URL=http://HOST:PORT"
+            )
         fail(str(exc))  # the server (or the client) refused: 1, as for every refusal
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -74,6 +96,8 @@ def pairs(items: list[str] | None, what: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        if not sep and item.lower() in BOOLEAN_WORDS:
+            fail(f"{what} '{item}' is not key=value: flags such as --wait take no value", 2)
         if not sep or not key:
             fail(f"{what} '{item}' is not key=value", 2)
         if key in result:
@@ -112,7 +136,16 @@ def submit(
     duration: Annotated[
         int | None, typer.Option("--duration", help="Maximum execution duration in seconds.")
     ] = None,
+    tag: manager.TagOpt = None,
+    after: workflow.AfterOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until the job ends.")] = False,
+    abort_on_interrupt: Annotated[
+        bool,
+        typer.Option(
+            "--abort-on-interrupt",
+            help="With --wait: Ctrl-C aborts the job (otherwise it goes on running).",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -139,16 +172,43 @@ def submit(
                 typer.echo(rendered["script"], nl=False)
             return
         job = jm.submit(
-            jobtype, values, run_id=run_id, executor=executor, execution_duration=duration
-        )
+            jobtype, values, run_id=run_id, executor=executor, execution_duration=duration,
+            tags=tag, after=[resolve(jm, a) for a in after or []],
+        )  # fmt: skip
         if wait:
-            job = jm.wait(job["id"], poll=POLL) if json_ else watch(jm, job)
+            try:
+                job = jm.wait(job["id"], poll=POLL) if json_ else watch(jm, job)
+            except KeyboardInterrupt:
+                interrupted(jm, job["id"], abort_on_interrupt)
     if json_:
         print_json(job)
     elif not wait:
         typer.echo(job["id"])
     if wait:
         raise typer.Exit(0 if job["phase"] == "COMPLETED" else 1)
+
+
+def interrupted(jm: Client, job_id: str, abort: bool) -> None:
+    """Ctrl-C while waiting: abort the job (``--abort-on-interrupt``), or say that it goes on
+    running and how to follow or abort it. Exit 130 either way."""
+    if abort:
+        job = jm.abort(job_id)
+        typer.echo(f"interrupted: job {job_id} aborted ({job['phase']})", err=True)
+    else:
+        try:
+            phase = jm.get(job_id)["phase"]
+        except (JobmillClientError, KeyboardInterrupt):
+            phase = "running"
+        if phase in TERMINAL_PHASES:
+            typer.echo(f"interrupted: job {job_id} has ended meanwhile ({phase})", err=True)
+            raise typer.Exit(130)
+        typer.echo(
+            f"interrupted: job {job_id} is still {phase} on the server.\n"
+            f"  follow it: jobmill show {job_id}   (or: jobmill logs -f {job_id})\n"
+            f"  abort it:  jobmill abort {job_id}",
+            err=True,
+        )
+    raise typer.Exit(130)
 
 
 def watch(jm: Client, job: JobDict) -> JobDict:
@@ -179,6 +239,14 @@ def watch(jm: Client, job: JobDict) -> JobDict:
 @app.command("ls")
 def list_jobs(
     ctx: typer.Context,
+    terms: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[FILTER]...",
+            help="brownthrower's filters: status!=DONE name=add2 id>10 tag=calib "
+            "(docs/workflows.md).",
+        ),
+    ] = None,
     phase: Annotated[list[str] | None, typer.Option("--phase", help="Phase (repeatable).")] = None,
     jobtype: Annotated[str | None, typer.Option("--type", help="Job type.")] = None,
     owner: Annotated[str | None, typer.Option("--owner")] = None,
@@ -188,23 +256,26 @@ def list_jobs(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first (FILTER terms combine with AND)."""
+    try:
+        query = filters.parse(terms or [])
+    except filters.FilterError as exc:
+        fail(f"filter {exc}", 2)
+    base: dict[str, Any] = {"type": jobtype, "owner": owner, "run_id": run_id}
+    if phase:
+        base["phase"] = [p.upper() for p in phase]
     with connect(ctx, url, token) as jm:
-        page = jm.list(
-            phase=[p.upper() for p in phase or []],
-            type=jobtype,
-            owner=owner,
-            run_id=run_id,
-            limit=limit,
+        jobs, more = manager.matching(
+            jm, query, limit, **{k: v for k, v in base.items() if v is not None}
         )
     if json_:
-        print_json(page.jobs)
+        print_json(jobs)
         return
-    if not page.jobs:
+    if not jobs:
         typer.echo("no jobs", err=True)
         return
-    out.print(render.jobs_table(page.jobs, out.width))
-    if page.next_cursor:
+    out.print(render.jobs_table(jobs, out.width))
+    if more:
         typer.echo(f"(only the newest {limit}; use --limit for more)", err=True)
 
 
@@ -219,6 +290,7 @@ def show(
 ) -> None:
     """Show a job's details and its recent events."""
     with connect(ctx, url, token) as jm:
+        job_id = resolve(jm, job_id)
         job = jm.get(job_id)
         history = jm.events(job_id)
     if json_:
@@ -247,6 +319,7 @@ def logs(
     """Print a job's stdout (or stderr); with -f, follow it until the job ends."""
     stream = "stderr" if stderr else "stdout"
     with connect(ctx, url, token) as jm:
+        job_id = resolve(jm, job_id)
         offset = 0
         if tail is not None:
             chunk = jm.log(job_id, stream, tail=TAIL_BYTES)
@@ -284,7 +357,7 @@ def _phase_command(name: str, doc: str, call: Callable[[Client, str], JobDict]) 
         token: TokenOpt = None,
     ) -> None:
         with connect(ctx, url, token) as jm:
-            job = call(jm, job_id)
+            job = call(jm, resolve(jm, job_id))
         typer.echo(f"{job['id']} {job['phase']}")
 
     command.__doc__ = doc
@@ -306,7 +379,7 @@ def details(
 ) -> None:
     """Print what the job's backend says about it (scontrol show job, condor_q -l, bjobs -l)."""
     with connect(ctx, url, token) as jm:
-        answer = jm.details(job_id)
+        answer = jm.details(resolve(jm, job_id))
     if json_:
         print_json(answer)
         return
@@ -324,6 +397,7 @@ def results(
 ) -> None:
     """List a job's result files (name, size, content type)."""
     with connect(ctx, url, token) as jm:
+        job_id = resolve(jm, job_id)
         found = jm.results(job_id)
     if json_:
         print_json(found)
@@ -349,6 +423,7 @@ def get(
 ) -> None:
     """Download a job's result files into a directory."""
     with connect(ctx, url, token) as jm:
+        job_id = resolve(jm, job_id)
         wanted = names or [r["id"] for r in jm.results(job_id)]
         if not wanted:
             fail(f"job {job_id} has no results")
@@ -365,27 +440,9 @@ def remove(
 ) -> None:
     """Delete a job, its events and its files (a running job is aborted first)."""
     with connect(ctx, url, token) as jm:
+        job_id = resolve(jm, job_id)
         jm.delete(job_id)
     typer.echo(f"{job_id} deleted")
-
-
-@app.command()
-def types(
-    ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="Show this job type's parameters.")] = None,
-    json_: JsonOpt = False,
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """List the job types, or show one job type's parameters."""
-    with connect(ctx, url, token) as jm:
-        result: Any = jm.jobtype(name) if name else jm.jobtypes()
-    if json_:
-        print_json(result)
-    elif name:
-        out.print(render.parameters_table(result))
-    else:
-        out.print(render.jobtypes_table(result))
 
 
 @rules_app.command("list")
@@ -459,6 +516,11 @@ def _switch_rule(name: str, on: bool) -> None:
 _switch_rule("enable", True)
 _switch_rule("disable", False)
 
+
+manager.register(app, connect)  # create, run, edit, reset, clone, remove, tags, tasks
+runs.register(app, connect)  # runs start|end EXPERIMENT RUN (ARP)
+pipeline.register(app, connect)  # event ID NAME (PipelineJobs)
+workflow.register(app, connect)  # link, unlink, graph (docs/workflows.md)
 
 # -- inside a job ------------------------------------------------------------------------------
 

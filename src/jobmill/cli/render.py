@@ -7,6 +7,7 @@ such as ``[bold]`` prints as itself.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -14,6 +15,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+STARTING_GRACE = 10.0
+"""Seconds a job ready to run is shown as ``starting`` rather than waiting for a slot."""
 PHASE_STYLES = {
     "PENDING": "cyan",
     "QUEUED": "blue",
@@ -37,12 +40,55 @@ def text(value: Any, style: str = "") -> Text:
     return Text(str(value), style=style)
 
 
-def phase(job: Mapping[str, Any]) -> Text:
-    """``PHASE`` in its colour, with the reason a queued job waits."""
+def reason_shown(job: Mapping[str, Any], now: datetime | None = None) -> str | None:
+    """The reason a queued job waits, in words: ``capacity`` (the stored reason of every job
+    ready to run) reads as ``starting`` for its first ``STARTING_GRACE`` seconds, as the engine
+    takes a job at once when a slot is free; only after that is a slot known to be short."""
+    reason = job.get("reason")
+    if job.get("phase") != "QUEUED" or reason != "capacity":
+        return str(reason) if reason else None
+    created = _instant(job.get("created"))
+    age = ((now or datetime.now(UTC)) - created).total_seconds() if created else None
+    if age is not None and age < STARTING_GRACE:
+        return "starting"
+    return "waiting for a free slot"
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def phase(job: Mapping[str, Any], now: datetime | None = None) -> Text:
+    """``PHASE`` in its colour, with the reason a queued job waits (``reason_shown``)."""
     result = Text(job["phase"], style=PHASE_STYLES.get(job["phase"], ""))
-    if job.get("reason"):
-        result.append(f" ({job['reason']})", style="dim")
+    reason = reason_shown(job, now)
+    if reason:
+        result.append(f" ({reason})", style="dim")
     return result
+
+
+def flags_without_types() -> None:
+    """Show on/off options as bare flags in ``--help`` (``--wait``), not as ``--wait <bool>``,
+    which reads as if they took a value. Typer's rich help gives every option a type column."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "jobmill_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag:
+            return None
+        return original(self, ctx)
+
+    display_type_rich.jobmill_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
 def short_time(value: str | None) -> Text:
@@ -71,6 +117,8 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], width: int = 200) -> Table:
     """One row per job; below 110 columns only id, type, phase and a short creation time."""
     wide = width >= 110
     table = Table(box=None, pad_edge=False, header_style="bold")
+    if wide:
+        table.add_column("#", justify="right", no_wrap=True)  # ``jobmill ls id>10``
     table.add_column("ID", no_wrap=True)
     table.add_column("TYPE", no_wrap=True)
     table.add_column("PHASE", min_width=9)
@@ -80,10 +128,12 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], width: int = 200) -> Table:
     table.add_column("CREATED", no_wrap=True)
     if wide:
         table.add_column("EXIT", justify="right")
+        table.add_column("TAGS", overflow="fold")
     for job in jobs:
         created = short_time(job.get("created"))
         if wide:
             table.add_row(
+                text(job.get("seq")),
                 text(job["id"]),
                 text(job["type"]),
                 phase(job),
@@ -91,6 +141,7 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], width: int = 200) -> Table:
                 text(job.get("owner")),
                 created,
                 text(job.get("exit_code")),
+                text(",".join(job.get("tags") or []) or None),
             )
         else:
             table.add_row(text(job["id"]), text(job["type"]), phase(job), created[5:16])
@@ -138,7 +189,16 @@ def job_details(job: Mapping[str, Any]) -> Table:
         ("destruction", text(job.get("destruction"))),
         ("parent", text(job.get("parent"))),
         ("log dir", text(job.get("log_dir"))),
+        ("tags", text(", ".join(job.get("tags") or []) or None)),
+        ("sequence", text(job.get("seq"))),
+        ("version", text(job.get("version"))),
+        ("pipeline", text(pipeline_state(job.get("pipeline")))),  # a PipelineJob's state
     ]
+    for key in ("after", "dependents", "children"):  # the job's links, when it has some
+        linked = job.get(key)
+        if linked:
+            ids = [x if isinstance(x, str) else str(x.get("id", x)) for x in linked]
+            fields.append((key, text(", ".join(ids))))
     params = {**job.get("parameters", {}), **job.get("extra_parameters", {})}
     if params:
         fields.append(("parameters", Text("")))
@@ -149,6 +209,13 @@ def job_details(job: Mapping[str, Any]) -> Table:
     for name, value in fields:
         table.add_row(Text(name), value)
     return table
+
+
+def pipeline_state(pipeline: Mapping[str, Any] | None) -> str | None:
+    """A PipelineJob's state and last event (docs/pipelinejobs.md), or None."""
+    if not pipeline:
+        return None
+    return f"{pipeline.get('state')} (last event {pipeline.get('last_event')})"
 
 
 def events_table(events: Iterable[Mapping[str, Any]]) -> Table:

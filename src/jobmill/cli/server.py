@@ -19,6 +19,7 @@ from jobmill.cli.common import HomeOpt, JsonOpt, fail, load_settings, out, print
 token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on the database).")
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 log = logging.getLogger("jobmill.serve")
+GRACEFUL_SHUTDOWN = 5  # seconds open requests get to end on SIGINT/SIGTERM
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -64,9 +65,10 @@ def serve(
         fail(f"job types: {exc}", 2)
     except SQLAlchemyError as exc:
         fail(f"database: {exc}", 2)
+    local_token = None
     if settings.token_file is not None:
         try:
-            jm.tokens.ensure_local(settings.local_user, settings.token_file)
+            local_token = jm.tokens.ensure_local(settings.local_user, settings.token_file)
         except OSError as exc:
             jm.close()
             fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
@@ -78,19 +80,94 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _log_start(jm, settings)
+    noted = _note_url(settings)
     signal.signal(signal.SIGHUP, lambda _sig, _frame: _reload_soon(jm))
+    app = create_app(jm)
+    if local_token is not None:
+        from jobmill.web import signin_link
+
+        link = signin_link(app, _browser_url(settings), local_token)
+        typer.echo(f"jobmill: open {link} to sign in to the web pages (the link works once)")
     try:
         # SIGINT and SIGTERM: uvicorn stops serving, and the app's lifespan stops everything
         # jobmill started (engine, watcher, rules); then the database is released.
         uvicorn.run(
-            create_app(jm),
+            app,
             host=settings.host,
             port=settings.port,
             log_level="info",
             access_log=settings.access_log,
+            # Requests still open then (a web page's live stream, a long poll) are cut, rather
+            # than holding the shutdown for minutes.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
     finally:
         jm.close()
+        if noted is not None:
+            _forget_url(*noted)
+
+
+def _browser_url(settings: Any) -> str:
+    """Where a browser on this machine reaches the server (the public URL when set)."""
+    if settings.public_url:
+        return str(settings.public_url)
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def _local_url(settings: Any) -> str:
+    """Where a client on this machine reaches the server: its bind address (0.0.0.0 and ::
+    as the loopback address), never the public URL, which a local token is not sent to."""
+    return _browser_url(settings.with_(public_url=None))
+
+
+def _log_start(jm: Any, settings: Any) -> None:
+    """What a newcomer needs on start: where the data lives, what was loaded, where to go."""
+    from sqlalchemy.engine import make_url
+
+    log.info("data: %s (database %s)", settings.home.resolve(), make_url(settings.db_url))
+    sources = ", ".join(str(source) for source in settings.jobtypes) or "none given (--jobtypes)"
+    names = ", ".join(sorted(jm.jobtypes)) or "none"
+    log.info("job types (%d) from %s: %s", len(jm.jobtypes), sources, names)
+    if jm.rules is not None:
+        rules = jm.rules.rules()
+        shown = ", ".join(f"{r.name} ({'on' if r.enabled else 'off'})" for r in rules)
+        log.info("rules (%d): %s", len(rules), shown or "none")
+    url = _browser_url(settings)
+    log.info("open %s (API docs: %s/docs, UWS: %s/uws)", url, url, url)
+
+
+def _note_url(settings: Any) -> tuple[Any, str] | None:
+    """Note where this server listens beside the local credential, for the user's CLI
+    (``jobmill.paths.server_file``); None when there is no local credential or it fails."""
+    from jobmill.paths import server_file, write_server_url
+
+    if settings.token_file is None:
+        return None
+    path, url = server_file(settings.token_file), _local_url(settings)
+    try:
+        write_server_url(path, url)
+    except OSError as exc:
+        log.warning("cannot note the server's URL in %s: %s", path, exc.strerror or exc)
+        return None
+    log.info("the CLI finds this server through %s (or set JOBMILL_URL=%s)", path, url)
+    return path, url
+
+
+def _forget_url(path: Any, url: str) -> None:
+    """Remove the note at shutdown, unless another server has replaced it since."""
+    from jobmill.paths import read_server_url
+
+    if read_server_url(path) == url:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _reload_soon(jm: Any) -> None:

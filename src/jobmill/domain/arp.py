@@ -91,6 +91,7 @@ class Application:
     created_at: datetime
     removed_at: datetime | None = None
     removed_by: str | None = None
+    attempt: int = 1  # re-applying the definition to the run makes the next one
 
 
 TRIGGERS = ("manual", "autorun", "backfill")

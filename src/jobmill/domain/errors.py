@@ -59,7 +59,7 @@ CODES: dict[str, Kind] = {
     "insufficient_storage": Kind.TRANSIENT,  # 507 the server's disk is (nearly) full
     "backend_unavailable": Kind.TRANSIENT,  # 503 the job's batch system cannot be asked now
     "log_unreadable": Kind.FATAL,  # 503 the log exists but the server cannot read it
-    "unavailable": Kind.FATAL,  # 503 the server lacks what the answer needs (Graphviz)
+    "unavailable": Kind.FATAL,  # 503 the server lacks what the answer needs
 }
 """Every stable error code and its kind (docs/api.md has the table). A code never changes
 meaning; a new one is added here and there."""

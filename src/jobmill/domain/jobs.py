@@ -64,6 +64,16 @@ class Job:
     log_dir: str | None = None
     event_count: int = 0
     seq: int = 0
+    tags: tuple[str, ...] = ()
+    """The job's tags, sorted (filled where jobs are read for display)."""
+    stage: str | None = None
+    """The step it runs: None (its main step), "subjobs" (it created sub-jobs) or "epilog"."""
+    after: tuple[str, ...] | None = None
+    """The jobs it depends on (filled where jobs are read for display; None: not read)."""
+    dependents: tuple[str, ...] | None = None
+    """The jobs that depend on it (filled like ``after``)."""
+    children: tuple[str, ...] | None = None
+    """Its sub-jobs (filled like ``after``)."""
 
     @property
     def terminal(self) -> bool:
@@ -84,6 +94,12 @@ class JobRequest:
     allow_unknown: bool = False
     wait_for: DataCondition | None = None
     """Data the job waits for before it may run (QUEUED, reason "waiting for data")."""
+    after: Sequence[str] = ()
+    """Jobs that must complete before this one runs (QUEUED, "waiting for upstream jobs")."""
+    on_parent_failure: str | None = None
+    """"fail" or "wait" when one of ``after`` ends in ERROR or ABORTED (None: the job type's)."""
+    tags: Sequence[str] = ()
+    """Tags to create the job with (``jobmill submit --tag``)."""
 
 
 @dataclass
@@ -103,6 +119,9 @@ class NewJob:
     parent_id: str | None = None
     log_dir: str | None = None
     id: str = field(default_factory=new_id)
+    after: tuple[str, ...] = ()
+    on_parent_failure: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass
@@ -130,6 +149,14 @@ class JobFilter:
     run_id: str | None = None
     created_after: datetime | None = None
     executor: str | None = None
+    id_prefix: str | None = None
+    """The start of the job's id (lowercase hex and dashes): short ids in the CLI."""
+    tag: str | None = None
+    """Only jobs carrying this tag."""
+    seq_min: int | None = None
+    """Only jobs whose sequence number is at least this (``jobmill ls id>=10``)."""
+    seq_max: int | None = None
+    """Only jobs whose sequence number is at most this."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Two formats are read:
 * jobmill's own: one job type per YAML document (several documents per file allowed), with the
   fields of ``JobType``;
 * the OCPS ``job_specs.yaml`` format: ``type: {<name>: {script: ..., env: [VAR, ...]}}``,
-  where every listed variable becomes a required string parameter delivered by environment.
+  where every listed variable becomes a required string parameter delivered by environment,
+  and ``script`` (relative to the working directory, as in the prototype) must be an
+  executable file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pydantic
 import yaml
 
 from jobmill.domain.errors import JobTypeFileError
-from jobmill.domain.jobtypes import JobType, resolve_command
+from jobmill.domain.jobtypes import INDEXER_PARAMETERS, JobType, resolve_command
 
 SUFFIXES = (".yaml", ".yml")
 RULES_SUFFIXES = (".rules.yaml", ".rules.yml")
@@ -53,7 +55,28 @@ def load_jobtypes(sources: Iterable[str | os.PathLike[str]]) -> dict[str, JobTyp
                         f"{types[jobtype.name].source}",
                     )
                 types[jobtype.name] = jobtype
+    check_indexers(types)
     return types
+
+
+def check_indexers(types: dict[str, JobType]) -> None:
+    """Every ``indexer`` names a job type that takes the indexer's parameters."""
+    for jobtype in types.values():
+        if jobtype.indexer is None:
+            continue
+        indexer = types.get(jobtype.indexer.type)
+        where = str(jobtype.source or jobtype.name)
+        if indexer is None:
+            raise JobTypeFileError(
+                where, jobtype.line, f"indexer.type: no job type '{jobtype.indexer.type}'"
+            )
+        missing = [name for name in INDEXER_PARAMETERS if name not in indexer.parameters]
+        if missing:
+            raise JobTypeFileError(
+                where,
+                jobtype.line,
+                f"indexer.type: job type '{indexer.name}' lacks the parameters {missing}",
+            )
 
 
 def load_file(path: Path) -> list[JobType]:
@@ -97,12 +120,11 @@ def _load_ocps(path: Path, node: yaml.Node, document: dict[str, Any]) -> list[Jo
             raise JobTypeFileError(
                 str(path), _line(node, (*loc, "env")), "'env' must be a list of variable names"
             )
-        script = str(_beside(path, str(spec["script"])))
-        command = [script] if os.access(script, os.X_OK) else ["/bin/sh", script]
+        script = _script(path, _line(node, (*loc, "script")), spec["script"])
         data = {
             "name": type_name,
             "description": spec.get("description", f"OCPS job type '{type_name}'"),
-            "command": command,
+            "command": [script],
             "parameters": {
                 var: {"type": "string", "required": True, "deliver": "env", "env": var}
                 for var in env_vars
@@ -112,9 +134,30 @@ def _load_ocps(path: Path, node: yaml.Node, document: dict[str, Any]) -> list[Jo
     return types
 
 
-def _beside(path: Path, script: str) -> Path:
-    candidate = Path(script)
-    return candidate if candidate.is_absolute() else (path.parent / candidate).resolve()
+def _script(path: Path, line: int, value: Any) -> str:
+    """The absolute path of an OCPS ``script``. A relative one is taken from the server's
+    working directory, as the prototype did (it ran from its ``server/`` directory, with
+    ``script: jobs/ap_job.sh``); when it is not there, from beside the YAML file. It must be
+    an executable file: a job type that can only fail is refused at load time."""
+    if not isinstance(value, str) or not value.strip():
+        raise JobTypeFileError(str(path), line, "'script' must be a path")
+    given = Path(value)
+    tried = [given] if given.is_absolute() else [Path.cwd() / given, path.parent / given]
+    for candidate in tried:
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                raise JobTypeFileError(
+                    str(path), line, f"script '{candidate}' is not executable (chmod +x it)"
+                )
+            return str(candidate.resolve())
+    where = " nor ".join(f"'{c}'" for c in tried)
+    raise JobTypeFileError(
+        str(path),
+        line,
+        f"script '{value}' not found: neither {where} is a file"
+        if len(tried) > 1
+        else f"script '{value}' is not a file",
+    )
 
 
 def _build(
@@ -127,6 +170,7 @@ def _build(
                 "source": str(path),
                 "line": _line(node, base if ocps else (*base, "name")),
                 "directory": str(path.parent.resolve()),
+                "ocps_specs": ocps,
             }
         )
     except pydantic.ValidationError as exc:

@@ -101,6 +101,32 @@ class Resources(BaseModel):
     extra: list[str] = Field(default_factory=list)
 
 
+class Indexer(BaseModel):
+    """``indexer``: the job type that indexes this type's finished PipelineJobs (once each;
+    docs/pipelinejobs.md). It must declare the parameters ``job`` (the id of the job to index),
+    ``filters`` and ``level``, which it gets from here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=64, description="the indexer's job type")
+    filters: list[str] = Field(default_factory=list, description="regular expressions")
+    level: str = Field(default="1", min_length=1, max_length=16, description="processing level")
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for index, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"filters[{index}]: not a regular expression: {exc}") from None
+        return value
+
+
+INDEXER_PARAMETERS = ("job", "filters", "level")
+"""The parameters an indexer job type declares."""
+
+
 class JobType(BaseModel):
     """A declared kind of job."""
 
@@ -110,6 +136,16 @@ class JobType(BaseModel):
     description: str = ""
     version: str = "1"
     command: list[str] = Field(min_length=1)
+    epilog: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="what runs after the sub-jobs a job created have completed (an argv "
+        "template like command)",
+    )
+    on_parent_failure: Literal["fail", "wait"] = Field(
+        default="fail",
+        description="what a job does when a job it runs after ends in ERROR or ABORTED",
+    )
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     results: list[Result] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, description="constant environment")
@@ -119,12 +155,16 @@ class JobType(BaseModel):
     max_execution_duration: int = Field(default=0, ge=0, description="seconds; 0 = none")
     destruction: int = Field(default=7 * 86400, ge=0, description="seconds after creation")
     retries: int = Field(default=0, ge=0, le=10)
+    indexer: Indexer | None = Field(
+        default=None, description="PipelineJobs: the job type that indexes finished jobs"
+    )
     reject_unknown_parameters: bool = Field(
         default=False, description="refuse undeclared parameters even where a protocol keeps them"
     )
     source: str | None = Field(default=None, exclude=True)
     line: int | None = Field(default=None, exclude=True)
     directory: str | None = Field(default=None, exclude=True)
+    ocps_specs: bool = Field(default=False, exclude=True)  # loaded from a job_specs.yaml
 
     @field_validator("name")
     @classmethod
@@ -142,11 +182,14 @@ class JobType(BaseModel):
                 raise ValueError(f"parameters.{key}: '{key}' is not a valid parameter name")
             param.name = key
         known = set(self.parameters) | BUILTIN_PLACEHOLDERS
-        for element in self.command:
-            for ref in placeholders(element):
-                if ref not in known:
-                    raise ValueError(f"command: refers to unknown parameter '{{{ref}}}'")
-        referenced = {ref for element in self.command for ref in placeholders(element)}
+        for field_name, template in (("command", self.command), ("epilog", self.epilog or [])):
+            for element in template:
+                for ref in placeholders(element):
+                    if ref not in known:
+                        raise ValueError(f"{field_name}: refers to unknown parameter '{{{ref}}}'")
+        referenced = {
+            ref for element in self.command + (self.epilog or []) for ref in placeholders(element)
+        }
         for param in self.parameters.values():
             if param.deliver in ("argv", "both") and param.name not in referenced:
                 raise ValueError(
@@ -289,15 +332,21 @@ def render_value(value: Any) -> str:
 
 
 def build_argv(
-    jobtype: JobType, values: Mapping[str, Any], builtins: Mapping[str, str]
+    jobtype: JobType,
+    values: Mapping[str, Any],
+    builtins: Mapping[str, str],
+    *,
+    epilog: bool = False,
 ) -> list[str]:
-    """The process argv: the command template with values substituted element by element.
+    """The process argv: the command template (the ``epilog`` one with ``epilog``) with values
+    substituted element by element.
 
     An element that refers to an optional parameter without a value is left out.
     """
     argv: list[str] = []
     context = {k: render_value(v) for k, v in values.items()} | dict(builtins)
-    for element in jobtype.command:
+    template = jobtype.epilog if epilog and jobtype.epilog else jobtype.command
+    for element in template:
         refs = placeholders(element)
         if any(ref not in context for ref in refs):
             continue
@@ -316,9 +365,10 @@ def build_env(jobtype: JobType, values: Mapping[str, Any]) -> dict[str, str]:
 
 def resolve_command(jobtype: JobType) -> JobType:
     """Make a relative first argv element that names a file beside the job type absolute."""
-    if jobtype.directory and not placeholders(jobtype.command[0]):
-        first = Path(jobtype.command[0])
-        candidate = Path(jobtype.directory) / first
-        if not first.is_absolute() and "/" in jobtype.command[0] and candidate.exists():
-            jobtype.command[0] = str(candidate.resolve())
+    for template in (jobtype.command, jobtype.epilog or []):
+        if template and jobtype.directory and not placeholders(template[0]):
+            first = Path(template[0])
+            candidate = Path(jobtype.directory) / first
+            if not first.is_absolute() and "/" in template[0] and candidate.exists():
+                template[0] = str(candidate.resolve())
     return jobtype

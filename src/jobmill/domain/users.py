@@ -13,6 +13,9 @@ class User:
     name: str
     admin: bool = False
     reader: bool = False
+    job: str | None = None
+    """Set for a running job's own token: it acts for the job's owner, and only to create the
+    job's sub-jobs (``docs/workflows.md``)."""
 
     @property
     def sees_all(self) -> bool:

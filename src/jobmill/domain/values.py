@@ -21,6 +21,7 @@ Limits (docs/security.md, "Input hygiene"):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +66,38 @@ def check_text(value: str, field: str, *, max_length: int = MAX_STRING) -> str:
     problem = text_problem(value)
     if problem is not None:
         raise ValidationError(f"{field}: the value {problem}", field=field)
+    return value
+
+
+MAX_TAG = 64
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]*")
+ID_PREFIX_RE = re.compile(r"[0-9a-f][0-9a-f-]*")
+
+
+def check_tag(value: Any, field: str = "tag") -> str:
+    """A job tag: 1 to ``MAX_TAG`` characters, letters, digits and ``_ . : @ + -`` (no
+    space, no control character, no slash, none of the filter grammar's ``= ! < >``), not
+    starting with punctuation other than ``_``."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field}: a tag must be a string", field=field)
+    if not value or len(value) > MAX_TAG:
+        raise ValidationError(f"{field}: a tag has 1 to {MAX_TAG} characters", field=field)
+    if not TAG_RE.fullmatch(value):
+        raise ValidationError(
+            f"{field}: '{safe_text(value)}' is not a tag (letters, digits and _ . : @ + -)",
+            field=field,
+        )
+    return value
+
+
+def check_id_prefix(value: str, field: str = "id_prefix") -> str:
+    """The start of a job id: lowercase hex digits and dashes, at most 36 characters."""
+    if not 1 <= len(value) <= 36 or not ID_PREFIX_RE.fullmatch(value):
+        raise ValidationError(
+            f"{field}: '{safe_text(value[:40])}' is not the start of a job id "
+            "(hex digits and dashes)",
+            field=field,
+        )
     return value
 
 

@@ -153,6 +153,15 @@ def executable_and_arguments(spec: LaunchSpec) -> tuple[str, list[str]]:
     return ENV_EXECUTABLE, [command, *args]
 
 
+def event_log(spec: LaunchSpec) -> Path:
+    """HTCondor's event log of the job: ``<log_dir>/<job_id>.log`` beside its ``.out`` and
+    ``.err`` when the job has a ``log_dir`` (as the OCPS prototype had it), else in its
+    working directory."""
+    if spec.stdout.suffix == ".out":
+        return spec.stdout.with_suffix(".log")
+    return spec.workdir / EVENT_LOG
+
+
 def submit_commands(spec: LaunchSpec) -> list[tuple[str, str]]:
     """The submit commands of one job, in order, values already in submit syntax."""
     executable, args = executable_and_arguments(spec)
@@ -168,7 +177,7 @@ def submit_commands(spec: LaunchSpec) -> list[tuple[str, str]]:
         ("initialdir", _value(spec.workdir, "the working directory")),
         ("output", _value(spec.stdout, "the stdout path")),
         ("error", _value(spec.stderr, "the stderr path")),
-        ("log", _value(spec.workdir / EVENT_LOG, "the event log path")),
+        ("log", _value(event_log(spec), "the event log path")),
         ("should_transfer_files", "NO"),
         ("request_cpus", str(resources.cpus)),
     ]

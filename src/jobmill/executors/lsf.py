@@ -38,6 +38,7 @@ from jobmill.executors.batch import (
 
 BJOBS_CHUNK = 500  # job ids per bjobs call
 BJOBS_FORMAT = "jobid stat exit_code exit_reason delimiter='|'"
+OUTPUT_FORMAT = "jobid output_file error_file delimiter='|'"
 NOT_FOUND_EXIT = (0, 255)  # bjobs exits 255 when one of the ids is unknown, yet prints the rest
 PASS_TO_BSUB = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
 
@@ -100,6 +101,8 @@ class LsfExecutor(BatchExecutor):
     cancel_command = ("bkill",)  # LSF sends SIGINT, SIGTERM, then SIGKILL
     find_command = ("bjobs", "-a", "-noheader", "-J", "{name}", "-o", "jobid")
     details_commands = (("bjobs", "-l"), ("bhist", "-l"))
+    # what bsub prints to a script that calls it (an ARP executable): group 1, the job id
+    announced = _SUBMITTED
 
     def __init__(
         self,
@@ -152,6 +155,27 @@ class LsfExecutor(BatchExecutor):
 
     def parse_status(self, out: str, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
         return parse_bjobs(out)
+
+    def output_paths(self, native_id: str) -> tuple[str | None, str | None]:
+        """Where a job someone else submitted writes its stdout and stderr (bjobs'
+        ``output_file`` and ``error_file``); None for what LSF does not say (``-``: mailed)."""
+        if not _JOB_ID.match(native_id):
+            return None, None
+        try:
+            out = self._run(
+                "bjobs", "-a", "-noheader", "-o", OUTPUT_FORMAT, native_id,
+                accept=self.status_accept,
+            )  # fmt: skip
+        except CommandFailed:
+            return None, None
+        for line in out.splitlines():
+            fields = line.strip().split("|")
+            if len(fields) == 3 and fields[0] == native_id:
+                stdout, stderr = (f.strip() for f in fields[1:])
+                return stdout if stdout not in ("", "-") else None, (
+                    stderr if stderr not in ("", "-") else None
+                )
+        return None, None
 
     def hold(self, native_id: str, reason: str = "") -> None:
         """Hold a pending job: ``bstop -C reason`` makes a PEND job PSUSP (HELD in jobmill).

@@ -22,7 +22,7 @@ BATCH: dict[str, tuple[str, tuple[str, ...]]] = {
     "lsf": ("lsf.LsfExecutor", ("queue", "project")),
     "pbs": ("pbs.PbsExecutor", ("queue", "account")),
 }
-KNOWN = ("local", "htcondor", *BATCH)
+KNOWN = ("local", "htcondor", "external", *BATCH)
 
 
 class ExecutorSettings(Protocol):
@@ -48,6 +48,10 @@ def build_executors(settings: ExecutorSettings) -> dict[str, Executor]:
             from jobmill.executors.htcondor import configured
 
             executors[name] = configured(settings.condor_schedd, settings.condor_collector)
+        elif name == "external":  # jobs jobmill never runs: PipelineJobs events drive them
+            from jobmill.executors.external import ExternalExecutor
+
+            executors[name] = ExternalExecutor()
         elif name in BATCH:
             where, own = BATCH[name]
             module, class_name = where.split(".")

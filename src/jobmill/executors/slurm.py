@@ -108,6 +108,7 @@ NO_REASON = frozenset({"", "None", "(null)", "NonZeroExitCode"})
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+$")
 _JOB_ID = re.compile(r"^[0-9]+$")
 _NATIVE_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")  # a job, or one task of an array
+_STD_PATH = re.compile(r"^\s*(StdOut|StdErr)=(.*)$", re.M)
 _ARRAY_NAME = re.compile(r"^" + re.escape(ARRAY_NAME_PREFIX) + r"([0-9a-f]{32})$")
 
 
@@ -127,6 +128,8 @@ class SlurmExecutor(BatchExecutor):
     cancel_command = ("scancel",)
     hold_command = ("scontrol", "hold")
     release_command = ("scontrol", "release")
+    # what sbatch prints to a script that calls it (an ARP executable): group 1, the job id
+    announced = re.compile(r"^Submitted batch job ([0-9]+)\b", re.M)
 
     def __init__(
         self,
@@ -387,6 +390,18 @@ class SlurmExecutor(BatchExecutor):
             if task is not None:
                 return f"{array_id}_{task}"
         return None
+
+    def output_paths(self, native_id: str) -> tuple[str | None, str | None]:
+        """Where a job someone else submitted writes its stdout and stderr (``StdOut=`` and
+        ``StdErr=`` of ``scontrol show job``); None for what Slurm does not say."""
+        if not _NATIVE_ID.match(native_id):
+            return None, None
+        try:
+            out = self._run("scontrol", "show", "job", native_id)
+        except CommandFailed:
+            return None, None
+        found = {m.group(1): m.group(2).strip() for m in _STD_PATH.finditer(out)}
+        return found.get("StdOut") or None, found.get("StdErr") or None
 
     def details(self, native_id: str) -> str:
         """``scontrol show job``; once slurmctld has forgotten the job, its sacct record."""

@@ -8,6 +8,7 @@ hash is stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -48,6 +49,33 @@ def job_environment(
             "BATCH_UPDATE_URL": f"{url}?token={token}",
         }
     )
+    env.update(workflow_environment(job))
+    return env
+
+
+PARENTS_FILE = "jobmill-parents.json"
+CHILDREN_FILE = "jobmill-children.json"
+MAX_IDS_IN_ENV = 100
+"""Ids listed in ``JOBMILL_PARENT_IDS`` / ``JOBMILL_CHILD_IDS`` at most: one environment string
+may not pass 128 KiB (a fan-in of thousands could not start); the files list them all."""
+
+
+def workflow_environment(job: Job) -> dict[str, str]:
+    """What a job of a workflow learns from its environment (docs/workflows.md): the jobs it
+    ran after and, in its epilog, its sub-jobs; the files listing them are written in its job
+    directory when it is claimed (``Dispatcher.write_inputs``)."""
+    env: dict[str, str] = {}
+    if job.parent_id:
+        env["JOBMILL_SUPER_JOB_ID"] = job.parent_id
+    if job.after:
+        if len(job.after) <= MAX_IDS_IN_ENV:
+            env["JOBMILL_PARENT_IDS"] = ",".join(job.after)
+        env["JOBMILL_PARENTS_FILE"] = PARENTS_FILE
+    if job.stage == "epilog":
+        env["JOBMILL_STEP"] = "epilog"
+        if len(job.children or ()) <= MAX_IDS_IN_ENV:
+            env["JOBMILL_CHILD_IDS"] = ",".join(job.children or ())
+        env["JOBMILL_CHILDREN_FILE"] = CHILDREN_FILE
     return env
 
 
@@ -60,10 +88,14 @@ def launch_spec(
         "job_dir": str(workdir),
         "job_id": job.id,
     }
+    env = job_environment(settings, jobtype, job, token, os.environ)
+    for name in ("JOBMILL_PARENTS_FILE", "JOBMILL_CHILDREN_FILE"):
+        if name in env:
+            env[name] = str(workdir / env[name])
     return LaunchSpec(
         job_id=job.id,
-        argv=build_argv(jobtype, job.parameters, builtins),
-        env=job_environment(settings, jobtype, job, token, os.environ),
+        argv=build_argv(jobtype, job.parameters, builtins, epilog=job.stage == "epilog"),
+        env=env,
         workdir=workdir,
         stdout=files.log_path(job, "stdout"),
         stderr=files.log_path(job, "stderr"),
@@ -103,7 +135,34 @@ class Dispatcher:
             actor=ACTOR,
             values_for=values_for,
         )
+        self.write_inputs(claimed)
         return [(job, tokens[job.id]) for job in claimed]
+
+    def write_inputs(self, claimed: list[Job]) -> None:
+        """Before claimed jobs start: the jobs each ran after (``after``) and, for an epilog,
+        its sub-jobs, with what they ended with, as JSON files in its job directory (one query
+        for the whole group; nothing for jobs outside a workflow)."""
+        if not claimed:
+            return
+        graph = self.store.links.graph([job.id for job in claimed])
+        for job in claimed:
+            job.after = tuple(graph.after.get(job.id, ()))
+            job.children = tuple(graph.children.get(job.id, ()))
+            lists = []
+            if job.after:
+                lists.append((PARENTS_FILE, job.after))
+            if job.stage == "epilog":
+                lists.append((CHILDREN_FILE, job.children))
+            for name, ids in lists:
+                entries = self.store.links.results(ids)
+                for entry in entries:
+                    entry["job_dir"] = str(self.files.workdir(entry["id"]))
+                workdir = self.files.workdir(job.id)
+                try:
+                    workdir.mkdir(parents=True, exist_ok=True)
+                    (workdir / name).write_text(json.dumps(entries, indent=1) + "\n")
+                except OSError as exc:  # the job starts; reading the file tells it
+                    log.warning("job %s: cannot write %s: %s", job.id, name, exc)
 
     def backend_unavailable(self, job: Job, why: str) -> None:
         """The backend refused or could not be reached: keep the job, retry later (ARP's

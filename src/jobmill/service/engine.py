@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobmill.config import Settings
+from jobmill.domain.arp import split_jobtype_name
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
 from jobmill.domain.lifecycle import ENDED, TERMINAL, Action, Phase, Reason, action_between
@@ -41,12 +42,15 @@ from jobmill.executors.local import LocalExecutor
 from jobmill.service.dispatcher import ACTOR, Dispatcher
 from jobmill.service.failures import REPORT_EVERY, FailureLog
 from jobmill.service.files import STREAMS
+from jobmill.service.handover import hand_over
+from jobmill.service.lease import Lease
 from jobmill.service.outputs import ended_as, over_cap, past_cap
 from jobmill.service.recovery import left_behind
 from jobmill.service.space import DiskSpace
 from jobmill.service.submission import Submitter
 from jobmill.service.worker import Worker
 from jobmill.storage.jobs import Change, JobStore
+from jobmill.storage.links import STAGE_EPILOG, STAGE_JOINED, STAGE_SUBJOBS
 
 log = logging.getLogger(__name__)
 SUBMIT_BATCH = 200  # batch jobs handed to a backend per dispatch pass
@@ -69,6 +73,7 @@ class Tracked:
     logs: tuple[Path, ...] = ()  # a local job's stdout and stderr (the output cap)
     final: NativeStatus | None = None  # how it ended, once seen (kept while not yet recorded)
     unknown_polls: int = 0  # polls in a row that answered UNKNOWN
+    handover: bool = False  # an ARP job: may hand over to the batch job it submits (handover)
 
 
 class Engine(Worker):
@@ -85,11 +90,16 @@ class Engine(Worker):
         *,
         on_ended: Callable[[], None] | None = None,
         space: DiskSpace | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """``on_ended`` is called (on the engine thread) after jobs ended, e.g. to wake the
         rules at once; ``space`` is the free-space rule the job service also applies (by
-        default one of the settings' home)."""
+        default one of the settings' home); with ``lease`` (``service.lease``) the engine
+        touches jobs only while it holds its executors' leases."""
         super().__init__()
+        self.lease = lease
+        if lease is not None:
+            lease.on_lost = self.wake
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -115,6 +125,8 @@ class Engine(Worker):
         self.wake()
 
     def _closing(self) -> None:
+        if self.lease is not None:
+            self.lease.release()  # a standby engine takes over at once
         for executor in self.executors.values():
             close = getattr(executor, "close", None)
             if close is not None:
@@ -138,18 +150,30 @@ class Engine(Worker):
     # -- the loop -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            self.recover()
-        except Exception:  # pragma: no cover - logged, the loop still serves new jobs
-            log.exception("recovery after restart failed")
-        failures = FailureLog(log, "engine cycle")
         while not self._stop.is_set():
+            # With a lease: stand by until this engine holds it, and again if it is lost.
+            if self.lease is not None and not self.lease.acquire(self._stop):
+                return
             try:
-                self._cycle()
-            except Exception as exc:  # a bug, a full disk: must not stop the engine
-                self._stop.wait(failures.failed(exc))
-            else:
-                failures.succeeded()
+                self.recover()
+            except Exception:  # pragma: no cover - logged, the loop still serves new jobs
+                log.exception("recovery after restart failed")
+            failures = FailureLog(log, "engine cycle")
+            while not self._stop.is_set() and (self.lease is None or self.lease.held):
+                try:
+                    self._cycle()
+                except Exception as exc:  # a bug, a full disk: must not stop the engine
+                    self._stop.wait(failures.failed(exc))
+                else:
+                    failures.succeeded()
+            if not self._stop.is_set():
+                self._stand_down()
+
+    def _stand_down(self) -> None:
+        """The lease was lost: forget the tracked jobs (the new holder re-attaches to them)."""
+        log.error("engine: lease lost, no longer dispatching or watching; standing by")
+        self.tracked.clear()
+        self._by_native.clear()
 
     def _cycle(self) -> None:
         self._drain_cancels()
@@ -160,6 +184,9 @@ class Engine(Worker):
         if now >= self._next_reconcile:
             self._next_reconcile = now + self.settings.poll_interval
             self._reconcile()
+            # Jobs queued by other processes on the database (``jobmill api``) wake nobody
+            # here: one claim query per executor and poll interval finds them.
+            self._queued_hint = True
         if now >= self._next_sweep:
             self._next_sweep = now + max(self.settings.poll_interval, 5.0)
             self._destroy_due()
@@ -243,11 +270,13 @@ class Engine(Worker):
 
     def _track(self, job: Job, executor: str, native_id: str) -> None:
         logs: tuple[Path, ...] = ()
-        if isinstance(self.executors.get(executor), LocalExecutor):
+        local = isinstance(self.executors.get(executor), LocalExecutor)
+        if local:
             logs = tuple(self.dispatcher.files.log_path(job, stream) for stream in STREAMS)
         self.tracked[job.id] = Tracked(
-            job.id, executor, native_id, job.phase, _deadline(job), logs=logs
-        )
+            job.id, executor, native_id, job.phase, _deadline(job), logs=logs,
+            handover=local and split_jobtype_name(job.type) is not None,
+        )  # fmt: skip
         self._by_native[(executor, native_id)] = job.id
 
     def _untrack(self, job_id: str) -> None:
@@ -321,12 +350,12 @@ class Engine(Worker):
 
     def _finish_many(self, ended: list[tuple[Tracked, NativeStatus]]) -> None:
         """Record the end of jobs that ended together, in one transaction."""
+        ended = [(t, s) for t, s in ended if not self._hand_over(t, s)]
         if not ended:
             return
         ended = [(tracked, self._final(tracked, status)) for tracked, status in ended]
-        outcomes = self.store.transition_many(
-            [_end_change(tracked.job_id, status) for tracked, status in ended], actor=ACTOR
-        )
+        changes = [_end_change(tracked.job_id, status) for tracked, status in ended]
+        outcomes = self.store.transition_many(self._standing_by(changes), actor=ACTOR)
         for tracked, status in ended:
             if isinstance(outcomes.get(tracked.job_id), Conflict):
                 # Already ended (aborted, timed out): keep the exit status for the record.
@@ -344,6 +373,44 @@ class Engine(Worker):
                 self.on_ended()
             except Exception:  # a listener must not stop the engine
                 log.exception("on_ended listener failed")
+
+    def _hand_over(self, tracked: Tracked, status: NativeStatus) -> bool:
+        """An ARP job whose script submitted a batch job and exited 0: follow that batch job
+        from now on (``service.handover``) instead of recording the end."""
+        if not tracked.handover or status.phase is not Phase.COMPLETED or not tracked.logs:
+            return False
+        job = hand_over(self.store, self.executors, tracked.job_id, tracked.logs[0], actor=ACTOR)
+        if job is None or job.native_id is None:
+            return False
+        self._untrack(tracked.job_id)
+        self._track(job, job.executor, job.native_id)
+        with contextlib.suppress(ExecutorUnavailable):  # else the next reconciliation asks
+            self._apply(job.executor, self.executors[job.executor].poll([job.native_id]))
+        return True
+
+    def _standing_by(self, changes: list[Change]) -> list[Change]:
+        """A main step that completed while sub-jobs it created may still run: the job stands
+        by for them (``stand_by``, reason ``waiting for children``), then runs its job type's
+        epilog or, without one, completes with them (``storage.links``)."""
+        completed = [c.job_id for c in changes if c.action is Action.COMPLETE]
+        stages = self.store.links.stages(completed) if completed else {}
+        if not stages:
+            return changes
+        result = []
+        for change in changes:
+            stage, type_name = stages.get(change.job_id, (None, ""))
+            if change.action is Action.COMPLETE and stage == STAGE_SUBJOBS:
+                jobtype = self.dispatcher.jobtypes.get(type_name)
+                then = STAGE_EPILOG if jobtype is not None and jobtype.epilog else STAGE_JOINED
+                change = Change(
+                    change.job_id,
+                    Action.STAND_BY,
+                    reason=Reason.CHILDREN.value,
+                    data={**change.data, "then": then},
+                    values={**change.values, "stage": then},
+                )
+            result.append(change)
+        return result
 
     def _final(self, tracked: Tracked, status: NativeStatus) -> NativeStatus:
         """How a local job ended, as recorded (``outputs.ended_as``: ERROR past the output

@@ -3,14 +3,17 @@
 A definition is an implicit job type (``domain.arp.definition_jobtype``), never one of the YAML
 job types in ``JobService.jobtypes``: its jobs are created here, through
 ``JobService.validate_for`` and ``ExperimentStore.apply`` (job, event and application row in one
-transaction, unique per experiment, run and definition). The dispatcher finds the job type of
-such a job through ``JobTypes``, which resolves ``arp:<experiment>:<name>`` from the database
-when it is asked: every jobmill process sharing the database sees a definition the moment it
-is created, and none keeps a stale copy after it is deleted.
+transaction, unique per experiment, run, definition and attempt). The dispatcher finds the job
+type of such a job through ``JobTypes``, which resolves ``arp:<experiment>:<name>`` from the
+database when it is asked: every jobmill process sharing the database sees a definition the
+moment it is created, and none keeps a stale copy after it is deleted.
 
 Autorun: when a run ends, every definition of the experiment whose autorun was switched on
 before the end gets exactly one job for the run, owned by whoever switched autorun on. Runs
-that ended earlier are left alone unless a backfill is asked for.
+that ended earlier are left alone unless a backfill is asked for. Applying a definition again
+by hand makes the next attempt (a re-run); the run view shows the latest.
+
+An experiment is named by its name or by its numeric id (``experiment_name``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jobmill.domain import arp
@@ -28,7 +32,8 @@ from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import TERMINAL, Phase
 from jobmill.domain.values import INT32_MAX, check_int, check_text, check_value
 from jobmill.executors.base import Executor
-from jobmill.service.files import LogChunk
+from jobmill.service import handover
+from jobmill.service.files import MAX_LOG_READ, LogChunk, open_inside
 from jobmill.service.jobs import JobRequest, JobService, User
 from jobmill.storage.experiments import Applied, ExperimentStore
 
@@ -126,12 +131,25 @@ class ExperimentService:
 
     # -- definitions --------------------------------------------------------------------------
 
+    def experiment_name(self, experiment: str) -> str:
+        """An experiment given by its name or by its numeric id (digits only)."""
+        if experiment.isascii() and experiment.isdigit():
+            found = self.store.experiment_name(int(experiment)) if len(experiment) < 10 else None
+            if found is None:
+                raise NotFound(f"no experiment has the id {experiment}", field="experiment")
+            return found
+        return arp.check_experiment(experiment)
+
+    def experiments(self) -> list[tuple[int, str]]:
+        """Every experiment's numeric id and name."""
+        return self.store.experiment_ids()
+
     def definitions(self, experiment: str) -> list[Definition]:
-        return self.store.definitions(arp.check_experiment(experiment))
+        return self.store.definitions(self.experiment_name(experiment))
 
     def definition(self, experiment: str, name: str) -> Definition:
         check_text(name, "name", max_length=arp.MAX_EXECUTABLE)  # a NUL cannot be looked up
-        definition = self.store.definition(arp.check_experiment(experiment), name)
+        definition = self.store.definition(self.experiment_name(experiment), name)
         if definition is None:
             raise NotFound(f"experiment {experiment} has no definition '{name}'", field="name")
         return definition
@@ -151,7 +169,7 @@ class ExperimentService:
         only an administrator may define one."""
         check_text(executable, "executable", max_length=arp.MAX_EXECUTABLE)
         check_text(parameters, "parameters", max_length=arp.MAX_PARAMETERS)
-        arp.check_experiment(experiment)
+        experiment = self.experiment_name(experiment)
         arp.check_name(name)
         arp.check_executable(executable)
         arp.check_parameters(parameters)
@@ -233,7 +251,7 @@ class ExperimentService:
             *self._run_key(experiment, run), edge="end", parameters=_run_params(parameters)
         )
         outcome = RunEnded(ended)
-        for definition in self.store.autorun_definitions(experiment):
+        for definition in self.store.autorun_definitions(ended.experiment):
             if not _autoruns(definition, ended):
                 continue
             self._autorun(user, definition, ended, outcome, trigger="autorun")
@@ -244,12 +262,14 @@ class ExperimentService:
     def runs(self, experiment: str, *, limit: int = 1000, before: int | None = None) -> list[Run]:
         if before is not None:
             check_int(before, "before", low=0, high=INT32_MAX)
-        return self.store.runs(arp.check_experiment(experiment), limit=limit, before=before)
+        return self.store.runs(self.experiment_name(experiment), limit=limit, before=before)
 
-    def run(self, user: User, experiment: str, run: int) -> tuple[Run, list[Entry]]:
+    def run(
+        self, user: User, experiment: str, run: int, *, history: bool = False
+    ) -> tuple[Run, list[Entry]]:
         """A run and its jobs (the run view); a run nobody posted but with jobs is listed too."""
         experiment, run = self._run_key(experiment, run)
-        entries = self.entries(user, experiment, run=run)
+        entries = self.entries(user, experiment, run=run, history=history)
         found = self.store.run(experiment, run)
         if found is None:
             if not entries:
@@ -260,15 +280,16 @@ class ExperimentService:
     # -- applying -----------------------------------------------------------------------------
 
     def apply(self, user: User, experiment: str, run: int, name: str) -> Entry:
-        """Apply a definition to a run by hand: one job, the caller's. Applying it again while
-        the first job is in the run view is refused (remove that one first, or delete it)."""
+        """Apply a definition to a run by hand: one job, the caller's. Applying it again makes
+        the next attempt, which the run view shows from then on (the earlier jobs stay: the
+        history); refused while the latest attempt's job has not ended."""
         experiment, run = self._run_key(experiment, run)
         definition = self.definition(experiment, name)
         applied = self._apply(user, definition, run, trigger="manual", actor=user.name)
         if applied.job is None:
             raise Conflict(
-                f"'{name}' is already applied to run {run} (job {applied.application.job_id}); "
-                "delete that job from the run first",
+                f"'{name}' is applied to run {run} and its job {applied.application.job_id} "
+                "has not ended; kill it or wait for it first",
                 field="definition",
                 job_id=applied.application.job_id,
             )
@@ -371,7 +392,7 @@ class ExperimentService:
                 definition=definition.name,
                 trigger=trigger,
                 actor=actor,
-                reuse_removed=trigger == "manual",
+                again=trigger == "manual",
             )
 
     # -- the run view and the actions on its jobs ---------------------------------------------
@@ -384,10 +405,12 @@ class ExperimentService:
         run: int | None = None,
         after: int = 0,
         limit: int = 1000,
+        history: bool = False,
     ) -> list[Entry]:
         """The experiment's jobs (an administrator sees all, a user their own), with whether
-        their backend was slow to take them (for ``LSF_Slow``)."""
-        arp.check_experiment(experiment)
+        their backend was slow to take them (for ``LSF_Slow``). ``history``: every attempt,
+        not only the latest of each definition on each run."""
+        experiment = self.experiment_name(experiment)
         if not 1 <= limit <= 10_000:
             raise ValidationError("must be between 1 and 10000", field="limit")
         check_int(after, "after", low=0, high=INT32_MAX)
@@ -397,6 +420,7 @@ class ExperimentService:
             run=run,
             after=after,
             limit=limit,
+            history=history,
         )
         waiting = [job.id for _, job in pairs if job.phase is Phase.QUEUED and job.native_id]
         slow = self.store.slow_submissions(waiting) if waiting else set()
@@ -404,7 +428,7 @@ class ExperimentService:
 
     def entry(self, user: User, experiment: str, job_id: str) -> Entry:
         job = self.jobs.get(user, job_id)
-        application = self.store.application_of_job(arp.check_experiment(experiment), job.id)
+        application = self.store.application_of_job(self.experiment_name(experiment), job.id)
         if application is None or application.removed_at is not None:
             raise NotFound(f"experiment {experiment} has no job {job_id}", field="id")
         slow = bool(job.phase is Phase.QUEUED and self.store.slow_submissions([job.id]))
@@ -451,10 +475,26 @@ class ExperimentService:
         limit: int = 1 << 20,
     ) -> LogChunk:
         entry = self.entry(user, experiment, job_id)
+        # a job handed over to the batch job it submitted (service.handover) runs on a batch
+        # executor: a local job's events need no look
+        handed = entry.job.executor != "local"
+        events = self.jobs.store.events(entry.job.id) if handed else []
         try:
-            chunk = self.jobs.files.read_log(
-                entry.job, stream, offset=offset, tail=tail, limit=limit
-            )
+            if handover.handed_over(events):
+                # the executable submitted a batch job: its log is that job's (ARP's model)
+                self.jobs.files.log_path(entry.job, stream)  # checks the stream's name
+                where = handover.batch_output(events, stream)
+                if where is None:
+                    raise NoLog(
+                        f"{entry.job.executor} job {entry.job.native_id} did not say where "
+                        f"it writes its {stream}",
+                        field="stream",
+                    )
+                chunk = read_chunk(Path(where), offset=offset, tail=tail, limit=limit)
+            else:
+                chunk = self.jobs.files.read_log(
+                    entry.job, stream, offset=offset, tail=tail, limit=limit
+                )
         except OSError as exc:
             raise LogUnreadable(
                 f"the {stream} log cannot be read: {exc.strerror or exc}", field="stream"
@@ -470,9 +510,25 @@ class ExperimentService:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _run_key(experiment: str, run: int) -> tuple[str, int]:
-        return arp.check_experiment(experiment), arp.check_run(run)
+    def _run_key(self, experiment: str, run: int) -> tuple[str, int]:
+        return self.experiment_name(experiment), arp.check_run(run)
+
+
+def read_chunk(path: Path, *, offset: int, tail: int | None, limit: int) -> LogChunk:
+    """``JobFiles.read_log`` for a file outside jobmill's layout (a batch job's own log)."""
+    if offset < 0:
+        raise ValidationError("offset must not be negative", field="offset")
+    if tail is not None and tail < 0:
+        raise ValidationError("tail must not be negative", field="tail")
+    limit = max(0, min(limit, MAX_LOG_READ))
+    handle = open_inside(path, f"the log {path}")
+    if handle is None:
+        return LogChunk(b"", 0, 0, False)
+    with handle:
+        size = handle.seek(0, 2)
+        start = max(0, size - min(tail, limit)) if tail is not None else min(offset, size)
+        handle.seek(start)
+        return LogChunk(handle.read(limit), start, size, True)
 
 
 def _autoruns(definition: Definition, run: Run) -> bool:

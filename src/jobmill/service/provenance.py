@@ -15,6 +15,7 @@ levels in all; a result keeps one identifier (its native URL) on both sides, so 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from collections import deque
@@ -38,12 +39,14 @@ from prov.model import (
     QualifiedName,
 )
 
-from jobmill.domain.errors import Conflict, JobmillError, NotFound, ValidationError
+from jobmill.domain.errors import Conflict, NotFound, ValidationError
 from jobmill.domain.jobs import Job, parse_job_id
 from jobmill.domain.jobtypes import JobType, ParamType
 from jobmill.domain.lifecycle import TERMINAL
+from jobmill.service import provsvg
 from jobmill.service.jobs import JobService, User
 from jobmill.service.results import list_results
+from jobmill.storage.pipelinejobs import PipelineStore
 
 VOPROV = "http://www.ivoa.net/documents/ProvenanceDM/ns/voprov/"
 MAX_DEPTH = 10
@@ -51,6 +54,8 @@ MAX_JOBS = 200
 """At most this many jobs (activities) in one document; deeper fan-in is cut and flagged."""
 DOT = "dot"
 DOT_TIMEOUT = 30.0
+GRAPHVIZ_MAX_RECORDS = 400
+"""Larger graphs are drawn by ``provsvg`` (Graphviz needs minutes for a few thousand)."""
 MEDIA_TYPES = {
     "json": "application/json",
     "xml": "application/xml",
@@ -60,13 +65,7 @@ MEDIA_TYPES = {
 UWS_RESULTS = {"provjson": "json", "provxml": "xml", "provsvg": "svg"}
 """The extra UWS results (OPUS's names) that point at a finished job's provenance."""
 _GLOB_CHARS = frozenset("*?[")
-
-
-class ProvenanceUnavailable(JobmillError):
-    """A rendering needs a tool this server lacks (Graphviz ``dot``, networkx): 503."""
-
-    status = 503
-    code = "unavailable"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,6 +105,25 @@ def check_depth(value: int) -> int:
             f"must be between 1 (this job only) and {MAX_DEPTH}, got {value}", field="depth"
         )
     return value
+
+
+def parse_depth(value: str | None, name: str = "DEPTH") -> int:
+    """A depth given as text (UWS, ProvSAP): a whole number from 1 to ``MAX_DEPTH``, or ``ALL``
+    (as deep as jobmill follows, ``MAX_DEPTH``); none means 1."""
+    if value is None:
+        return 1
+    text = value.strip()
+    if text.upper() == "ALL":
+        return MAX_DEPTH
+    try:
+        depth = int(text)
+    except ValueError:
+        raise ValidationError(f"'{text[:40]}' is not a whole number or ALL", field=name) from None
+    if not 1 <= depth <= MAX_DEPTH:
+        raise ValidationError(
+            f"must be between 1 (this job only) and {MAX_DEPTH}, or ALL; got {depth}", field=name
+        )
+    return depth
 
 
 def provenance_url(base_url: str, job_id: str, fmt: str = "json", depth: int = 1) -> str:
@@ -238,9 +256,11 @@ class ProvenanceService:
             job, level = queue.popleft()
             references = self._add_job(builder, user, job, generated)
             used.extend(references)
+            informants = self._informants(builder, job)
             if level >= depth:
                 continue
-            for upstream_id, _rid in references:
+            upstream_ids = [upstream_id for upstream_id, _rid in references] + informants
+            for upstream_id in upstream_ids:
                 if upstream_id in seen:
                     continue
                 if len(seen) >= MAX_JOBS:
@@ -278,6 +298,42 @@ class ProvenanceService:
         )
 
     # -- one job ------------------------------------------------------------------------
+
+    def _informants(self, b: _Builder, job: Job) -> list[str]:
+        """Workflows (docs/workflows.md): the job ``wasInformedBy`` the jobs it ran after and
+        by the job that created it as a sub-job. Returns their ids (followed with ``depth``)."""
+        self.jobs.with_links([job])
+        act = b.job_qn(job.id)
+        informants = list(job.after or ())
+        for parent in informants:
+            if b.relation("communication", act, b.job_qn(parent)):
+                b.doc.wasInformedBy(act, b.job_qn(parent), other_attributes={PROV_ROLE: "after"})
+        if job.parent_id:
+            informants.append(job.parent_id)
+            if b.relation("communication", act, b.job_qn(job.parent_id)):
+                b.doc.wasInformedBy(
+                    act, b.job_qn(job.parent_id), other_attributes={PROV_ROLE: "sub-job"}
+                )
+        informants.extend(self._indexing(b, job))
+        return informants
+
+    def _indexing(self, b: _Builder, job: Job) -> list[str]:
+        """PipelineJobs (docs/pipelinejobs.md): an indexer job ``wasInformedBy`` the job it
+        indexed (role ``indexes``), seen from either side. Returns the other job's id."""
+        store = PipelineStore(self.jobs.store)
+        pairs: list[tuple[str, str]] = []  # (indexer job, indexed job)
+        indexed = store.indexed_by(job.id)
+        if indexed is not None:
+            pairs.append((job.id, indexed))
+        status = store.status(job.id)
+        if status is not None and status.indexer_job is not None:
+            pairs.append((status.indexer_job, job.id))
+        for indexer, target in pairs:
+            if b.relation("communication", b.job_qn(indexer), b.job_qn(target)):
+                b.doc.wasInformedBy(
+                    b.job_qn(indexer), b.job_qn(target), other_attributes={PROV_ROLE: "indexes"}
+                )
+        return [other for pair in pairs for other in pair if other != job.id]
 
     def _visible(self, user: User, job_id: str) -> Job | None:
         try:
@@ -488,26 +544,21 @@ def serialize(
 
 
 def render_svg(doc: ProvDocument, *, dot: str = DOT, timeout: float = DOT_TIMEOUT) -> bytes:
-    """Draw the document with prov's DOT styles and Graphviz.
+    """Draw the document: with Graphviz and prov's DOT styles where ``dot`` is installed and
+    the graph is small (at most ``GRAPHVIZ_MAX_RECORDS`` records), otherwise, or when Graphviz
+    fails or takes longer than ``timeout``, with jobmill's own pure-Python drawing
+    (``provsvg``). So the SVG never depends on a program the server may lack.
 
     ``prov.dot`` builds the pydot graph; Graphviz runs here rather than through
     ``pydot.create_svg()``, which has no time limit (DESIGN rule 10).
     """
+    program = shutil.which(dot)
     try:
         from prov.dot import prov_to_dot
-    except ImportError as exc:
-        raise ProvenanceUnavailable(
-            f"the SVG provenance graph needs prov's 'dot' extra on the server ({exc}); "
-            "ask for format=json, xml or provn",
-            field="format",
-        ) from None
-    program = shutil.which(dot)
-    if program is None:
-        raise ProvenanceUnavailable(
-            f"the SVG provenance graph needs Graphviz ('{dot}' is not installed on the server); "
-            "ask for format=json, xml or provn",
-            field="format",
-        )
+    except ImportError:
+        program = None
+    if program is None or sum(1 for _ in doc.get_records()) > GRAPHVIZ_MAX_RECORDS:
+        return provsvg.render(doc)
     source = prov_to_dot(doc, use_labels=True, show_relation_attributes=False).to_string()
     try:
         done = subprocess.run(  # noqa: S603 - fixed argv, the graph goes through stdin
@@ -518,11 +569,15 @@ def render_svg(doc: ProvDocument, *, dot: str = DOT, timeout: float = DOT_TIMEOU
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ProvenanceUnavailable(
-            f"drawing the provenance graph took longer than {timeout:g} s; "
-            "ask for a smaller depth or format=json",
-            field="format",
-        ) from None
+        log.warning(
+            "%s took longer than %g s; drawing the provenance graph without it", dot, timeout
+        )
+        return provsvg.render(doc)
     if done.returncode != 0:
-        raise RuntimeError(f"{dot} failed: {done.stderr.decode(errors='replace')[:2000]}")
+        log.warning(
+            "%s failed (%s); drawing the provenance graph without it",
+            dot,
+            done.stderr.decode(errors="replace")[:500],
+        )
+        return provsvg.render(doc)
     return done.stdout

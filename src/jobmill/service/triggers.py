@@ -222,6 +222,16 @@ class DataTriggers:
         job_id = self.conditions.find_key(key) if key else None
         if job_id is None:
             return None
+        return self._release(job_id)
+
+    def release_by_job_id(self, job_id: str) -> KeyRelease | None:
+        """Release a job by its id, as the OCPS prototype's ``monitor.py`` did: only a job that
+        was issued a key (the caller's setting allows this weaker form); None otherwise."""
+        if not self.conditions.keyed(job_id):
+            return None
+        return self._release(job_id)
+
+    def _release(self, job_id: str) -> KeyRelease | None:
         released = bool(self.conditions.release({job_id: MONITOR}, actor=MONITOR))
         if released:
             self.watcher.forget([job_id])

@@ -198,6 +198,16 @@ class ConditionStore:
             return None
         return str(row.job_id)
 
+    def keyed(self, job_id: str) -> bool:
+        """Whether the job's condition was issued a ``monitor/complete`` key."""
+        with self.read_engine.connect() as conn:
+            found = conn.execute(
+                select(data_conditions.c.job_id).where(
+                    data_conditions.c.job_id == job_id, data_conditions.c.key_hash.is_not(None)
+                )
+            ).first()
+        return found is not None
+
     # -- changing ---------------------------------------------------------------------------
 
     def set_deadlines(self, deadlines: Mapping[str, datetime]) -> None:

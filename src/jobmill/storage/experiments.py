@@ -1,9 +1,14 @@
 """ExperimentStore: ARP definitions, runs, and applications of definitions to runs.
 
 Exactly once: ``apply`` writes a job, its ``created`` event and its application row in one
-transaction, and ``experiment_applications`` is unique on (experiment, run, definition). A
-replayed run end, or two jobmill processes ending the same run at once, find the row (or lose the
-insert to the unique constraint and roll the whole transaction back): never a second job.
+transaction, and ``experiment_applications`` is unique on (experiment, run, definition,
+attempt). Autorun only ever writes attempt 1: a replayed run end, or two jobmill processes
+ending the same run at once, find the row (or lose the insert to the unique constraint and roll
+the whole transaction back): never a second job. Re-applying by hand writes the next attempt;
+the run view shows the latest, the earlier ones stay (the history).
+
+Each experiment gets a numeric id (``experiments``) when its first definition or run is
+recorded.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from jobmill.domain.arp import Application, Definition, Run
@@ -26,6 +32,7 @@ from jobmill.storage.tables import (
     experiment_applications,
     experiment_definitions,
     experiment_runs,
+    experiments,
     jobs,
 )
 from jobmill.storage.writes import created_event_row, insert_jobs, job_from_row, job_row
@@ -78,7 +85,21 @@ def _application(row: Row[Any], prefix: str = "") -> Application:
         created_at=_aware(m[f"{prefix}created_at"]) or utcnow(),
         removed_at=_aware(m[f"{prefix}removed_at"]),
         removed_by=m[f"{prefix}removed_by"],
+        attempt=m[f"{prefix}attempt"],
     )
+
+
+def _known(conn: Connection, experiment: str) -> None:
+    """Give the experiment its numeric id if it has none yet (in the caller's transaction)."""
+    values = {"name": experiment, "created_at": utcnow()}
+    if conn.dialect.name == "postgresql":
+        conn.execute(postgresql.insert(experiments).values(values).on_conflict_do_nothing())
+    elif conn.dialect.name == "sqlite":
+        conn.execute(sqlite.insert(experiments).values(values).on_conflict_do_nothing())
+    elif conn.execute(select(experiments.c.id).where(experiments.c.name == experiment)).first():
+        return
+    else:
+        conn.execute(insert(experiments).values(values))
 
 
 @dataclass
@@ -158,6 +179,7 @@ class ExperimentStore:
         }
         try:
             with self.engine.begin() as conn:
+                _known(conn, experiment)
                 new_id = conn.execute(
                     insert(definitions_t).values(values).returning(definitions_t.c.id)
                 ).scalar_one()
@@ -228,6 +250,7 @@ class ExperimentStore:
                         query = query.with_for_update()
                     row = conn.execute(query).first()
                     if row is None:
+                        _known(conn, experiment)
                         values = {
                             "experiment": experiment,
                             "run": run,
@@ -297,11 +320,36 @@ class ExperimentStore:
 
     # -- applications -------------------------------------------------------------------------
 
+    def experiment_name(self, experiment_id: int) -> str | None:
+        """The experiment with this numeric id."""
+        query = select(experiments.c.name).where(experiments.c.id == experiment_id)
+        with self.read_engine.connect() as conn:
+            name = conn.execute(query).scalar()
+        return str(name) if name is not None else None
+
+    def experiment_ids(self) -> list[tuple[int, str]]:
+        """Every experiment's (id, name), by id."""
+        query = select(experiments.c.id, experiments.c.name).order_by(experiments.c.id)
+        with self.read_engine.connect() as conn:
+            return [(int(row.id), str(row.name)) for row in conn.execute(query)]
+
+    def experiment_id(self, experiment: str) -> int | None:
+        query = select(experiments.c.id).where(experiments.c.name == experiment)
+        with self.read_engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return int(found) if found is not None else None
+
     def application(self, experiment: str, run: int, definition: str) -> Application | None:
-        query = select(applications_t).where(
-            applications_t.c.experiment == experiment,
-            applications_t.c.run == run,
-            applications_t.c.definition == definition,
+        """The latest attempt of the definition on the run."""
+        query = (
+            select(applications_t)
+            .where(
+                applications_t.c.experiment == experiment,
+                applications_t.c.run == run,
+                applications_t.c.definition == definition,
+            )
+            .order_by(applications_t.c.attempt.desc())
+            .limit(1)
         )
         with self.read_engine.connect() as conn:
             row = conn.execute(query).first()
@@ -324,61 +372,52 @@ class ExperimentStore:
         definition: str,
         trigger: str,
         actor: str,
-        reuse_removed: bool = False,
+        again: bool = False,
     ) -> Applied:
         """Create the job of a definition applied to a run, with its application row, in one
-        transaction; or, when the definition was already applied to the run, create nothing
-        and return the existing application. With ``reuse_removed``, an application that was
-        removed from the run view, or whose job was deleted, takes the new job (a manual
-        re-apply); autorun never does."""
+        transaction. Without ``again`` (autorun, backfill) only a first attempt is made: when
+        the definition was already applied to the run, nothing is created and the existing
+        application is returned. With ``again`` (by hand) the next attempt is made, unless
+        the latest one's job has not ended (then it is returned, and nothing is created)."""
         now = utcnow()
         new_row = job_row(new, now)
         arp = {"experiment": experiment, "run": run, "definition": definition, "trigger": trigger}
-        event_row = created_event_row(new, now, actor, {"arp": arp})
-        app_values = {
-            "experiment": experiment,
-            "run": run,
-            "definition": definition,
-            "job_id": new.id,
-            "trigger": trigger,
-            "created_by": actor,
-            "created_at": now,
-            "removed_at": None,
-            "removed_by": None,
-        }
         key = and_(
             applications_t.c.experiment == experiment,
             applications_t.c.run == run,
             applications_t.c.definition == definition,
         )
+        latest_query = (
+            select(applications_t.c.attempt, jobs.c.phase)
+            .select_from(applications_t.outerjoin(jobs, jobs.c.id == applications_t.c.job_id))
+            .where(key)
+            .order_by(applications_t.c.attempt.desc())
+            .limit(1)
+        )
         try:
             with self.engine.begin() as conn:
-                existing = conn.execute(select(applications_t).where(key)).first()
-                gone = existing is not None and (
-                    existing.removed_at is not None or existing.job_id is None
-                )
-                if existing is not None and not (reuse_removed and gone):
+                latest = conn.execute(latest_query).first()
+                if latest is not None and (not again or latest.phase in LIVE_PHASES):
                     raise _AlreadyApplied
+                attempt = 1 if latest is None else int(latest.attempt) + 1
+                app_values = {
+                    "experiment": experiment,
+                    "run": run,
+                    "definition": definition,
+                    "job_id": new.id,
+                    "trigger": trigger,
+                    "created_by": actor,
+                    "created_at": now,
+                    "removed_at": None,
+                    "removed_by": None,
+                    "attempt": attempt,
+                }
+                event_row = created_event_row(new, now, actor, {"arp": arp | {"attempt": attempt}})
+                _known(conn, experiment)
                 job = insert_jobs(conn, [new_row], [event_row])[0]
-                if existing is None:
-                    app_id = conn.execute(
-                        insert(applications_t).values(app_values).returning(applications_t.c.id)
-                    ).scalar_one()
-                else:
-                    changed = conn.execute(
-                        update(applications_t)
-                        .where(applications_t.c.id == existing.id)
-                        .where(
-                            or_(
-                                applications_t.c.removed_at.is_not(None),
-                                applications_t.c.job_id.is_(None),
-                            )
-                        )
-                        .values(app_values)
-                    )
-                    if changed.rowcount != 1:
-                        raise _AlreadyApplied  # re-applied by someone else meanwhile
-                    app_id = existing.id
+                app_id = conn.execute(
+                    insert(applications_t).values(app_values).returning(applications_t.c.id)
+                ).scalar_one()
         except (_AlreadyApplied, IntegrityError) as exc:
             current = self.application(experiment, run, definition)
             if current is None:
@@ -407,8 +446,10 @@ class ExperimentStore:
         run: int | None = None,
         after: int = 0,
         limit: int = 1000,
+        history: bool = False,
     ) -> list[tuple[Application, Job]]:
-        """The run view: applications not removed, with their jobs, in application order."""
+        """The run view: the latest attempt of each definition on each run, unless removed,
+        with its job, in application order; with ``history``, every attempt not removed."""
         labelled = [c.label(f"app_{c.name}") for c in applications_t.c]
         query = (
             select(jobs, *labelled)
@@ -419,6 +460,16 @@ class ExperimentStore:
                 applications_t.c.id > after,
             )
         )
+        if not history:
+            later = applications_t.alias("later")
+            query = query.where(
+                ~exists().where(
+                    later.c.experiment == applications_t.c.experiment,
+                    later.c.run == applications_t.c.run,
+                    later.c.definition == applications_t.c.definition,
+                    later.c.attempt > applications_t.c.attempt,
+                )
+            )
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         if run is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Engine,
     Row,
     Select,
@@ -25,7 +26,9 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    or_,
     select,
+    union_all,
     update,
 )
 
@@ -41,8 +44,10 @@ from jobmill.domain.lifecycle import (
     reason_of,
     transition,
 )
+from jobmill.storage import links
 from jobmill.storage.db import aware
 from jobmill.storage.tables import events, jobs
+from jobmill.storage.tags import TagStore, stale, tagged
 from jobmill.storage.tokens import TokenStore, hash_secret
 from jobmill.storage.writes import (
     INSERT_EVENTS,
@@ -146,6 +151,8 @@ class JobStore:
         self.engine = engine
         self.read_engine = read_engine or engine
         self.tokens = TokenStore(engine, self.read_engine)
+        self.tags = TagStore(engine, self.read_engine)
+        self.links = links.LinkStore(engine, self.read_engine)
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -153,23 +160,51 @@ class JobStore:
         """Insert jobs with their ``created`` events, all or nothing.
 
         ``with_seq=False`` skips reading back the sequence numbers of a batch (faster; the
-        returned jobs then carry ``seq`` 0)."""
+        returned jobs then carry ``seq`` 0). Jobs created ``after`` others, or as sub-jobs,
+        are linked in the same transaction (``storage.links``)."""
         now = utcnow()
-        job_rows = []
-        event_rows = []
-        for new in new_jobs:
-            job_rows.append(job_row(new, now))
-            event_rows.append(created_event_row(new, now, actor))
-        if not job_rows:
+        if not new_jobs:
             return []
+        linked = any(new.after or new.parent_id for new in new_jobs)
         with self.engine.begin() as conn:
-            return insert_jobs(conn, job_rows, event_rows, with_seq=with_seq)
+            if linked:
+                new_jobs = links.prepare_new(conn, new_jobs)
+            job_rows = []
+            event_rows = []
+            for new in new_jobs:
+                job_rows.append(job_row(new, now))
+                extra = {"after": list(new.after)} if new.after else None
+                event_rows.append(created_event_row(new, now, actor, extra))
+            created = insert_jobs(conn, job_rows, event_rows, with_seq=with_seq)
+            if linked:
+                links.insert_new(conn, new_jobs, now)
+                for job, new in zip(created, new_jobs, strict=True):
+                    job.after = tuple(new.after)
+            return created
 
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         with self.read_engine.connect() as conn:
             row = conn.execute(_GET_JOB, {"p_id": job_id}).first()
+        return job_from_row(row) if row else None
+
+    def by_cluster_id(self, cluster: int, *, owner: str | None = None) -> Job | None:
+        """The newest job (of ``owner``) whose native id carries this number: an HTCondor
+        cluster (``N.0``), a batch job (``N``) or a local process (``N@<start>``); the OCPS
+        prototype's lookup by cluster id."""
+        text = str(int(cluster))
+        query = select(jobs).where(
+            or_(
+                jobs.c.native_id.in_([text, f"{text}.0"]),
+                jobs.c.native_id.like(f"{text}.%"),
+                jobs.c.native_id.like(f"{text}@%"),
+            )
+        )
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self.read_engine.connect() as conn:
+            row = conn.execute(query.order_by(jobs.c.seq.desc()).limit(1)).first()
         return job_from_row(row) if row else None
 
     def require(self, job_id: str) -> Job:
@@ -182,7 +217,8 @@ class JobStore:
         self, flt: JobFilter, *, limit: int = 100, before_seq: int | None = None
     ) -> builtins.list[Job]:
         """Jobs matching ``flt``, newest first, at most ``limit``, older than ``before_seq``."""
-        query = self._list_query(select(jobs), flt, limit, before_seq)
+        dialect = self.read_engine.dialect.name
+        query = self._list_query(select(jobs), flt, limit, before_seq, dialect)
         with self.read_engine.connect() as conn:
             return [job_from_row(row) for row in conn.execute(query)]
 
@@ -191,7 +227,7 @@ class JobStore:
         columns = select(
             jobs.c.id, jobs.c.phase, jobs.c.run_id, jobs.c.owner, jobs.c.created_at, jobs.c.seq
         )
-        query = self._list_query(columns, flt, limit, None)
+        query = self._list_query(columns, flt, limit, None, self.read_engine.dialect.name)
         with self.read_engine.connect() as conn:
             rows = conn.execute(query).all()
         return [
@@ -201,11 +237,19 @@ class JobStore:
 
     @staticmethod
     def _list_query(
-        query: Select[Any], flt: JobFilter, limit: int, before_seq: int | None
-    ) -> Select[Any]:
+        query: Select[Any],
+        flt: JobFilter,
+        limit: int,
+        before_seq: int | None,
+        dialect: str = "sqlite",
+    ) -> Select[Any] | CompoundSelect:
+        """Newest first, each filter served by an index ending in ``seq`` (``jobs (phase,
+        seq)``, ``(owner, phase, seq)``, ``(type, phase, seq)`` ...), so a page reads about a
+        page of rows whatever the table's size (``tests/unit/test_query_plans.py``)."""
         conditions: builtins.list[ColumnElement[bool]] = []
-        if flt.phases:
-            conditions.append(jobs.c.phase.in_([p.value for p in flt.phases]))
+        phases = sorted({p.value for p in flt.phases})
+        if len(phases) == 1:
+            conditions.append(jobs.c.phase == phases[0])
         if flt.type:
             conditions.append(jobs.c.type == flt.type)
         if flt.owner:
@@ -218,12 +262,36 @@ class JobStore:
             after = flt.created_after
             after = after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC)
             conditions.append(jobs.c.created_at > after)
+        if flt.id_prefix:
+            # A range the unique index on ``id`` serves, then the exact prefix.
+            last = flt.id_prefix[-1]
+            upper = flt.id_prefix[:-1] + chr(ord(last) + 1)
+            conditions.append(jobs.c.id >= flt.id_prefix)
+            conditions.append(jobs.c.id < upper)
+            conditions.append(jobs.c.id.startswith(flt.id_prefix, autoescape=True))
+        if flt.tag:
+            conditions.append(tagged(flt.tag))
+        if flt.seq_min is not None:
+            conditions.append(jobs.c.seq >= flt.seq_min)
+        if flt.seq_max is not None:
+            conditions.append(jobs.c.seq <= flt.seq_max)
         if before_seq is not None:
             conditions.append(jobs.c.seq < before_seq)
         if conditions:
             query = query.where(and_(*conditions))
         # One more than a page is allowed, so a caller can tell whether another page follows.
-        return query.order_by(jobs.c.seq.desc()).limit(max(1, min(limit, MAX_PAGE + 1)))
+        limit = max(1, min(limit, MAX_PAGE + 1))
+        if len(phases) > 1:
+            # ``phase IN (...)`` would read every matching row and sort them: one leg per phase
+            # instead, each newest first from its index, merged until the page is full (SQLite
+            # ``MERGE (UNION ALL)``; PostgreSQL's ``Merge Append`` needs each leg ordered and
+            # limited, SQLite would sort such legs).
+            legs = [query.where(jobs.c.phase == phase) for phase in phases]
+            if dialect != "sqlite":
+                legs = [leg.order_by(jobs.c.seq.desc()).limit(limit) for leg in legs]
+            merged = union_all(*legs)
+            return merged.order_by(merged.selected_columns.seq.desc()).limit(limit)
+        return query.order_by(jobs.c.seq.desc()).limit(limit)
 
     def ids_in_phase(
         self,
@@ -429,11 +497,14 @@ class JobStore:
         data: Mapping[str, Any] | None = None,
         values: Mapping[str, Any] | None = None,
         phases: Iterable[Phase] | None = None,
+        version: int | None = None,
     ) -> Job:
         """Append an event that does not change the phase, optionally setting columns.
 
-        With ``phases``, the change applies only while the job is in one of them (checked in the
-        same ``UPDATE``); otherwise it raises ``Conflict`` and writes nothing.
+        With ``phases``, the change applies only while the job is in one of them; with
+        ``version``, only while the job's ``event_count`` is still that (nothing happened to it
+        since it was read: no lost update). Both are checked in the same ``UPDATE``; otherwise
+        it raises ``Conflict`` and writes nothing.
         """
         extra = settable(values, "record")
         now = utcnow()
@@ -441,12 +512,17 @@ class JobStore:
         with self.engine.begin() as conn:
             columns = {**extra, "updated_at": now}
             params = {f"v_{k}": v for k, v in columns.items()} | {"p_id": job_id}
-            if only_in is None:
+            if only_in is None and version is None:
                 statement = update_statement(frozenset(columns), False, True)
             else:
+                checks = [jobs.c.id == bindparam("p_id")]
+                if only_in is not None:
+                    checks.append(jobs.c.phase.in_(only_in))
+                if version is not None:
+                    checks.append(jobs.c.event_count == version)
                 statement = (
                     update(jobs)
-                    .where(jobs.c.id == bindparam("p_id"), jobs.c.phase.in_(only_in))
+                    .where(*checks)
                     .values(
                         {k: bindparam(f"v_{k}") for k in columns}
                         | {"event_count": jobs.c.event_count + 1}
@@ -455,9 +531,18 @@ class JobStore:
                 )
             result = conn.execute(statement, params).first()
             if result is None:
-                current = conn.execute(select(jobs.c.phase).where(jobs.c.id == job_id)).scalar()
-                if current is None:
+                now_row = conn.execute(
+                    select(jobs.c.phase, jobs.c.event_count).where(jobs.c.id == job_id)
+                ).first()
+                if now_row is None:
                     raise NotFound(f"no job {job_id}", field="id")
+                current = now_row.phase
+                if (
+                    version is not None
+                    and now_row.event_count != version
+                    and (only_in is None or current in only_in)
+                ):
+                    raise stale(job_id, version, now_row.event_count, name)
                 raise Conflict(
                     f"cannot change a job that is {current} ({name})", phase=current, action=name
                 )
@@ -515,4 +600,5 @@ class JobStore:
             conn.execute(
                 INSERT_EVENTS, event_row(job.id, job.event_count, at, "deleted", actor, kept)
             )
+            links.forget(conn, job_id)  # its dependents no longer wait for it
             conn.execute(delete(jobs).where(jobs.c.id == job_id))

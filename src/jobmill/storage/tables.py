@@ -55,14 +55,26 @@ jobs = Table(
     Column("parent_id", String(36)),
     Column("log_dir", Text),
     Column("event_count", Integer, nullable=False),
+    # Dependencies and sub-jobs (``storage.links``): how many of the job's parents have not
+    # completed, what it does when one fails, how many of its sub-jobs have not ended, and
+    # which step it runs (null: its main step; "subjobs": it created sub-jobs; "epilog").
+    Column("upstream_pending", Integer, nullable=False, server_default="0"),
+    Column("on_parent_failure", String(8)),
+    Column("children_pending", Integer, nullable=False, server_default="0"),
+    Column("stage", String(8)),
     # The engine's claim: QUEUED jobs of one executor with one reason, oldest first.
     Index(None, "phase", "executor", "reason", "seq"),
     Index(None, "owner", "seq"),
     Index(None, "type", "seq"),
     # Job lists filtered by phase (UWS ``PHASE=EXECUTING&LAST=100``), newest first.
     Index(None, "type", "phase", "seq"),
+    # Native lists by phase, and by phase for one user (whose lists always name the owner).
+    Index(None, "phase", "seq"),
+    Index(None, "owner", "phase", "seq"),
     Index(None, "run_id"),
     Index(None, "created_at"),
+    Index(None, "parent_id"),  # a job's sub-jobs
+    Index(None, "token_hash"),  # who a job token is (a running job creating sub-jobs)
 )
 
 # No foreign key to ``jobs``: a deleted job's events stay, closed by its ``deleted`` event (the
@@ -155,11 +167,23 @@ experiment_applications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("removed_at", DateTime(timezone=True)),
     Column("removed_by", String(128)),
-    UniqueConstraint("experiment", "run", "definition"),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    UniqueConstraint("experiment", "run", "definition", "attempt"),
     Index(None, "job_id"),
 )
-"""A definition applied to a run: at most one row, hence one job, per (experiment, run,
-definition); written in the transaction that creates its job."""
+"""A definition applied to a run: one row, hence one job, per (experiment, run, definition,
+attempt); written in the transaction that creates its job. Attempt 1 is the first (autorun only
+ever makes that one); re-applying adds the next, and the run view shows the latest."""
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+"""The numeric id of each experiment (ARP's ``batches_status/<experiment_id>``), given when
+its first definition or run is recorded."""
 
 rules = Table(
     "rules",
@@ -198,3 +222,82 @@ rule_cursors = Table(
     Column("seq", Integer, nullable=False),
 )
 """How far job rules have read the events table (shared by every jobmill process)."""
+
+job_links = Table(
+    "job_links",
+    metadata,
+    Column("child", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("parent", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Index(None, "parent"),
+)
+"""Dependencies: ``child`` runs once ``parent`` has completed (see ``storage.links``)."""
+
+job_tags = Table(
+    "job_tags",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    # Jobs with a tag (``GET /api/v1/jobs?tag=``); the key serves a job's own tags.
+    Index(None, "tag", "job_id"),
+)
+"""Free-form labels on jobs (``jobmill tags``; see ``storage.tags``)."""
+
+pipeline_jobs = Table(
+    "pipeline_jobs",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("curation", String(16)),
+    Column("last_event", String(16), nullable=False),
+    Column("token_hash", String(64)),
+    Column("indexer_job", String(36)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "indexer_job"),
+)
+"""PipelineJobs: the curation status of a job (None while its phase says its state), its last
+event, the hash of its update token and its indexer job (see ``storage.pipelinejobs``)."""
+
+# No foreign key to ``jobs``, like ``events``: the history outlives a deleted job.
+pipeline_events = Table(
+    "pipeline_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), nullable=False),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("name", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("data", JSON, nullable=False),
+    Index(None, "job_id", "seq"),
+)
+"""A PipelineJob's history ``{date, name, data, uuid}``, written in the transaction of its
+change; the event's uuid is unique, so a delivery repeated is recorded once."""
+
+pipeline_nonces = Table(
+    "pipeline_nonces",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("nonce_hash", String(64), nullable=False, unique=True),
+    Column("events", JSON, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index(None, "job_id"),
+)
+"""Nonces: URL credentials (``x-nonce``) for one PipelineJob's listed events, until they
+expire or are revoked; stored hashed (see ``storage.pipelinejobs``)."""
+
+engine_leases = Table(
+    "engine_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(256), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+)
+"""Which process runs the engine of each executor (``engine:<executor>``): the holder renews
+its row before ``expires_at`` (seconds since the epoch); another takes it over once it has
+expired, or at once when the holder is a dead process of its own host (``storage.leases``)."""

@@ -32,11 +32,12 @@ from jobmill.domain.lifecycle import (
     transition,
 )
 from jobmill.storage.db import aware
-from jobmill.storage.tables import events, jobs
+from jobmill.storage.tables import events, job_tags, jobs
 
 SETTABLE = frozenset(
     {
         "native_id",
+        "executor",  # an ARP job handed over to the batch job it submitted (service.handover)
         "node",
         "exit_code",
         "error",
@@ -49,6 +50,7 @@ SETTABLE = frozenset(
         "execution_duration",
         "destruction_at",
         "run_id",
+        "stage",
     }
 )
 """The columns callers may set beside a change (never the phase, the reason or the owner)."""
@@ -61,6 +63,9 @@ _INSERT_JOBS = insert(jobs)
 _INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
 _INSERT_JOB_SEQ = insert(jobs).returning(jobs.c.seq)
 INSERT_EVENTS = insert(events)
+_INSERT_TAGS = insert(job_tags)
+TAGS_KEY = "_tags"
+"""The key of a ``job_row`` holding the job's tags (``insert_jobs`` writes them to ``job_tags``)."""
 _UPDATES: dict[tuple[frozenset[str], bool, bool, bool, bool], Any] = {}
 
 
@@ -166,6 +171,8 @@ def job_row(new: NewJob, now: datetime) -> dict[str, Any]:
         "parent_id": new.parent_id,
         "log_dir": new.log_dir,
         "event_count": 1,
+        "on_parent_failure": new.on_parent_failure,  # counts: ``storage.links``
+        TAGS_KEY: tuple(sorted(set(new.tags))),
     }
 
 
@@ -175,7 +182,8 @@ def created_event_row(
     """The ``created`` event row of a job about to be inserted (beside ``job_row``): its data is
     the queued reason, if any, plus ``data`` (what created it: a rule, an ARP run...)."""
     reason = {"reason": new.reason} if new.reason else {}
-    data = {**reason, **(data or {})}
+    tags = {"tags": sorted(set(new.tags))} if new.tags else {}
+    data = {**reason, **tags, **(data or {})}
     return event_row(new.id, 1, now, "created", actor, data, to_phase=new.phase)
 
 
@@ -188,7 +196,10 @@ def insert_jobs(
 ) -> list[Job]:
     """Insert new jobs (``job_row``) and their events (``created_event_row``) in the caller's
     transaction, and return the jobs; with ``with_seq`` their ``seq`` is read back. The only
-    ``INSERT`` of jobs."""
+    ``INSERT`` of jobs (and of the tags they are created with)."""
+    tag_rows = [
+        {"job_id": row["id"], "tag": tag} for row in job_rows for tag in row.pop(TAGS_KEY, ())
+    ]
     if len(job_rows) == 1:
         job_rows[0]["seq"] = conn.execute(_INSERT_JOB_SEQ, job_rows[0]).scalar_one()
     elif with_seq and job_rows:
@@ -199,7 +210,16 @@ def insert_jobs(
         conn.execute(_INSERT_JOBS, job_rows)
     if event_rows:
         conn.execute(INSERT_EVENTS, event_rows)
-    return [job_from_values(row) for row in job_rows]
+    if tag_rows:
+        conn.execute(_INSERT_TAGS, tag_rows)
+    created = [job_from_values(row) for row in job_rows]
+    if tag_rows:
+        by_job: dict[str, list[str]] = {}
+        for tag_row in tag_rows:
+            by_job.setdefault(tag_row["job_id"], []).append(tag_row["tag"])
+        for job in created:
+            job.tags = tuple(by_job.get(job.id, ()))
+    return created
 
 
 def job_from_row(row: Row[Any]) -> Job:
@@ -230,6 +250,7 @@ def job_from_row(row: Row[Any]) -> Job:
         log_dir=m["log_dir"],
         event_count=m["event_count"],
         seq=m["seq"],
+        stage=m["stage"],
     )
 
 
@@ -332,6 +353,7 @@ def apply(
     values_for: Callable[[str], Mapping[str, Any]] | None = None,
     read_back: bool = True,
     now: datetime | None = None,
+    cascade: bool = True,
 ) -> Changed:
     """Apply ``action`` to the jobs ``found``, in the caller's transaction: the one function
     that changes a phase or a reason.
@@ -341,7 +363,11 @@ def apply(
     (data: ``data_for(job_id)`` plus the reason). ``values_for(job_id)`` gives other columns to
     set. Jobs found in the same state with no columns of their own are changed by ONE
     ``UPDATE`` (a release of many jobs). A job that changed meanwhile is left out. Without
-    ``read_back`` only the ids of the changed jobs come back (cheaper for many)."""
+    ``read_back`` only the ids of the changed jobs come back (cheaper for many).
+
+    Jobs that ended (or stood by for their sub-jobs) release, in the same transaction, the
+    jobs that waited for them (``storage.links.after_change``); ``cascade=False`` is for
+    ``storage.links`` itself, which follows the cascade without recursing."""
     row_def = transition(action)
     states: dict[tuple[Phase, str | None], Found] = {}
     for each in found:
@@ -406,6 +432,10 @@ def apply(
         )
     if event_rows:
         conn.execute(INSERT_EVENTS, event_rows)
+    if cascade and changed.ids and (row_def.target in ENDED or action is Action.STAND_BY):
+        from jobmill.storage import links  # links builds on this module
+
+        links.after_change(conn, action, changed.ids, now)
     return changed
 
 

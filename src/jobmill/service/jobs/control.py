@@ -11,9 +11,10 @@ from jobmill.domain.errors import Conflict, ValidationError
 from jobmill.domain.jobs import Job
 from jobmill.domain.lifecycle import LIVE, TERMINAL, Action, Phase, Reason
 from jobmill.domain.users import User
-from jobmill.domain.values import INT32_MAX, check_int, check_value
+from jobmill.domain.values import INT32_MAX, check_int, check_text, check_value
 from jobmill.executors.base import ExecutorUnavailable, Holding
 from jobmill.service.jobs.base import BackendUnavailable, JobServiceBase
+from jobmill.service.jobs.creation import MAX_RUN_ID
 
 NOT_HANDED_OVER = frozenset({Reason.CAPACITY.value, Reason.BACKEND_UNAVAILABLE.value})
 """Reasons of a QUEUED job that is ready but not in a backend yet: held in the database."""
@@ -30,7 +31,15 @@ class JobControl(JobServiceBase):
             return self.release(user, job.id)
         waits = self.data is not None and self.data.has_condition(job.id)
         reason = Reason.DATA if waits else Reason.CAPACITY
+        upstream = self.store.links.upstream_pending(job.id) > 0
+        if upstream:
+            reason = Reason.UPSTREAM
         job = self.store.transition(job.id, Action.RUN, actor=user.name, reason=reason.value)
+        if upstream:  # its last parent may have completed meanwhile (storage.links)
+            if self.store.links.release_if_ready(job.id):
+                self.on_queued()
+                job = self.store.require(job.id)
+            return job
         if self.data is not None and waits:
             self.data.watch(job.id)
         else:
@@ -180,26 +189,55 @@ class JobControl(JobServiceBase):
     # -- what a PENDING job will run with ---------------------------------------------------
 
     def update_parameters(self, user: User, job_id: str, values: Mapping[str, Any]) -> Job:
-        """Change parameters of a PENDING job (UWS); merged with the current ones, revalidated."""
+        """Change parameters of a PENDING job (UWS); merged with the current ones, revalidated.
+
+        The merge is written only over the parameters it was made from (checked against the
+        job's version): a change made meanwhile by another client is merged again, never lost."""
+        check_value(values, "parameters")
+        for attempt in range(5):
+            job = self.get(user, job_id)
+            if job.phase is not Phase.PENDING:
+                raise Conflict(
+                    f"parameters can only change while the job is PENDING "
+                    f"(it is {job.phase.value})",
+                    phase=job.phase.value,
+                )
+            jobtype = self.jobtype(job.type)
+            merged = {**job.extra_parameters, **job.parameters, **values}
+            declared, extra = jobtype.validate_parameters(
+                merged, allow_unknown=not jobtype.reject_unknown_parameters
+            )
+            check_value(declared, "parameters")
+            try:
+                return self.store.record(
+                    job.id,
+                    "parameters",
+                    actor=user.name,
+                    data={"set": dict(values)},
+                    values={"parameters": declared, "extra_parameters": extra},
+                    phases=[Phase.PENDING],
+                    version=job.event_count,
+                )
+            except Conflict:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def set_run_id(self, user: User, job_id: str, run_id: str) -> Job:
+        """Change the run id (the client's label) of a PENDING job, as UWS/DALI clients do."""
         job = self.get(user, job_id)
+        check_text(run_id, "run_id", max_length=MAX_RUN_ID)
         if job.phase is not Phase.PENDING:
             raise Conflict(
-                f"parameters can only change while the job is PENDING (it is {job.phase.value})",
+                f"the run id can only change while the job is PENDING (it is {job.phase.value})",
                 phase=job.phase.value,
             )
-        jobtype = self.jobtype(job.type)
-        check_value(values, "parameters")
-        merged = {**job.extra_parameters, **job.parameters, **values}
-        declared, extra = jobtype.validate_parameters(
-            merged, allow_unknown=not jobtype.reject_unknown_parameters
-        )
-        check_value(declared, "parameters")
         return self.store.record(
             job.id,
-            "parameters",
+            "run_id",
             actor=user.name,
-            data={"set": dict(values)},
-            values={"parameters": declared, "extra_parameters": extra},
+            data={"run_id": run_id},
+            values={"run_id": run_id},
             phases=[Phase.PENDING],
         )
 

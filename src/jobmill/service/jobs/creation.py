@@ -15,8 +15,8 @@ from jobmill.domain.jobs import Job, JobRequest, NewJob, utcnow
 from jobmill.domain.jobtypes import JobType
 from jobmill.domain.lifecycle import Phase, Reason
 from jobmill.domain.users import User
-from jobmill.domain.values import INT32_MAX, check_text, check_value
-from jobmill.service.jobs.base import JobServiceBase
+from jobmill.domain.values import INT32_MAX, check_tag, check_text, check_value
+from jobmill.service.jobs.links import JobLinks
 from jobmill.service.space import DiskSpace, disk_full
 
 MAX_RUN_ID = 256
@@ -38,7 +38,7 @@ class Rendered:
     """The id the script was written for; a real submission gets a new one."""
 
 
-class JobCreation(JobServiceBase):
+class JobCreation(JobLinks):
     """Validate, create and dry-run jobs."""
 
     def validate(
@@ -93,6 +93,7 @@ class JobCreation(JobServiceBase):
             duration = jobtype.max_execution_duration
         if request.run_id is not None and len(request.run_id) > MAX_RUN_ID:
             raise ValidationError(f"longer than {MAX_RUN_ID} characters", field=f"{prefix}run_id")
+        after, on_parent_failure, parent_id = self.upstream(user, request, jobtype, prefix)
         log_dir = None
         if request.log_dir is not None:
             log_dir = self._log_dir(
@@ -112,6 +113,10 @@ class JobCreation(JobServiceBase):
             else None,
             run_id=request.run_id,
             log_dir=log_dir,
+            tags=tuple(sorted(set(request.tags))),
+            after=after,
+            on_parent_failure=on_parent_failure,
+            parent_id=parent_id,
         )
 
     def _log_dir(self, value: str, field_name: str, owner: str, *, create: bool = True) -> str:
@@ -242,10 +247,23 @@ def check_request(request: JobRequest, prefix: str = "") -> None:
     ):
         if isinstance(value, str):
             check_text(value, f"{prefix}{name}", max_length=limit)
+    check_tags(request.tags, f"{prefix}tags")
     duration = request.execution_duration
     if duration is not None and duration > INT32_MAX:  # negative ones: validate_for says so
         name = f"{prefix}execution_duration"
         raise ValidationError(f"{name}: at most {INT32_MAX} seconds", field=name)
+
+
+MAX_TAGS = 32
+"""Tags a job may be created with."""
+
+
+def check_tags(tags: Sequence[str], field: str = "tags") -> None:
+    """The tags of a new job: at most ``MAX_TAGS``, each one a tag (``domain.values``)."""
+    if isinstance(tags, str) or len(tags) > MAX_TAGS:
+        raise ValidationError(f"{field}: a list of at most {MAX_TAGS} tags", field=field)
+    for i, tag in enumerate(tags):
+        check_tag(tag, f"{field}[{i}]")
 
 
 def _unsaved(new: NewJob) -> Job:

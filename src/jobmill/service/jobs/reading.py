@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
-from jobmill.domain.errors import Conflict, ValidationError
+from jobmill.domain.errors import Conflict, NotFound, ValidationError
 from jobmill.domain.jobs import Event, Job, JobFilter, JobRef
 from jobmill.domain.users import User
-from jobmill.domain.values import INT32_MAX, check_int, check_text
+from jobmill.domain.values import INT32_MAX, check_id_prefix, check_int, check_tag, check_text
 from jobmill.executors.base import ExecutorUnavailable
 from jobmill.service.files import LogChunk
 from jobmill.service.jobs.base import BackendUnavailable, JobServiceBase
@@ -46,6 +46,7 @@ class JobReading(JobServiceBase):
         jobs = self.store.list(flt, limit=limit + 1, before_seq=before)
         more = len(jobs) > limit
         jobs = jobs[:limit]
+        self.store.tags.attach(jobs)
         return Page(jobs, str(jobs[-1].seq) if more and jobs else None)
 
     def list_refs(self, user: User, flt: JobFilter, *, limit: int) -> builtins.list[JobRef]:
@@ -100,6 +101,14 @@ class JobReading(JobServiceBase):
         job = self.get(user, job_id)
         return job, self.backend_details(job)
 
+    def by_cluster_id(self, user: User, cluster: int) -> Job:
+        """The newest of the caller's jobs (any for an administrator) whose backend id carries
+        this cluster (or batch job, or process) number; 404 when none does."""
+        job = self.store.by_cluster_id(cluster, owner=None if user.sees_all else user.name)
+        if job is None:
+            raise NotFound(f"no job with cluster id {cluster}", field="id")
+        return job
+
     def backend_details(self, job: Job) -> str:
         """``details`` for a job already found (the ARP face finds its own)."""
         if not job.native_id:
@@ -141,6 +150,14 @@ def _check_filter(flt: JobFilter) -> None:
         value = getattr(flt, name)
         if isinstance(value, str):
             check_text(value, name, max_length=MAX_LOG_DIR)
+    if flt.tag is not None:
+        check_tag(flt.tag)
+    if flt.id_prefix is not None:
+        flt.id_prefix = check_id_prefix(flt.id_prefix.lower())
+    for name in ("seq_min", "seq_max"):
+        value = getattr(flt, name)
+        if value is not None:
+            check_int(value, name, low=0, high=INT32_MAX)
 
 
 def _visible_to(user: User, flt: JobFilter) -> bool:

@@ -1,0 +1,167 @@
+"""Every job list stays flat with the table's size: each filter is served by an index that
+also gives the order (newest first), so a page reads about a page of rows.
+
+The plans are read from the database itself (SQLite ``EXPLAIN QUERY PLAN``, PostgreSQL
+``EXPLAIN``) for the statements ``JobStore`` runs. On SQLite the planner does not look at the
+table's size (no ``ANALYZE``), so an empty table shows the plan of a large one. PostgreSQL picks
+a sequential scan for a small table, so the test forbids it (``enable_seqscan``,
+``enable_sort`` off): a plan with a ``Seq Scan`` or a ``Sort`` left then means no index serves
+the list.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, select, text
+
+from jobmill.domain.jobs import JobFilter, NewJob, utcnow
+from jobmill.domain.lifecycle import Phase
+from jobmill.storage.jobs import JobStore
+from jobmill.storage.tables import jobs
+
+LISTED = tuple(p for p in Phase if p is not Phase.ARCHIVED)  # a UWS list without PHASE
+
+CASES: dict[str, JobFilter] = {
+    "phase": JobFilter(phases=[Phase.EXECUTING]),
+    "two phases": JobFilter(phases=[Phase.QUEUED, Phase.EXECUTING]),
+    "owner": JobFilter(owner="alice"),
+    "owner and phase (a user's phase list)": JobFilter(owner="alice", phases=[Phase.ERROR]),
+    "type": JobFilter(type="sim"),
+    "type and phase (UWS PHASE=)": JobFilter(type="sim", phases=[Phase.EXECUTING]),
+    "UWS list (type, every phase but ARCHIVED)": JobFilter(type="sim", phases=LISTED),
+    "UWS list of a user": JobFilter(type="sim", phases=LISTED, owner="alice"),
+    "UWS PHASE= of a user": JobFilter(type="sim", phases=[Phase.QUEUED], owner="alice"),
+}
+
+
+def statements(flt: JobFilter, dialect: str) -> list[Any]:
+    """The two list statements of ``JobStore`` (whole jobs, and UWS ``jobref`` columns)."""
+    refs = select(
+        jobs.c.id, jobs.c.phase, jobs.c.run_id, jobs.c.owner, jobs.c.created_at, jobs.c.seq
+    )
+    return [
+        JobStore._list_query(select(jobs), flt, 101, None, dialect),
+        JobStore._list_query(refs, flt, 101, 5000, dialect),  # a later page: seq < cursor
+    ]
+
+
+def plan(conn: Connection, statement: Any) -> list[str]:
+    compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
+    if conn.dialect.name == "sqlite":
+        return [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))]
+    return [row[0] for row in conn.execute(text(f"EXPLAIN {compiled}"))]
+
+
+def sqlite_problems(lines: list[str]) -> list[str]:
+    """What makes a list grow with the table: ``SCAN jobs`` (the whole table in key order),
+    ``TEMP B-TREE`` (every match sorted), or a search of ``jobs`` not on a filter's column
+    (the key walked with the filter applied row by row)."""
+    return [
+        line
+        for line in lines
+        if line.startswith("SCAN ")
+        or "TEMP B-TREE" in line
+        or (line.startswith("SEARCH jobs") and not _SQLITE_SEEK.match(line))
+    ]
+
+
+_SQLITE_SEEK = re.compile(r"SEARCH jobs USING (COVERING )?INDEX \w+ \((phase|owner|type)=\?")
+
+
+_PG_SORT = re.compile(r"\s*(->\s*)?(Incremental )?Sort\s+\(")  # a Sort node, not a Sort Key
+
+
+def postgres_problems(lines: list[str]) -> list[str]:
+    """The same on PostgreSQL: a ``Seq Scan``, a ``Sort``, or an index condition that is not
+    on a filter's column."""
+    found = [line for line in lines if "Seq Scan" in line or _PG_SORT.match(line)]
+    conditions = [line for line in lines if "Index Cond" in line]
+    found += [line for line in conditions if not re.search(r"\b(phase|owner|type)\b", line)]
+    return found or ([] if conditions else ["no index condition"])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sqlite_lists_use_an_ordered_index(store: JobStore, db_url: str, case: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the SQLite plan (the PostgreSQL plan is test_postgres_...)")
+    with store.read_engine.connect() as conn:
+        for statement in statements(CASES[case], conn.dialect.name):
+            lines = plan(conn, statement)
+            assert any(line.startswith("SEARCH jobs USING") for line in lines), lines
+            assert not sqlite_problems(lines), lines
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("case", list(CASES))
+def test_postgres_lists_use_an_ordered_index(store: JobStore, db_url: str, case: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the PostgreSQL plan (the SQLite plan is test_sqlite_...)")
+    with store.read_engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))
+        conn.execute(text("SET enable_sort = off"))
+        for statement in statements(CASES[case], conn.dialect.name):
+            lines = plan(conn, statement)
+            assert any("Index" in line for line in lines), lines
+            assert not postgres_problems(lines), lines
+
+
+def test_the_checks_see_a_scan_and_a_sort(store: JobStore) -> None:
+    """Lists no index serves are caught on either database: filtered on a column without an
+    index (the key walked, or the table scanned), and ordered by another column (a sort)."""
+    unindexed = select(jobs).where(jobs.c.exit_code == 1).order_by(jobs.c.seq.desc()).limit(10)
+    unsorted = (
+        select(jobs).where(jobs.c.phase == "ERROR").order_by(jobs.c.ended_at.desc()).limit(10)
+    )
+    with store.read_engine.connect() as conn:
+        problems = sqlite_problems
+        if conn.dialect.name != "sqlite":
+            conn.execute(text("SET enable_seqscan = off"))
+            conn.execute(text("SET enable_sort = off"))
+            problems = postgres_problems
+        assert problems(plan(conn, unindexed))
+        assert problems(plan(conn, unsorted))
+
+
+def test_a_list_of_several_phases_is_newest_first_across_pages(store: JobStore) -> None:
+    """The merged legs give what ``phase IN (...)`` gave: one order, pages that join up."""
+    later = utcnow() + timedelta(days=1)
+    cycle = [Phase.QUEUED, Phase.COMPLETED, Phase.ERROR, Phase.PENDING]
+    store.create(
+        [
+            NewJob(
+                type="sim",
+                owner="alice" if i % 3 else "bob",
+                parameters={},
+                executor="local",
+                execution_duration=60,
+                destruction_at=later,
+                phase=cycle[i % len(cycle)],
+                reason="capacity" if cycle[i % len(cycle)] is Phase.QUEUED else None,
+            )
+            for i in range(40)
+        ],
+        actor="test",
+    )
+    every = store.list(JobFilter(), limit=1000)
+    for flt in (
+        JobFilter(phases=[Phase.ERROR, Phase.QUEUED]),
+        JobFilter(phases=[Phase.ERROR, Phase.QUEUED, Phase.PENDING], owner="alice"),
+    ):
+        wanted = [
+            job.seq for job in every if job.phase in flt.phases and flt.owner in (None, job.owner)
+        ]
+        assert wanted == sorted(wanted, reverse=True) and len(wanted) > 7
+        pages: list[int] = []
+        before = None
+        while True:
+            page = store.list(flt, limit=7, before_seq=before)
+            pages += [job.seq for job in page]
+            if len(page) < 7:
+                break
+            before = page[-1].seq
+        assert pages == wanted
+        assert [ref.seq for ref in store.list_refs(flt, limit=5)] == wanted[:5]
