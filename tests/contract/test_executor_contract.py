@@ -11,9 +11,7 @@ type to it, and a few backend-side helpers) and nothing else.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -29,6 +27,7 @@ from fastapi.testclient import TestClient
 from jobmill.config import Settings
 from jobmill.factory import Jobmill, build
 from tests.conftest import EXAMPLES, app_client, require_service, wait_for, wait_phase
+from tests.integration.test_slurm import slurm_available
 
 SCRIPTS = EXAMPLES / "scripts"
 POLL = 0.5
@@ -73,17 +72,6 @@ def _local_cleanup(native: str) -> None:
 # -- slurm ----------------------------------------------------------------------------------
 
 
-@functools.cache
-def _slurm_available() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    try:
-        done = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15, check=False)
-        return done.returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def _slurm_state(native: str) -> str:
     out = subprocess.run(
         ["squeue", "-h", "-t", "all", "-j", native, "-o", "%T"],
@@ -112,7 +100,7 @@ BACKENDS = [
     ),
     Backend(
         name="slurm",
-        available=_slurm_available,
+        available=slurm_available,
         what="Slurm (sinfo)",
         settings=lambda s: s.with_(executors=("local", "slurm"), slurm_lost_after=2.0),
         jobtype_yaml="executor: slurm\n",

@@ -8,6 +8,7 @@ tests skip, except in CI (``CI=true``), where they fail.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -32,7 +33,9 @@ POLL = 0.5
 NEVER_A_SLURM_JOB = "66999999"
 
 
+@functools.cache
 def slurm_available() -> bool:
+    """Whether Slurm answers (asked once per test run: a down slurmctld makes sinfo wait)."""
     if shutil.which("sinfo") is None:
         return False
     try:

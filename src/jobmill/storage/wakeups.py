@@ -12,6 +12,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 CHANNEL = "jobmill_queued"
+STOP_CHECK = 0.1
+"""How often (seconds) a listener looks up from its socket to see whether it should stop: the
+longest a stop waits for it (a select on one idle socket, nothing sent to the server)."""
 
 
 class Wakeups:
@@ -42,7 +45,7 @@ class Wakeups:
                     conn.execute(f"LISTEN {CHANNEL}")
                     on_notify()  # anything queued while no connection listened
                     while not stop.is_set():
-                        for _ in conn.notifies(timeout=0.5):
+                        for _ in conn.notifies(timeout=STOP_CHECK):
                             on_notify()
             except psycopg.Error:
                 stop.wait(1.0)
