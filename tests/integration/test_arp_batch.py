@@ -205,7 +205,7 @@ FAKE_BJOBS = """#!/bin/sh
 dir=$(dirname "$0")
 if [ "$1" = "-l" ]; then cat {data}/bjobs_long.txt; exit 0; fi
 case "$*" in
-  *output_file*) echo "4211|{out}/lsf-4211.out|-" ;;
+  *output_file*) echo "4211|$(cat "$dir/user" 2>/dev/null || id -un)|{out}/lsf-4211.out|-" ;;
   *) echo "4211|$(cat "$dir/state")" ;;
 esac
 """
@@ -279,3 +279,30 @@ def test_a_followed_batch_job_is_followed_again_after_a_restart(
             assert (last["status"], last["exit_code"], last["lsf_id"]) == ("EXIT", 3, "4211")
     finally:
         again.close()
+
+
+def test_another_users_batch_job_named_in_the_output_is_not_followed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An executable that prints someone else's job id does not make jobmill follow, kill or
+    read that job: its own job ends as its process did."""
+    bin_dir = tmp_path / "lsfbin"
+    bin_dir.mkdir()
+    out = tmp_path / "lsfout"
+    out.mkdir()
+    for name, text in (("bsub", FAKE_BSUB), ("bjobs", FAKE_BJOBS), ("bkill", FAKE_BKILL)):
+        executable(bin_dir / name, text.format(data=LSF_DATA, out=out))
+    (bin_dir / "state").write_text("RUN|-|-\n")
+    (bin_dir / "user").write_text("someone-else\n")  # whose bjobs says job 4211 is
+    script = executable(tmp_path / "submit.sh", BSUB_SCRIPT.format(bin=bin_dir, out=out))
+    jm = build(settings.with_(executors=("local", "lsf"), lsf_bin=str(bin_dir), poll_interval=0.3))
+    try:
+        with app_client(jm) as client:
+            job_id = define_and_apply(client, script, "", 11)
+            last = ended(client, job_id, timeout=15)
+            assert last["status"] == "DONE" and last["lsf_id"] != "4211", last
+            job = jm.store.get(job_id)
+            assert job is not None and job.executor == "local"
+            assert not (bin_dir / "killed").exists()
+    finally:
+        jm.close()

@@ -40,6 +40,16 @@ class NativeStatus:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A batch job submitted outside jobmill (by an ARP executable): whose it is, and where
+    the scheduler says it writes its output (None for what it does not say)."""
+
+    user: str | None
+    stdout: str | None
+    stderr: str | None
+
+
 class ExecutorUnavailable(Exception):
     """The backend cannot be reached; the job stays queued and is retried."""
 

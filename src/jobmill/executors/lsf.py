@@ -26,7 +26,7 @@ from pathlib import Path
 
 from jobmill.domain.lifecycle import Phase
 from jobmill.executors._commands import CommandFailed, run
-from jobmill.executors.base import LaunchSpec, NativeStatus
+from jobmill.executors.base import LaunchSpec, NativeStatus, SubmittedJob
 from jobmill.executors.batch import (
     JOB_NAME_PREFIX,
     BatchExecutor,
@@ -38,7 +38,7 @@ from jobmill.executors.batch import (
 
 BJOBS_CHUNK = 500  # job ids per bjobs call
 BJOBS_FORMAT = "jobid stat exit_code exit_reason delimiter='|'"
-OUTPUT_FORMAT = "jobid output_file error_file delimiter='|'"
+OUTPUT_FORMAT = "jobid user output_file error_file delimiter='|'"
 NOT_FOUND_EXIT = (0, 255)  # bjobs exits 255 when one of the ids is unknown, yet prints the rest
 PASS_TO_BSUB = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
 
@@ -156,26 +156,25 @@ class LsfExecutor(BatchExecutor):
     def parse_status(self, out: str, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
         return parse_bjobs(out)
 
-    def output_paths(self, native_id: str) -> tuple[str | None, str | None]:
-        """Where a job someone else submitted writes its stdout and stderr (bjobs'
-        ``output_file`` and ``error_file``); None for what LSF does not say (``-``: mailed)."""
+    def submitted_job(self, native_id: str) -> SubmittedJob | None:
+        """Whose a job someone else submitted is, and where it writes its stdout and stderr
+        (bjobs' ``user``, ``output_file`` and ``error_file``; ``-`` for a file LSF mails);
+        None when LSF does not know it."""
         if not _JOB_ID.match(native_id):
-            return None, None
+            return None
         try:
             out = self._run(
                 "bjobs", "-a", "-noheader", "-o", OUTPUT_FORMAT, native_id,
                 accept=self.status_accept,
             )  # fmt: skip
         except CommandFailed:
-            return None, None
+            return None
         for line in out.splitlines():
-            fields = line.strip().split("|")
-            if len(fields) == 3 and fields[0] == native_id:
-                stdout, stderr = (f.strip() for f in fields[1:])
-                return stdout if stdout not in ("", "-") else None, (
-                    stderr if stderr not in ("", "-") else None
-                )
-        return None, None
+            fields = [f.strip() for f in line.strip().split("|")]
+            if len(fields) == 4 and fields[0] == native_id:
+                user, stdout, stderr = (f if f not in ("", "-") else None for f in fields[1:])
+                return SubmittedJob(user=user, stdout=stdout, stderr=stderr)
+        return None
 
     def hold(self, native_id: str, reason: str = "") -> None:
         """Hold a pending job: ``bstop -C reason`` makes a PEND job PSUSP (HELD in jobmill).

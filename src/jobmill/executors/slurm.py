@@ -33,6 +33,7 @@ from jobmill.executors.base import (
     LaunchSpec,
     NativeStatus,
     PartlySubmitted,
+    SubmittedJob,
     submit_each,
 )
 from jobmill.executors.batch import (
@@ -109,6 +110,7 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+$")
 _JOB_ID = re.compile(r"^[0-9]+$")
 _NATIVE_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")  # a job, or one task of an array
 _STD_PATH = re.compile(r"^\s*(StdOut|StdErr)=(.*)$", re.M)
+_USER_ID = re.compile(r"\bUserId=([^\s(]+)\(")
 _ARRAY_NAME = re.compile(r"^" + re.escape(ARRAY_NAME_PREFIX) + r"([0-9a-f]{32})$")
 
 
@@ -391,17 +393,23 @@ class SlurmExecutor(BatchExecutor):
                 return f"{array_id}_{task}"
         return None
 
-    def output_paths(self, native_id: str) -> tuple[str | None, str | None]:
-        """Where a job someone else submitted writes its stdout and stderr (``StdOut=`` and
-        ``StdErr=`` of ``scontrol show job``); None for what Slurm does not say."""
+    def submitted_job(self, native_id: str) -> SubmittedJob | None:
+        """Whose a job someone else submitted is, and where it writes its stdout and stderr
+        (``UserId=``, ``StdOut=`` and ``StdErr=`` of ``scontrol show job``); None when Slurm
+        does not know it."""
         if not _NATIVE_ID.match(native_id):
-            return None, None
+            return None
         try:
             out = self._run("scontrol", "show", "job", native_id)
         except CommandFailed:
-            return None, None
+            return None
+        user = _USER_ID.search(out)
         found = {m.group(1): m.group(2).strip() for m in _STD_PATH.finditer(out)}
-        return found.get("StdOut") or None, found.get("StdErr") or None
+        return SubmittedJob(
+            user=user.group(1) if user else None,
+            stdout=found.get("StdOut") or None,
+            stderr=found.get("StdErr") or None,
+        )
 
     def details(self, native_id: str) -> str:
         """``scontrol show job``; once slurmctld has forgotten the job, its sacct record."""

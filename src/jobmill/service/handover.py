@@ -10,13 +10,18 @@ engine follows it like a job jobmill submitted there itself (status, kill, detai
 after a restart). The event's ``batch_job`` data also records where the scheduler says the
 batch job writes its output (``stdout``, ``stderr``), which the ARP log action reads.
 
-The first announcement in the first ``SCAN_BYTES`` of the output wins.
+The first announcement in the first ``SCAN_BYTES`` of the output wins. Only a batch job of the
+server's own user is followed: the executable ran as that user, so the jobs it submitted are
+that user's; a job id of anyone else's job in the output is logged and ignored (the job then
+ends as its process did).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +30,7 @@ from pathlib import Path
 from jobmill.domain.errors import Conflict, JobmillError, NotFound
 from jobmill.domain.jobs import Event, Job
 from jobmill.domain.lifecycle import Action, Reason
-from jobmill.executors.base import Executor, ExecutorUnavailable
+from jobmill.executors.base import Executor, ExecutorUnavailable, SubmittedJob
 from jobmill.service.files import open_inside
 from jobmill.storage.jobs import JobStore
 
@@ -55,6 +60,11 @@ def announced(text: str, executors: Mapping[str, Executor]) -> BatchJob | None:
     return best[1] if best else None
 
 
+def server_user() -> str:
+    """The name of the user this process runs as (who an executable's batch jobs belong to)."""
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 def read_head(path: Path) -> str:
     """The first ``SCAN_BYTES`` of a log ('' when it is missing or unreadable)."""
     try:
@@ -81,17 +91,27 @@ def hand_over(
     if found is None:
         return None
     executor = executors[found.executor]
-    out: str | None = None
-    err: str | None = None
-    paths = getattr(executor, "output_paths", None)
-    if paths is not None:
+    ask = getattr(executor, "submitted_job", None)
+    submitted: SubmittedJob | None = None
+    if ask is not None:
         with contextlib.suppress(ExecutorUnavailable, OSError):
-            out, err = paths(found.native_id)
+            submitted = ask(found.native_id)
+    if submitted is None or submitted.user != server_user():
+        # The executable ran as the server's user, so every batch job it submitted is that
+        # user's. Another user's job (an id printed by mistake, or to have jobmill follow,
+        # kill and read someone else's job) is never followed.
+        log.warning(
+            "job %s: its output names %s job %s, which is %s, not of %s: not followed",
+            job_id, found.executor, found.native_id,
+            f"{submitted.user}'s" if submitted and submitted.user else "unknown",
+            server_user(),
+        )  # fmt: skip
+        return None
     data = {
         "executor": found.executor,
         "native_id": found.native_id,
-        "stdout": out,
-        "stderr": err,
+        "stdout": submitted.stdout,
+        "stderr": submitted.stderr,
     }
     try:
         job = store.transition(
