@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobmill.domain.errors import Conflict, NotFound
@@ -28,6 +28,7 @@ from jobmill.domain.pipelinejobs import (
     State,
     step,
 )
+from jobmill.storage.cursors import EventCursor
 from jobmill.storage.db import aware
 from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import (
@@ -36,7 +37,6 @@ from jobmill.storage.tables import (
     pipeline_events,
     pipeline_jobs,
     pipeline_nonces,
-    rule_cursors,
 )
 from jobmill.storage.writes import Found, apply, created_event_row, insert_jobs, job_row
 
@@ -160,6 +160,7 @@ class PipelineStore:
         self.jobs = store
         self.engine = store.engine
         self.read_engine = store.read_engine
+        self._cursor = EventCursor(self.engine, self.read_engine, CURSOR)
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -497,31 +498,14 @@ class PipelineStore:
     def cursor(self) -> int:
         """How far the PipelineJobs watcher has read the events; created at the current end
         the first time."""
-        query = select(rule_cursors.c.seq).where(rule_cursors.c.name == CURSOR)
-        with self.read_engine.connect() as conn:
-            seq = conn.execute(query).scalar()
-        if seq is not None:
-            return int(seq)
-        last = self.last_event()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(rule_cursors).values(name=CURSOR, seq=last))
-        except IntegrityError:
-            return self.cursor()
-        return last
+        return self._cursor.get()
 
     def advance(self, seq: int) -> None:
         """Move the cursor forward to ``seq`` (never back)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(rule_cursors)
-                .where(rule_cursors.c.name == CURSOR, rule_cursors.c.seq < seq)
-                .values(seq=seq)
-            )
+        self._cursor.advance(seq)
 
     def last_event(self) -> int:
-        with self.read_engine.connect() as conn:
-            return int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
+        return self._cursor.last_event()
 
     def phase_changes(self, seq: int, *, limit: int = 1000) -> list[PhaseChange]:
         """The phase changes after ``seq`` of PipelineJobs, and the ends of indexer jobs, in

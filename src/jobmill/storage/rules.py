@@ -21,9 +21,10 @@ from jobmill.domain.errors import Conflict
 from jobmill.domain.jobs import Job, NewJob, utcnow
 from jobmill.domain.lifecycle import TERMINAL
 from jobmill.domain.rules import Firing
+from jobmill.storage.cursors import EventCursor
 from jobmill.storage.db import aware
 from jobmill.storage.jobs import JobStore
-from jobmill.storage.tables import events, jobs, rule_cursors, rule_firings, rules
+from jobmill.storage.tables import events, jobs, rule_firings, rules
 from jobmill.storage.writes import created_event_row, insert_jobs, job_row
 
 JOB_EVENTS = "job-events"
@@ -100,6 +101,7 @@ class RuleStore:
     def __init__(self, jobs_store: JobStore) -> None:
         self.engine: Engine = jobs_store.engine
         self.read_engine: Engine = jobs_store.read_engine
+        self._cursor = EventCursor(self.engine, self.read_engine, JOB_EVENTS)
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -288,29 +290,11 @@ class RuleStore:
     def cursor(self) -> int:
         """How far job rules have read the events; created at the current end the first time
         (rules do not fire for jobs that ended before jobmill had rules)."""
-        with self.read_engine.connect() as conn:
-            seq = conn.execute(
-                select(rule_cursors.c.seq).where(rule_cursors.c.name == JOB_EVENTS)
-            ).scalar()
-        if seq is not None:
-            return int(seq)
-        with self.read_engine.connect() as conn:
-            last = int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(rule_cursors).values(name=JOB_EVENTS, seq=last))
-        except IntegrityError:
-            return self.cursor()
-        return last
+        return self._cursor.get()
 
     def advance(self, seq: int) -> None:
         """Move the cursor forward to ``seq`` (never back)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(rule_cursors)
-                .where(rule_cursors.c.name == JOB_EVENTS, rule_cursors.c.seq < seq)
-                .values(seq=seq)
-            )
+        self._cursor.advance(seq)
 
     def ended_since(self, seq: int, types: Sequence[str], *, limit: int = 1000) -> list[Ended]:
         """Events after ``seq`` that ended a job of one of ``types``, in order (an index range
@@ -337,5 +321,4 @@ class RuleStore:
             ]
 
     def last_event(self) -> int:
-        with self.read_engine.connect() as conn:
-            return int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
+        return self._cursor.last_event()
