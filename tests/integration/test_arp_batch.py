@@ -217,19 +217,29 @@ echo "Job <$1> is being terminated"
 """
 
 
-def test_lsf_job_submitted_by_the_executable_is_followed_and_killed(
-    settings: Settings, tmp_path: Path
-) -> None:
+def lsf_stand_ins(
+    settings: Settings, tmp_path: Path, state: str
+) -> tuple[Path, Path, str, Settings]:
+    """Stand-in bsub/bjobs/bkill answering for job 4211 (in ``state``), the ARP executable
+    that calls bsub, and settings with the local and LSF executors."""
     bin_dir = tmp_path / "lsfbin"
     bin_dir.mkdir()
     out = tmp_path / "lsfout"
     out.mkdir()
     for name, text in (("bsub", FAKE_BSUB), ("bjobs", FAKE_BJOBS), ("bkill", FAKE_BKILL)):
         executable(bin_dir / name, text.format(data=LSF_DATA, out=out))
-    (bin_dir / "state").write_text("PEND|-|-\n")
-    (out / "lsf-4211.out").write_text("lsf output\n")
+    (bin_dir / "state").write_text(state + "\n")
     script = executable(tmp_path / "submit.sh", BSUB_SCRIPT.format(bin=bin_dir, out=out))
-    jm = build(settings.with_(executors=("local", "lsf"), lsf_bin=str(bin_dir), poll_interval=0.3))
+    lsf = settings.with_(executors=("local", "lsf"), lsf_bin=str(bin_dir), poll_interval=0.3)
+    return bin_dir, out, script, lsf
+
+
+def test_lsf_job_submitted_by_the_executable_is_followed_and_killed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bin_dir, out, script, lsf = lsf_stand_ins(settings, tmp_path, "PEND|-|-")
+    (out / "lsf-4211.out").write_text("lsf output\n")
+    jm = build(lsf)
     try:
         with app_client(jm) as client:
             job_id = define_and_apply(client, script, "", 7)
@@ -254,15 +264,7 @@ def test_lsf_job_submitted_by_the_executable_is_followed_and_killed(
 def test_a_followed_batch_job_is_followed_again_after_a_restart(
     settings: Settings, tmp_path: Path
 ) -> None:
-    bin_dir = tmp_path / "lsfbin"
-    bin_dir.mkdir()
-    out = tmp_path / "lsfout"
-    out.mkdir()
-    for name, text in (("bsub", FAKE_BSUB), ("bjobs", FAKE_BJOBS), ("bkill", FAKE_BKILL)):
-        executable(bin_dir / name, text.format(data=LSF_DATA, out=out))
-    (bin_dir / "state").write_text("RUN|-|-\n")
-    script = executable(tmp_path / "submit.sh", BSUB_SCRIPT.format(bin=bin_dir, out=out))
-    lsf = settings.with_(executors=("local", "lsf"), lsf_bin=str(bin_dir), poll_interval=0.3)
+    bin_dir, _out, script, lsf = lsf_stand_ins(settings, tmp_path, "RUN|-|-")
     jm = build(lsf)
     try:
         with app_client(jm) as client:
@@ -286,16 +288,9 @@ def test_another_users_batch_job_named_in_the_output_is_not_followed(
 ) -> None:
     """An executable that prints someone else's job id does not make jobmill follow, kill or
     read that job: its own job ends as its process did."""
-    bin_dir = tmp_path / "lsfbin"
-    bin_dir.mkdir()
-    out = tmp_path / "lsfout"
-    out.mkdir()
-    for name, text in (("bsub", FAKE_BSUB), ("bjobs", FAKE_BJOBS), ("bkill", FAKE_BKILL)):
-        executable(bin_dir / name, text.format(data=LSF_DATA, out=out))
-    (bin_dir / "state").write_text("RUN|-|-\n")
+    bin_dir, _out, script, lsf = lsf_stand_ins(settings, tmp_path, "RUN|-|-")
     (bin_dir / "user").write_text("someone-else\n")  # whose bjobs says job 4211 is
-    script = executable(tmp_path / "submit.sh", BSUB_SCRIPT.format(bin=bin_dir, out=out))
-    jm = build(settings.with_(executors=("local", "lsf"), lsf_bin=str(bin_dir), poll_interval=0.3))
+    jm = build(lsf)
     try:
         with app_client(jm) as client:
             job_id = define_and_apply(client, script, "", 11)
