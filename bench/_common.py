@@ -51,6 +51,8 @@ def auth_headers() -> dict[str, str]:
     """``Authorization`` for httpx clients of the benchmark's servers."""
     secret = token()
     return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_DIR: Path | None = None  # set by --py-spy: record a flame graph of every server
 
@@ -421,3 +423,71 @@ async def closed_loop(
         for conn in conns:
             await conn.close()
     return Load(total, seconds, latencies, cpu)
+
+
+# -- several API worker processes (``jobmill serve --workers N``) ------------------------------
+
+
+def workers_arg() -> int:
+    """``--workers N`` (taken off the command line before the common options are read)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workers", type=int, default=1)
+    known, rest = parser.parse_known_args()
+    sys.argv[1:] = rest
+    if not 1 <= known.workers <= 64:
+        raise SystemExit("--workers: give 1 to 64")
+    return int(known.workers)
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the serve process, its worker manager and workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += parents.get(current, [])
+    return found
+
+
+def tree_cpu(pids: list[int]) -> dict[int, float]:
+    cpu = {}
+    for pid in pids:
+        try:
+            cpu[pid] = cpu_seconds(pid)
+        except OSError:
+            continue
+    return cpu
+
+
+def ready_all(server: Server, workers: int, timeout: float = 60.0) -> None:
+    """Wait until every worker has started its application (the first answers earlier)."""
+    deadline = time.monotonic() + timeout
+    while server.log.read_text(errors="replace").count("Application startup complete") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers did not all start:\n{server.tail_log()}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def worker_server(
+    jobtypes: Sequence[Path | str], workers: int, env: Mapping[str, str] | None = None, **kw: Any
+) -> Iterator[Server]:
+    """``running_server`` with ``JOBMILL_WORKERS``: every worker started, and ``server.cpu()``
+    the whole process tree's (the engine process and every worker)."""
+    with running_server(
+        jobtypes, env={**(env or {}), "JOBMILL_WORKERS": str(workers)}, **kw
+    ) as server:
+        ready_all(server, workers)
+        pids = tree(server.pid)
+        server.cpu = lambda: sum(tree_cpu(pids).values())  # type: ignore[method-assign]
+        yield server

@@ -13,7 +13,10 @@ clients post JSON events ``{"uuid", "name", "token"?}`` as fast as the server an
 Each accepted event is one transaction: read the job, check the table, write the history row
 (and the phase change). The server's CPU per event comes from ``/proc``.
 
-Run: ``.venv/bin/python bench/bench_events.py [--quick]``.
+With ``--workers N`` the 8-client update cases run again against ``jobmill serve --workers N``
+(N API worker processes; the server CPU is then the whole process tree's).
+
+Run: ``.venv/bin/python bench/bench_events.py [--quick] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from _common import (
     print_table,
     running_server,
     verdict,
+    worker_server,
+    workers_arg,
     write_jobtype,
 )
 
@@ -43,13 +48,14 @@ JOBS = 1000
 EVENTS = "/api/v1/pipelinejobs/events"
 
 
-async def create_jobs(port: int, count: int) -> list[tuple[str, str]]:
+async def create_jobs(port: int, count: int, first: int = 0) -> list[tuple[str, str]]:
     """``count`` external PipelineJobs: (id, update token) each."""
     conn = await Connection("127.0.0.1", port).open()
     try:
         made = []
-        for _ in range(count):
-            body = {"type": "external-work", "executor": "external"}
+        for i in range(first, first + count):
+            # Distinct parameters: the same type and parameters would be a duplicate (409).
+            body = {"type": "external-work", "executor": "external", "parameters": {"n": i}}
             answer = await conn.request("POST", "/api/v1/pipelinejobs", body, expect=201)
             made.append((answer["uuid"], answer["token"]))
         return made
@@ -81,6 +87,7 @@ def events(
 
 
 def main() -> int:
+    workers = workers_arg()
     args = parse_args(__doc__ or "")
     one_job_total = 1000 if args.quick else 6000
     jobs_count = 200 if args.quick else JOBS
@@ -91,11 +98,16 @@ def main() -> int:
     runs: list[tuple[str, Load]] = []
     with tempfile.TemporaryDirectory(prefix="jobmill-bench-types-") as tmp:
         types = Path(tmp)
-        write_jobtype(types, "external-work", ["true"])
+        write_jobtype(
+            types,
+            "external-work",
+            ["true", "{n}"],
+            parameters={"n": {"type": "integer", "default": 0}},
+        )
         env = {"JOBMILL_EXECUTORS": "external"}
         with running_server([types], env=env, keep=args.keep) as server:
             one = asyncio.run(create_jobs(server.port, 1))
-            many = asyncio.run(create_jobs(server.port, jobs_count))
+            many = asyncio.run(create_jobs(server.port, jobs_count, first=1))
             asyncio.run(closed_loop(server, 1, 1, events(one, "run"), expect=200))
             asyncio.run(closed_loop(server, CLIENTS, 200, events(one, "update"), expect=200))
             single = asyncio.run(
@@ -121,6 +133,30 @@ def main() -> int:
             )
             runs.append((f"{jobs_count} jobs, update, job tokens", spread))
             recorded = asyncio.run(history_length(server.port, one[0][0]))
+        if workers > 1:
+            # The 8-client update cases again, against N API worker processes.
+            with worker_server([types], workers, env=env, keep=args.keep) as server:
+                one = asyncio.run(create_jobs(server.port, 1))
+                many = asyncio.run(create_jobs(server.port, jobs_count, first=1))
+                asyncio.run(closed_loop(server, 1, 1, events(one, "run"), expect=200))
+                asyncio.run(
+                    closed_loop(server, CLIENTS, jobs_count, events(many, "run"), expect=200)
+                )
+                asyncio.run(closed_loop(server, CLIENTS, 200, events(one, "update"), expect=200))
+                load = asyncio.run(
+                    closed_loop(server, CLIENTS, one_job_total, events(one, "update"), expect=200)
+                )
+                runs.append((f"one job, update, {CLIENTS} clients, {workers} workers", load))
+                spread = asyncio.run(
+                    closed_loop(
+                        server,
+                        CLIENTS,
+                        one_job_total,
+                        events(many, "update", with_token=True),
+                        expect=200,
+                    )
+                )
+                runs.append((f"{jobs_count} jobs, update, job tokens, {workers} workers", spread))
     expected = 2 + 200 + one_job_total // 4 + one_job_total
     if recorded != min(expected, 1000):
         print(f"error: the job's history has {recorded} entries, not {expected}", file=sys.stderr)

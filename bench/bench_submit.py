@@ -8,9 +8,13 @@ Rows:
   dispatches and finishes jobs while they are being submitted, which is what a busy server
   really pays;
 * ``POST /jobs/batch`` with 1,000 PENDING jobs per request from 1 and from 8 clients
-  (target: 10,000 jobs/s).
+  (target: 10,000 jobs/s);
+* with ``--workers N`` (N > 1), the two ``POST /jobs`` rows again against ``jobmill serve
+  --workers N`` (``JOBMILL_WORKERS``) in the same run: N API worker processes on one socket,
+  the engine in the serve process; server CPU is then that of the whole process tree, and the
+  share of each worker is printed.
 
-Run: ``.venv/bin/python bench/bench_submit.py [--quick]``.
+Run: ``.venv/bin/python bench/bench_submit.py [--quick] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,11 @@ from _common import (
     parse_args,
     print_table,
     running_server,
+    tree,
+    tree_cpu,
     verdict,
+    worker_server,
+    workers_arg,
     write_jobtype,
 )
 
@@ -112,6 +120,7 @@ def row(name: str, load: Load, jobs_per_request: int, target: float) -> list[obj
 
 
 def main() -> int:
+    workers = workers_arg()
     args = parse_args(__doc__ or "")
     n_single = 1000 if args.quick else 4000
     n_queued = 500 if args.quick else 2000
@@ -151,6 +160,22 @@ def main() -> int:
             load = run_single(server, "QUEUED", n_queued)
             done = asyncio.run(count_jobs(server.port, "COMPLETED"))
             rows.append(row("POST /jobs, QUEUED, 2 running", load, 1, SINGLE_TARGET))
+        shares: list[str] = []
+        if workers > 1:
+            for phase, n, extra in (("PENDING", n_single, {}), ("QUEUED", n_queued, env)):
+                with worker_server([types], workers, env=extra, keep=args.keep) as server:
+                    pids = tree(server.pid)
+                    before = tree_cpu(pids)
+                    load = run_single(server, phase, n)
+                    spent = {p: c - before.get(p, 0.0) for p, c in tree_cpu(pids).items()}
+                    name = f"POST /jobs, {phase}, {workers} workers"
+                    rows.append(row(name, load, 1, SINGLE_TARGET))
+                    parts = ", ".join(
+                        f"{'serve' if p == server.pid else p} {c:.1f}"
+                        for p, c in sorted(spent.items(), key=lambda item: -item[1])
+                        if c > 0.05
+                    )
+                    shares.append(f"{name}: CPU s per process (warm-up included): {parts}")
     headers = ["case", "jobs", "s", "jobs/s", "p50 ms", "p99 ms", "srv cpu us/job", "target"]
     print_table([*headers, "ratio", ""], rows)
     print("latency = per request; srv cpu = server process CPU (all threads) per job created")
@@ -158,6 +183,8 @@ def main() -> int:
         f"QUEUED row: {done} of {warm + n_queued} /bin/true jobs had completed when the "
         "submissions ended (the engine dispatched while the clients submitted)"
     )
+    for line in shares:
+        print(line)
     return 0
 
 

@@ -18,6 +18,8 @@ a PostgreSQL server: a scratch database is created there and dropped afterwards)
 * native lists (``GET /api/v1/jobs``, whole jobs) unfiltered and on one filter alone: a phase
   (2 %, none and 90 % match), two phases, the owner, the owner and a phase, the type (20 %),
   a tag (on half of the jobs, on one in 1,000);
+* the common tag (``tag=half``) as listed before migration 0013 (the tag's job ids from an index
+  ``(tag, job_id)``, then those jobs, sorted), timed on the same database as a store call;
 * floors, side by side: the same store call timed in this process (``JobStore.list_refs`` /
   ``JobStore.get``: the query plus building the result objects), ``GET /uws/<unknown type>``
   (404: the same route, authentication and error path, no query) and ``GET /healthz``.
@@ -45,7 +47,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Select, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from _common import (
@@ -66,6 +68,8 @@ from jobmill.domain.jobs import NewJob, utcnow
 from jobmill.domain.lifecycle import Phase
 from jobmill.factory import open_store
 from jobmill.storage.jobs import JobFilter, JobStore
+from jobmill.storage.tables import job_tags, jobs
+from jobmill.storage.writes import job_from_row
 
 LIST_TARGET_MS = 20.0
 JOB_TARGET_MS = 5.0
@@ -92,6 +96,30 @@ NATIVE = (
     ("n_tag_half", "tag=half&", JobFilter(tag="half")),
     ("n_tag_rare", "tag=rare&", JobFilter(tag="rare")),
 )
+
+
+def tag_list_before_0013(tag: str) -> Select[Any]:
+    """A page of jobs with ``tag`` as listed before ``job_tags`` had the job's ``seq``."""
+    ids = select(job_tags.c.job_id).where(job_tags.c.tag == tag)
+    return select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.seq.desc()).limit(101)
+
+
+def time_tag_list_before_0013(store: JobStore, tag: str, n: int) -> Timing:
+    """The list by ``tag`` of the tree before 0013 on this database: its index is made for the
+    time of the timing."""
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE INDEX bench_tag_job_id ON job_tags (tag, job_id)"))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ANALYZE job_tags"))
+    try:
+        with store.read_engine.connect() as conn:
+            query = tag_list_before_0013(tag)
+            return direct_timing(
+                "tag_before", lambda _: [job_from_row(row) for row in conn.execute(query)], n
+            )
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP INDEX bench_tag_job_id"))
 
 
 def phase_of(i: int) -> Phase:
@@ -140,7 +168,7 @@ def fill(store: JobStore, n: int) -> list[str]:
         for tag, every in (("half", 2), ("rare", 1000)):
             conn.execute(
                 text(
-                    "INSERT INTO job_tags (job_id, tag) SELECT id, :tag FROM jobs "
+                    "INSERT INTO job_tags (job_id, tag, seq) SELECT id, :tag, seq FROM jobs "
                     "WHERE seq % :every = 0"
                 ),
                 {"tag": tag, "every": every},
@@ -290,6 +318,11 @@ def measure(db: Database, root: Path, n_jobs: int, n_req: int, keep: bool) -> li
             n = max(20, n_req // 4)
             http(key, f"/api/v1/jobs?{query}limit=100", b'"jobs"', n=n)
             native_call(key, flt, n)
+    n_tag = max(20, n_req // 4)
+    tag_before = time_tag_list_before_0013(store, "half", n_tag)
+    tag_now = direct_timing(
+        "tag_now", lambda _: reader.list(JobFilter(tag="half"), limit=101), n_tag
+    )
     for engine in (reader.engine, reader.read_engine, store.engine, store.read_engine):
         engine.dispose()
 
@@ -315,6 +348,8 @@ def measure(db: Database, root: Path, n_jobs: int, n_req: int, keep: bool) -> li
         row("  ?PHASE=EXECUTING&LAST=100 (none match)", "EXECUTING"),
         row("  ?PHASE=ERROR&LAST=100 (2 % match)", "ERROR"),
         *(row(f"GET /api/v1/jobs?{query}limit=100", key) for key, query, _ in NATIVE),
+        [f"{db.name}:   tag=half as before 0013 (store)", "", "", tag_before.p50, "", "", ""],
+        [f"{db.name}:   tag=half now, same moment (store)", "", "", tag_now.p50, "", "", ""],
         [f"{db.name}: floor GET /uws/unknown (404)", floor_404.p50, floor_404.p95, "", "", "", ""],
         [f"{db.name}: floor GET /healthz", floor_health.p50, floor_health.p95, "", "", "", ""],
     ]

@@ -101,13 +101,14 @@ class Jobmill:
     def close(self) -> None:
         """Stop everything and release the database."""
         self.stop()
+        self.store.group.close()
         self.store.read_engine.dispose()
         self.db.dispose()
 
 
 def open_store(settings: Settings, *, upgrade: bool = True) -> JobStore:
     """The job store for ``settings``, creating ``home`` and migrating the schema if asked."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings.home)
     writer = make_engine(settings.db_url, writer=True)
     reader = (
         make_engine(settings.db_url, writer=False) if writer.dialect.name == "sqlite" else writer
@@ -115,6 +116,26 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> JobStore:
     if upgrade:
         migrate.upgrade(writer)
     return JobStore(writer, reader)
+
+
+def private_home(home: Path) -> None:
+    """Create ``home`` readable by its owner only (0700): it holds the database, every job's
+    parameters, reports and history, uploads and outputs. On a shared host another account
+    must not read them. An existing home that others can enter is reported, not changed: a
+    site may share it on purpose (with a group), but it should know."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        mode = home.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning(
+            "jobmill: %s is open to other accounts (mode %s): they can read the database and "
+            "every job's data; 'chmod 700 %s' unless that is meant",
+            home,
+            oct(mode & 0o777),
+            home,
+        )
 
 
 def build(settings: Settings) -> Jobmill:

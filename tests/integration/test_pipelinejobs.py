@@ -5,6 +5,7 @@ and the index step across restarts and processes."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +31,9 @@ ANONYMOUS = {"Authorization": ""}
 
 JOBTYPES = """
 name: reduce
-command: ["python3", "-c", "pass"]
+command: ["python3", "-c", "pass", "{sample}"]
+parameters:
+  sample: {type: string, default: ""}
 indexer:
   type: index-products
   filters: ["\\\\.fits$"]
@@ -44,8 +47,18 @@ parameters:
   level: {type: string, default: "1"}
 ---
 name: plain
-command: ["python3", "-c", "pass"]
+command: ["python3", "-c", "pass", "{sample}"]
+parameters:
+  sample: {type: string, default: ""}
 """
+SAMPLES = itertools.count(1)
+"""A distinct ``sample`` parameter for each job a test creates: the same type and parameters
+twice is the same job (a duplicate create, see test_pipelinejobs_tokens.py)."""
+
+
+def sample() -> dict[str, str]:
+    return {"sample": f"s{next(SAMPLES)}"}
+
 
 AGAVE_JOB: dict[str, Any] = {
     "id": "6400734946462224871-242ac113-0001-007",
@@ -91,7 +104,8 @@ def api(jm: Jobmill) -> Iterator[TestClient]:
 
 
 def create(client: TestClient, job_type: str = "reduce", executor: str = "external") -> dict:  # type: ignore[type-arg]
-    answer = client.post(BASE, json={"type": job_type, "executor": executor, "data": {"a": 1}})
+    body = {"type": job_type, "executor": executor, "parameters": sample(), "data": {"a": 1}}
+    answer = client.post(BASE, json=body)
     assert answer.status_code == 201, answer.text
     body = answer.json()
     assert body["state"] == "CREATED"
@@ -289,7 +303,9 @@ def test_a_job_jobmill_runs_emits_its_own_events(api: TestClient) -> None:
     assert [e["name"] for e in entries] == ["create", "run", "finish", "index", "indexed"]
     assert entries[1]["data"] == {"phase": "EXECUTING", "automatic": True}
     # an agent cannot claim run/finish for it
-    other = api.post(BASE, json={"type": "plain", "phase": "PENDING"}).json()
+    other = api.post(
+        BASE, json={"type": "plain", "phase": "PENDING", "parameters": sample()}
+    ).json()
     answer = api.post(EVENTS, json={"uuid": other["uuid"], "name": "run", "token": other["token"]})
     assert answer.status_code == 409
     assert "phases emit run, finish and fail" in answer.json()["error"]["message"]
@@ -453,7 +469,8 @@ def test_every_state_event_pair_against_the_store(jm: Jobmill) -> None:
     checked = 0
     for state, path in PATHS.items():
         for event in PipelineEvent:
-            created = service.create(user, JobRequest(type="plain", executor="external"))
+            request = JobRequest(type="plain", parameters=sample(), executor="external")
+            created = service.create(user, request)
             job_id = created.job.id
             for n, step_event in enumerate(path):
                 store.apply(
@@ -510,7 +527,8 @@ def _finished_external(jm: Jobmill) -> str:
     service = jm.pipeline
     assert service is not None
     created = service.create(
-        User("tester", admin=True), JobRequest(type="reduce", executor="external")
+        User("tester", admin=True),
+        JobRequest(type="reduce", parameters=sample(), executor="external"),
     )
     for name in ("run", "finish"):
         service.store.apply(

@@ -301,7 +301,7 @@ def test_a_disk_that_fills_while_storing_is_507(
     def full(*_args: Any, **_kwargs: Any) -> Any:
         raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
 
-    monkeypatch.setattr(jm.store, "create", full)
+    monkeypatch.setattr(jm.store, "_create_in", full)  # the insert, grouped or alone
     refused = error(api.post(JOBS, json=spew(0)), 507)
     assert refused["code"] == "insufficient_storage"
 

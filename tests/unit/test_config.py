@@ -25,6 +25,7 @@ from jobmill.config import (
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 CLIENT_VARIABLES = {"JOBMILL_CONFIG", "JOBMILL_URL", "JOBMILL_API_TOKEN"}  # not server settings
+CLIENT_VARIABLES |= {"JOBMILL_WORKERS"}  # read by the serve command itself (--workers)
 ALL_VARIABLES = {name for s in SETTINGS for name in s.env}
 
 

@@ -8,9 +8,9 @@ import pytest
 from alembic import command
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Engine, Integer, MetaData, String, inspect
+from sqlalchemy import Column, Engine, Integer, MetaData, String, inspect, text
 
-from jobmill.domain.jobs import NewJob, utcnow
+from jobmill.domain.jobs import JobFilter, NewJob, utcnow
 from jobmill.storage import migrate
 from jobmill.storage.db import make_engine
 from jobmill.storage.jobs import JobStore
@@ -24,6 +24,7 @@ TABLES |= {"experiments"}
 TABLES |= {"job_links"}
 TABLES |= {"pipeline_jobs", "pipeline_events", "pipeline_nonces"}
 TABLES |= {"engine_leases"}
+TABLES |= {"web_sessions", "web_signin_links"}
 
 
 @pytest.fixture
@@ -176,3 +177,34 @@ def test_a_deleted_jobs_history_survives_and_goes_on_downgrade(engine: Engine) -
     assert [e.name for e in store.events(kept.id)] == ["created"]
     migrate.upgrade(engine)
     assert migrate.pending_differences(engine) == []
+
+
+def test_tags_get_their_jobs_seq_on_upgrade(engine: Engine) -> None:
+    """0013 copies each job's ``seq`` into its tags (the order of a list by tag)."""
+    migrate.upgrade(engine, "0012")
+    now = utcnow()
+    with engine.begin() as conn:
+        for job_id in ("a", "b", "c"):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, type, owner, phase, parameters, extra_parameters, "
+                    "report, executor, created_at, updated_at, execution_duration, event_count) "
+                    "VALUES (:id, 't', 'o', 'COMPLETED', '{}', '{}', '{}', 'local', :now, :now, "
+                    "0, 1)"
+                ),
+                {"id": job_id, "now": now},
+            )
+        conn.execute(
+            text("INSERT INTO job_tags (job_id, tag) VALUES ('a', 'x'), ('c', 'x'), ('c', 'y')")
+        )
+        seqs = dict(conn.execute(text("SELECT id, seq FROM jobs")).all())
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT job_id, tag, seq FROM job_tags ORDER BY job_id, tag"))
+        assert [tuple(row) for row in rows] == [
+            ("a", "x", seqs["a"]),
+            ("c", "x", seqs["c"]),
+            ("c", "y", seqs["c"]),
+        ]
+    assert migrate.pending_differences(engine) == []
+    assert [job.id for job in JobStore(engine).list(JobFilter(tag="x"))] == ["c", "a"]

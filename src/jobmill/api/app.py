@@ -131,13 +131,13 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
         return JSONResponse(body)
 
     app.include_router(native.router)
+    app.include_router(pipelinejobs.router)
     app.include_router(ocps.make_router(jobmill.settings.ocps_basepath))
     app.include_router(provenance.router)
     app.include_router(uws.router)
     app.include_router(uws.provsap_router)
     app.include_router(arp.router)
     app.include_router(rules.router)
-    app.include_router(pipelinejobs.router)
     install_web(app)  # the pages for people: / and /ui/ (docs/web.md)
     app.add_middleware(
         BodyLimit,

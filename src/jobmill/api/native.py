@@ -127,14 +127,40 @@ def get_jobtype(name: str, jobs: ServiceDep, _user: UserDep) -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=201, response_model=JobOut, responses=errors(409, 507))
-def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
+async def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
     """Create a job; it is validated against its job type (422 names the bad field)."""
-    job = jobs.create(user, _request(body))
+    job = await jobs.create_async(user, _request(body))
     return JSONResponse(
-        job_out(jobs.with_links([job])[0]),
+        job_out(job),  # a new job has no dependents or sub-jobs yet; ``after`` is filled in
         status_code=201,
         headers={"Location": f"/api/v1/jobs/{job.id}"},
     )
+
+
+# The hot paths first: routes are matched in order, one by one.
+@router.post(
+    "/jobs/{job_id}/report",
+    tags=["reports"],
+    responses=errors(404, 409),
+    openapi_extra=REPORT_REQUEST,
+)
+async def post_report(job_id: str, request: Request) -> Response:
+    """Merge a progress report into the job's report, authorised by the job's own token.
+
+    The token comes as ``?token=`` (so ``BATCH_UPDATE_URL`` works unchanged), as
+    ``Authorization: Bearer``, or as ``X-Jobmill-Token``.
+    """
+    token = request.query_params.get("token") or request.headers.get("x-jobmill-token")
+    auth = request.headers.get("authorization", "")
+    if not token and auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    try:
+        payload = await request.json()
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        raise ValidationError("the body must be JSON", field="body") from None
+    jobs: JobService = request.app.state.jobmill.jobs
+    report = await jobs.report_async(job_id, token, payload)
+    return JSONResponse({"id": job_id, "report": report})
 
 
 @router.post("/jobs/render", response_model=RenderOut, responses=errors(409))
@@ -421,30 +447,3 @@ def job_result(job_id: str, result_id: str, jobs: ServiceDep, user: UserDep) -> 
     """Download one result file (403 for one a symbolic link leads to)."""
     result, handle = jobs.open_result(user, job_id, result_id)
     return send_file(handle, result.content_type, filename=result.path.name)
-
-
-@router.post(
-    "/jobs/{job_id}/report",
-    tags=["reports"],
-    responses=errors(404, 409),
-    openapi_extra=REPORT_REQUEST,
-)
-async def post_report(job_id: str, request: Request) -> Response:
-    """Merge a progress report into the job's report, authorised by the job's own token.
-
-    The token comes as ``?token=`` (so ``BATCH_UPDATE_URL`` works unchanged), as
-    ``Authorization: Bearer``, or as ``X-Jobmill-Token``.
-    """
-    token = request.query_params.get("token") or request.headers.get("x-jobmill-token")
-    auth = request.headers.get("authorization", "")
-    if not token and auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    try:
-        payload = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        raise ValidationError("the body must be JSON", field="body") from None
-    jobs: JobService = request.app.state.jobmill.jobs
-    from starlette.concurrency import run_in_threadpool
-
-    report = await run_in_threadpool(jobs.report, job_id, token, payload)
-    return JSONResponse({"id": job_id, "report": report})

@@ -22,7 +22,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from jobmill.api.auth import Authenticator, current_user
 from jobmill.api.responses import COMMON, NAMES_SOMETHING, errors, query
@@ -38,7 +37,7 @@ from jobmill.domain.pipelinejobs import (
 )
 from jobmill.domain.users import User
 from jobmill.domain.values import INT32_MAX
-from jobmill.service.pipelinejobs import Caller, PipelineService
+from jobmill.service.pipelinejobs import Caller, PipelineRecord, PipelineService
 
 PREFIX = "/api/v1/pipelinejobs"
 router = APIRouter(prefix=PREFIX, tags=["pipelinejobs"], responses=errors(*COMMON))
@@ -123,8 +122,9 @@ EVENT_BODY: dict[str, Any] = {
 
 
 def status_out(status: PipelineStatus) -> dict[str, Any]:
-    """A PipelineJob's status as the API shows it."""
-    return {
+    """A PipelineJob's status as the API shows it (with its record's fingerprint, re-run and
+    update token state when it was read from its record)."""
+    out: dict[str, Any] = {
         "uuid": status.job_id,
         "state": status.state.value,
         "last_event": status.last_event,
@@ -134,6 +134,18 @@ def status_out(status: PipelineStatus) -> dict[str, Any]:
         "indexer_job": status.indexer_job,
         "history_url": f"{PREFIX}/{status.job_id}/history",
     }
+    if isinstance(status, PipelineRecord):
+        out["fingerprint"] = status.fingerprint
+        out["superseded_by"] = status.superseded_by
+        out["update_token"] = "active" if status.update_token else "revoked"
+    return out
+
+
+def callback_url(request: Request, job_id: str, token: str) -> str:
+    """The URL an Agave job notifies (append ``&status=${JOB_STATUS}``), with the job's
+    current update token."""
+    base = str(request.base_url).rstrip("/")
+    return f"{base}{PREFIX}/events?uuid={job_id}&token={token}"
 
 
 def pipeline_field(request: Request, job_id: str) -> dict[str, Any] | None:
@@ -163,11 +175,13 @@ def entry_out(entry: HistoryEntry) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=201, responses=errors(507))
+@router.post("", status_code=201, responses=errors(409, 507))
 def create(body: PipelineCreate, service: ServiceDep, user: UserDep, request: Request) -> Response:
-    """Create a PipelineJob: ``{uuid, state, token, callback, job}``. The update token is
-    shown only here; ``callback`` is the URL an Agave job notifies (append
-    ``&status=${JOB_STATUS}``)."""
+    """Create a PipelineJob: ``{uuid, state, token, callback, fingerprint, rerun_of, pipeline,
+    job}``. The update token is shown only here; ``callback`` is the URL an Agave job notifies
+    (append ``&status=${JOB_STATUS}``). The same job (type, parameters, parents: its
+    ``fingerprint``) created again answers 409 naming it (``uuid``), unless it is FAILED,
+    REJECTED or RETIRED: then the new job is its re-run (``rerun_of``)."""
     created = service.create(
         user,
         JobRequest(
@@ -182,12 +196,13 @@ def create(body: PipelineCreate, service: ServiceDep, user: UserDep, request: Re
         body.data,
     )
     job_id = created.job.id
-    callback = f"{PREFIX}/events?uuid={job_id}&token={created.token}"
     content = {
         "uuid": job_id,
         "state": created.status.state.value,
         "token": created.token,
-        "callback": str(request.base_url).rstrip("/") + callback,
+        "callback": callback_url(request, job_id, created.token),
+        "fingerprint": created.status.fingerprint,
+        "rerun_of": created.rerun_of,
         "pipeline": status_out(created.status),
         "job": job_out(created.job),
     }
@@ -225,7 +240,7 @@ async def post_event(request: Request) -> Response:
     else:
         job_id, name, token, data = _json_event(body)
     caller = Caller(user=user, token=token, nonce=params.get("x-nonce") or None)
-    applied = await run_in_threadpool(service.post, caller, job_id, name, data, event_id=event_id)
+    applied = await service.post_async(caller, job_id, name, data, event_id=event_id)
     return JSONResponse(
         {
             "uuid": applied.status.job_id,
@@ -373,6 +388,31 @@ def revoke_nonce(
 ) -> dict[str, Any]:
     """Revoke a nonce: it authorises nothing from now on."""
     return nonce_out(service.revoke_nonce(user, job_id, nonce_id))
+
+
+@router.post("/{job_id}/token", responses=errors(404))
+def rotate_token(
+    job_id: str, service: ServiceDep, user: UserDep, request: Request
+) -> dict[str, Any]:
+    """Issue the job a new update token (its owner or an administrator): ``{uuid, token,
+    callback}``. The old token, and the callback URL that carries it, are refused (403) from
+    now on; the new token is shown only here."""
+    status, token = service.rotate_token(user, job_id)
+    return {
+        "uuid": status.job_id,
+        "token": token,
+        "callback": callback_url(request, status.job_id, token),
+        "update_token": "active",
+    }
+
+
+@router.delete("/{job_id}/token", responses=errors(404))
+def revoke_token(job_id: str, service: ServiceDep, user: UserDep) -> dict[str, Any]:
+    """Revoke the job's update token (its owner or an administrator): from now on its events
+    need a bearer token of its owner or an administrator, or a nonce. Revoking again is
+    harmless; ``POST .../token`` issues a new one."""
+    status = service.revoke_token(user, job_id)
+    return {"uuid": status.job_id, "token": None, "callback": None, "update_token": "revoked"}
 
 
 @router.delete("/{job_id}", status_code=204, responses=errors(404, 409))

@@ -1,8 +1,9 @@
 """``jobmill event ID NAME [--data JSON]``: send a PipelineJobs event to a job (an operator's
 validate, validated, finalize, reject, retire; an administrator's reset and ready; see
-docs/pipelinejobs.md). ``jobmill show`` shows a PipelineJob's state.
+docs/pipelinejobs.md). ``jobmill show`` shows a PipelineJob's state. ``jobmill job-token ID
+[--revoke]``: issue a PipelineJob a new update token (the old one stops working), or revoke it.
 
-``register(app, connect)`` adds the command to the ``jobmill`` app.
+``register(app, connect)`` adds the commands to the ``jobmill`` app.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
@@ -34,8 +36,42 @@ def parse_data(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+def job_token(jm: Client, job_id: str, *, revoke: bool = False) -> dict[str, Any]:
+    """``POST`` (a new update token) or ``DELETE`` (revoke it) ``/pipelinejobs/{id}/token``."""
+    path = f"/pipelinejobs/{quote(job_id, safe='')}/token"
+    answer: dict[str, Any] = jm._json("DELETE" if revoke else "POST", path)  # noqa: SLF001
+    return answer
+
+
 def register(app: typer.Typer, connect: Connect) -> None:
-    """Add ``jobmill event``."""
+    """Add ``jobmill event`` and ``jobmill job-token``."""
+
+    @app.command("job-token")
+    def rotate(
+        ctx: typer.Context,
+        job_id: Annotated[str, typer.Argument(metavar="ID", help="The job (or an id prefix).")],
+        revoke: Annotated[
+            bool,
+            typer.Option(
+                "--revoke", help="Revoke the token: events then need a bearer token or a nonce."
+            ),
+        ] = False,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Issue a PipelineJob a new update token and callback URL (the old ones stop working
+        at once), or --revoke it. The job's owner or an administrator."""
+        with connect(ctx, url, token) as jm:
+            job_id = resolve(jm, job_id)
+            answer = job_token(jm, job_id, revoke=revoke)
+        if as_json:
+            print_json(answer)
+        elif revoke:
+            typer.echo(f"{answer['uuid']}  update token revoked")
+        else:
+            typer.echo(f"{answer['uuid']}  token {answer['token']}")
+            typer.echo(f"callback {answer['callback']}")
 
     @app.command("event")
     def event(

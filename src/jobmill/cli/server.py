@@ -20,6 +20,7 @@ token_app = typer.Typer(no_args_is_help=True, help="User API tokens (works on th
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 log = logging.getLogger("jobmill.serve")
 GRACEFUL_SHUTDOWN = 5  # seconds open requests get to end on SIGINT/SIGTERM
+MAX_WORKERS = 64  # jobmill serve --workers
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -47,6 +48,14 @@ def serve(
             help="TOML config file (env: JOBMILL_CONFIG); environment variables override it.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBMILL_WORKERS",
+            help="API worker processes serving HTTP on one socket (1..64); with more than 1, "
+            "this process runs the engine and restarts a worker that dies.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the jobmill server (API, engine and local executor)."""
     import uvicorn
@@ -56,9 +65,15 @@ def serve(
     from jobmill.domain.errors import JobTypeFileError
     from jobmill.factory import build
 
+    if not 1 <= workers <= MAX_WORKERS:
+        fail(f"--workers (JOBMILL_WORKERS): {workers} is out of range, give 1 to {MAX_WORKERS}", 2)
     settings = load_settings(
         config=config, host=host, port=port, home=home, jobtypes=jobtypes or None
     )
+    if workers > 1:
+        from jobmill.cli.processes import serve_workers
+
+        raise typer.Exit(serve_workers(settings, workers))
     try:
         jm = build(settings)
     except JobTypeFileError as exc:
@@ -306,6 +321,3 @@ def _tokens(home: str | None) -> Iterator[Any]:
             store.engine.dispose()
     except SQLAlchemyError as exc:
         fail(f"database: {exc}")
-
-
-

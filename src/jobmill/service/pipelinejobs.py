@@ -28,13 +28,13 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from jobmill.domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
-from jobmill.domain.jobs import Job, JobRequest, parse_job_id, utcnow
+from jobmill.domain.jobs import Job, JobRequest, NewJob, parse_job_id, utcnow
 from jobmill.domain.lifecycle import Phase
 from jobmill.domain.pipelinejobs import (
     ADMIN_EVENTS,
@@ -45,6 +45,7 @@ from jobmill.domain.pipelinejobs import (
     Nonce,
     PipelineEvent,
     PipelineStatus,
+    State,
     authorise,
     parse_event,
 )
@@ -53,13 +54,27 @@ from jobmill.domain.values import check_value
 from jobmill.service.failures import FailureLog
 from jobmill.service.jobs import JobService
 from jobmill.service.worker import Worker
-from jobmill.storage.pipelinejobs import Applied, PhaseChange, PipelineStore
+from jobmill.storage.group import Write
+from jobmill.storage.pipelinejobs import (
+    Applied,
+    PhaseChange,
+    PipelineRecord,
+    PipelineStore,
+    duplicate,
+)
 from jobmill.storage.tokens import hash_secret
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = uuid.UUID("5f0c1f0e-8a53-4f0a-9d3e-6c1b3f7a2e11")
 """The namespace of the event uuids jobmill derives (repeated deliveries, automatic events)."""
+FINGERPRINT_NAMESPACE = uuid.UUID("0c5d7a2e-3b9f-5e41-8f6a-2d4b1c9e7a30")
+"""The namespace of PipelineJobs fingerprints (``fingerprint``)."""
+RERUN_STATES: frozenset[State] = frozenset({State.FAILED, State.REJECTED, State.RETIRED})
+"""The states in which a PipelineJob hands its fingerprint over to a new create of the same
+job (a re-run): its outcome is not to be used. In any other state a second create of the
+same job is a duplicate (409): it is under way, its products are good, or it was reset (an
+administrator's ``ready`` runs it again)."""
 MAX_EVENT_ID = 256
 ACTOR = "pipelinejobs"
 UPDATE_TOKEN_ACTOR = "update-token"  # noqa: S105 - who sent it, not a secret
@@ -72,6 +87,27 @@ MAX_NONCE_LIFETIME = 30 * 86400
 def event_uuid(job_id: str, key: str) -> str:
     """The uuid of the event ``key`` of a job: the same for every delivery of the same event."""
     return str(uuid.uuid5(NAMESPACE, f"{job_id}/{key}"))
+
+
+def fingerprint(new: NewJob, pipeline_uuid: str | None = None) -> str:
+    """What makes two creates the same PipelineJob, as a UUID5 over a canonical JSON: the
+    reference's ``pipeline_uuid``, ``child_of`` and ``data`` (the job's type and parameters, as
+    validated: defaults filled in, values typed), scoped to the job's owner. The job's id stays
+    random; this is a column of its own, unique."""
+    parents = sorted({*new.after, *([new.parent_id] if new.parent_id else [])})
+    canonical = json.dumps(
+        {
+            "owner": new.owner,
+            "pipeline_uuid": pipeline_uuid,
+            "type": new.type,
+            "parameters": {**new.extra_parameters, **new.parameters},
+            "child_of": parents,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return str(uuid.uuid5(FINGERPRINT_NAMESPACE, canonical))
 
 
 @dataclass(frozen=True)
@@ -89,9 +125,11 @@ class Created:
     ``create`` history entry."""
 
     job: Job
-    status: PipelineStatus
+    status: PipelineRecord
     token: str
     entry: HistoryEntry
+    rerun_of: str | None = None
+    """The job (FAILED, REJECTED or RETIRED) whose fingerprint this one took over."""
 
 
 class PipelineService:
@@ -108,44 +146,55 @@ class PipelineService:
         self, user: User, request: JobRequest, data: Mapping[str, Any] | None = None
     ) -> Created:
         """Create a PipelineJob (a manager's act: a user with a bearer token). An ``external``
-        job is created PENDING: its ``run`` event starts it."""
+        job is created PENDING: its ``run`` event starts it. The same job (``fingerprint``)
+        created again is a duplicate (409 naming it; nothing is written), unless that one is
+        FAILED, REJECTED or RETIRED (``RERUN_STATES``): then the new job is its re-run."""
         if user.reader:
             raise Unauthorized("creating a PipelineJob needs a bearer token", field="Authorization")
         if request.wait_for is not None:
             raise ValidationError("a PipelineJob cannot wait for data", field="wait_for")
         payload = check_value(dict(data or {}), "data")
         with self.jobs.room():
-            new = self.jobs.validate(user, request)
+            new = self.jobs.validate(user, request, dry_run=True)
+            key = fingerprint(new)
+            found = self.store.holder(key)
+            if found is not None and found.state not in RERUN_STATES:
+                raise duplicate(found, key, RERUN_STATES)  # before a log_dir is made
+            if request.log_dir is not None:
+                new = self.jobs.validate(user, request)
             if new.executor == EXTERNAL:
                 new.phase, new.reason = Phase.PENDING, None
             token = secrets.token_hex(16)
-            job, entry = self.store.create(
+            job, entry, rerun_of = self.store.create(
                 new,
                 token_hash=hash_secret(token),
                 actor=user.name,
                 event_uuid=event_uuid(new.id, "create"),
                 data=payload,
+                fingerprint=key,
+                rerun=RERUN_STATES,
             )
         if job.phase is Phase.QUEUED:
             self.jobs.on_queued()
-        status = PipelineStatus(
-            job.id, job.owner, job.type, new.phase, job.executor, None, entry.name
-        )  # as created: the engine may have started it meanwhile
-        return Created(job, status, token, entry)
+        # as created: the engine may have started it meanwhile
+        status = PipelineRecord(
+            job.id, job.owner, job.type, new.phase, job.executor, None, entry.name, fingerprint=key
+        )
+        return Created(job, status, token, entry, rerun_of)
 
     # -- reading ----------------------------------------------------------------------------
 
-    def status(self, user: User, job_id: str) -> PipelineStatus:
+    def status(self, user: User, job_id: str) -> PipelineRecord:
         """The PipelineJobs status of a job the user may see (404 when it is not one)."""
         job = self.jobs.get(user, job_id)
-        found = self.store.status(job.id)
+        found = self.store.details(job.id)
         if found is None:
             raise NotFound(f"job {job.id} is not a PipelineJob", field="id")
         return found
 
-    def summary(self, job_id: str) -> PipelineStatus | None:
+    def summary(self, job_id: str) -> PipelineRecord | None:
         """The status of a job already found for its caller, or None if it is no PipelineJob."""
-        return self.store.status(job_id)
+        return self.store.details(job_id)
 
     def history(
         self, user: User, job_id: str, *, after: int = 0, limit: int = 1000
@@ -174,7 +223,33 @@ class PipelineService:
         """Apply the named event to the job, for ``caller``: 401 without credentials, 403 with
         a token that is not the job's (or an event the caller may not send), 404 for a job that
         is no PipelineJob, 409 naming the state and event when the table refuses it, 422 for a
-        bad value. ``event_id`` names the delivery: the same id is recorded once."""
+        bad value. ``event_id`` names the delivery: the same id is recorded once. The event is
+        committed with others posted at the same moment (``storage.group``)."""
+        write = self._event(caller, job_id, name, data, event_id)
+        return self._posted(self.store.group.run(write))
+
+    async def post_async(
+        self,
+        caller: Caller,
+        job_id: object,
+        name: object,
+        data: Any = None,
+        *,
+        event_id: str | None = None,
+    ) -> Applied:
+        """``post`` for a request on the event loop: waits for the commit without a thread."""
+        write = self._event(caller, job_id, name, data, event_id)
+        return self._posted(await self.store.group.run_async(write))
+
+    def _posted(self, applied: Applied) -> Applied:
+        if not applied.duplicate and applied.status.phase is Phase.COMPLETED:
+            self.wake()  # an external job finished: index it now
+        return applied
+
+    def _event(
+        self, caller: Caller, job_id: object, name: object, data: Any, event_id: str | None
+    ) -> Write[Applied]:
+        """The checked request as a write; what needs the database is checked in it."""
         if not isinstance(job_id, str) or not job_id:
             raise ValidationError("the job's uuid is required", field="uuid")
         canonical = parse_job_id(job_id)
@@ -198,7 +273,8 @@ class PipelineService:
             raise Unauthorized(
                 "a bearer token, the job's token or a nonce is required", field="token"
             )
-        nonce = self._nonce(caller.nonce) if caller.nonce else None
+
+        nonces: list[Nonce] = []  # the caller's nonce, once checked
 
         def authorised(status: PipelineStatus, token_hash: str | None) -> str:
             """Who the caller is for this job's events (checked in the event's transaction)."""
@@ -212,7 +288,8 @@ class PipelineService:
                     raise Forbidden("the token is not this job's", field="token")
                 authorise(event, admin=False)
                 return UPDATE_TOKEN_ACTOR
-            if nonce is not None:
+            if nonces:
+                nonce = nonces[0]
                 if nonce.job_id != status.job_id:
                     raise Forbidden("the nonce is not for this job", field="x-nonce")
                 authorise(event, admin=False)
@@ -224,7 +301,7 @@ class PipelineService:
             raise NotFound(f"no PipelineJob {status.job_id}", field="uuid")
 
         key = event_uuid(canonical, event_id) if event_id else str(uuid.uuid4())
-        applied = self.store.apply(
+        write = self.store.apply_write(
             canonical,
             event,
             actor="",
@@ -233,9 +310,18 @@ class PipelineService:
             authorise=authorised,
             named=event_id is not None,
         )
-        if not applied.duplicate and applied.status.phase is Phase.COMPLETED:
-            self.wake()  # an external job finished: index it now
-        return applied
+        if not caller.nonce:
+            return write
+
+        def checked(run: Callable[[], Applied]) -> Applied:
+            """A nonce is checked first (401), before the job is even looked up."""
+            nonces[:] = [self._nonce(caller.nonce or "")]
+            return run()
+
+        return Write(
+            work=lambda conn: checked(lambda: write.work(conn)),
+            alone=lambda: checked(write.alone),
+        )
 
     # -- nonces ------------------------------------------------------------------------------
 
@@ -245,11 +331,34 @@ class PipelineService:
             raise Unauthorized("invalid, expired or revoked nonce", field="x-nonce")
         return found
 
-    def _managed(self, user: User, job_id: str) -> PipelineStatus:
-        """A PipelineJob whose nonces ``user`` may manage (its owner, or an administrator)."""
+    def _managed(self, user: User, job_id: str) -> PipelineRecord:
+        """A PipelineJob whose nonces and token ``user`` may manage (its owner, or an
+        administrator): 404 for a job the user cannot see, as everywhere, 403 for one the user
+        sees but does not manage (an anonymous reader)."""
         status = self.status(user, job_id)
-        if not (user.admin or user.name == status.owner):
+        if user.reader or user.job is not None or not (user.admin or user.name == status.owner):
             raise Forbidden("only the job's owner or an administrator", field="id")
+        return status
+
+    # -- the update token ----------------------------------------------------------------------
+
+    def rotate_token(self, user: User, job_id: str) -> tuple[PipelineRecord, str]:
+        """Issue the job a new update token (random, 128 bits, stored hashed, shown only now):
+        the old one is refused (403) from this commit on. Its owner's or an administrator's."""
+        status = self._managed(user, job_id)
+        token = secrets.token_hex(16)
+        if not self.store.set_token(status.job_id, hash_secret(token)):
+            raise NotFound(f"job {status.job_id} is not a PipelineJob", field="id")
+        log.info("PipelineJob %s: update token rotated by %s", status.job_id, user.name)
+        return status, token
+
+    def revoke_token(self, user: User, job_id: str) -> PipelineRecord:
+        """Revoke the job's update token: from now on its events need a bearer token of its
+        owner or an administrator (or a nonce, until it expires or is revoked)."""
+        status = self._managed(user, job_id)
+        if not self.store.set_token(status.job_id, None):
+            raise NotFound(f"job {status.job_id} is not a PipelineJob", field="id")
+        log.info("PipelineJob %s: update token revoked by %s", status.job_id, user.name)
         return status
 
     def issue_nonce(

@@ -12,6 +12,7 @@ from jobmill.domain.jobs import utcnow
 from jobmill.domain.users import User
 from jobmill.service.credentials import ensure_local_token
 from jobmill.storage.tokens import TokenRecord, TokenStore, hash_secret
+from jobmill.storage.web_sessions import WebSessionStore
 
 # A token checked once is trusted this long without asking the database again: a revoked or
 # expired token stops working within this many seconds (docs/security.md).
@@ -29,6 +30,7 @@ class TokenService:
         self.store = store
         self.admins = frozenset(admins)
         self._cache: dict[str, tuple[float, User | None]] = {}
+        self._by_id: dict[int, tuple[float, User | None]] = {}
 
     def user_for(self, secret: str) -> User | None:
         """The user an active token names, or None. Look-ups are cached for ``CACHE_SECONDS``
@@ -53,6 +55,28 @@ class TokenService:
         self._cache[key] = (until, user)
         return user
 
+    def user_for_id(self, token_id: int) -> User | None:
+        """The user of the token row ``token_id`` while it is active, or None: what a web
+        session (which names its token by id, never holds it) checks on every request. Cached
+        like ``user_for``; a look-up that reaches the database records the token's use."""
+        now = time.monotonic()
+        cached = self._by_id.get(token_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = self.store.get(token_id)
+        user = None
+        until = now + CACHE_SECONDS
+        if record is not None and record.state() == "active":
+            user = User(record.user, admin=record.admin or record.user in self.admins)
+            self.store.touch(record.id)
+            if record.expires_at is not None:
+                left = record.expires_at.timestamp() - time.time()
+                until = min(until, now + max(0.0, left))
+        if len(self._by_id) > CACHE_ENTRIES:
+            self._by_id.clear()
+        self._by_id[token_id] = (until, user)
+        return user
+
     def create(
         self,
         user: str,
@@ -74,6 +98,11 @@ class TokenService:
 
     def revoke(self, token_id: int) -> TokenRecord:
         return self.store.revoke(token_id)
+
+    def web_sessions(self) -> WebSessionStore:
+        """The web pages' sessions and one-time sign-in links, in the tokens' database
+        (``web/session.py``)."""
+        return WebSessionStore(self.store.engine, self.store.read_engine)
 
     def ensure_local(self, user: str, path: Path) -> str:
         """The server's own user's local credential (``service/credentials.py``)."""

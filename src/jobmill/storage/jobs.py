@@ -14,11 +14,12 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
+    Connection,
     Engine,
     Row,
     Select,
@@ -32,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 
-from jobmill.domain.errors import Conflict, NotFound
+from jobmill.domain.errors import Conflict, Forbidden, NotFound
 from jobmill.domain.jobs import Event, Job, JobFilter, JobRef, NewJob, iso, utcnow
 from jobmill.domain.lifecycle import (
     TERMINAL,
@@ -46,8 +47,9 @@ from jobmill.domain.lifecycle import (
 )
 from jobmill.storage import links
 from jobmill.storage.db import aware
+from jobmill.storage.group import GroupCommit, Write
 from jobmill.storage.tables import events, jobs
-from jobmill.storage.tags import TagStore, stale, tagged
+from jobmill.storage.tags import TagStore, stale, tag_seq, tagged
 from jobmill.storage.tokens import TokenStore, hash_secret
 from jobmill.storage.writes import (
     INSERT_EVENTS,
@@ -70,7 +72,9 @@ MAX_PAGE = 1000
 # Statements built once: building SQLAlchemy statements per call costs more than running them.
 _GET_JOB = select(jobs).where(jobs.c.id == bindparam("p_id"))
 _GET_TOKEN = select(jobs.c.token_hash, jobs.c.phase).where(jobs.c.id == bindparam("p_id"))
-_GET_REPORT = select(jobs.c.report, jobs.c.phase).where(jobs.c.id == bindparam("p_id"))
+_GET_REPORT = select(jobs.c.report, jobs.c.phase, jobs.c.token_hash).where(
+    jobs.c.id == bindparam("p_id")
+)
 _GET_REPORT_FOR_UPDATE = _GET_REPORT.with_for_update()
 # The queued jobs of one executor waiting for a slot, oldest first (grouped dispatch).
 _CLAIM_CANDIDATES = (
@@ -153,6 +157,7 @@ class JobStore:
         self.tokens = TokenStore(engine, self.read_engine)
         self.tags = TagStore(engine, self.read_engine)
         self.links = links.LinkStore(engine, self.read_engine)
+        self.group = GroupCommit(engine)  # writes of many requests in one transaction
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -162,25 +167,40 @@ class JobStore:
         ``with_seq=False`` skips reading back the sequence numbers of a batch (faster; the
         returned jobs then carry ``seq`` 0). Jobs created ``after`` others, or as sub-jobs,
         are linked in the same transaction (``storage.links``)."""
-        now = utcnow()
         if not new_jobs:
             return []
-        linked = any(new.after or new.parent_id for new in new_jobs)
         with self.engine.begin() as conn:
-            if linked:
-                new_jobs = links.prepare_new(conn, new_jobs)
-            job_rows = []
-            event_rows = []
-            for new in new_jobs:
-                job_rows.append(job_row(new, now))
-                extra = {"after": list(new.after)} if new.after else None
-                event_rows.append(created_event_row(new, now, actor, extra))
-            created = insert_jobs(conn, job_rows, event_rows, with_seq=with_seq)
-            if linked:
-                links.insert_new(conn, new_jobs, now)
-                for job, new in zip(created, new_jobs, strict=True):
-                    job.after = tuple(new.after)
-            return created
+            return self._create_in(conn, new_jobs, actor, with_seq)
+
+    def create_write(
+        self, new_jobs: Sequence[NewJob], *, actor: str, with_seq: bool = True
+    ) -> Write[list[Job]]:
+        """``create`` as a write for the group commit (``storage.group``)."""
+        return Write(
+            work=lambda conn: self._create_in(conn, new_jobs, actor, with_seq),
+            alone=lambda: self.create(new_jobs, actor=actor, with_seq=with_seq),
+        )
+
+    @staticmethod
+    def _create_in(
+        conn: Connection, new_jobs: Sequence[NewJob], actor: str, with_seq: bool
+    ) -> list[Job]:
+        now = utcnow()
+        linked = any(new.after or new.parent_id for new in new_jobs)
+        if linked:
+            new_jobs = links.prepare_new(conn, new_jobs)
+        job_rows = []
+        event_rows = []
+        for new in new_jobs:
+            job_rows.append(job_row(new, now))
+            extra = {"after": list(new.after)} if new.after else None
+            event_rows.append(created_event_row(new, now, actor, extra))
+        created = insert_jobs(conn, job_rows, event_rows, with_seq=with_seq)
+        if linked:
+            links.insert_new(conn, new_jobs, now)
+            for job, new in zip(created, new_jobs, strict=True):
+                job.after = tuple(sorted(new.after))  # as the job JSON lists them
+        return created
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -245,11 +265,17 @@ class JobStore:
     ) -> Select[Any] | CompoundSelect:
         """Newest first, each filter served by an index ending in ``seq`` (``jobs (phase,
         seq)``, ``(owner, phase, seq)``, ``(type, phase, seq)`` ...), so a page reads about a
-        page of rows whatever the table's size (``tests/unit/test_query_plans.py``)."""
+        page of rows whatever the table's size (``tests/unit/test_query_plans.py``). A tag's
+        jobs come from ``job_tags (tag, seq)`` newest first, each job then by its key."""
         conditions: builtins.list[ColumnElement[bool]] = []
         phases = sorted({p.value for p in flt.phases})
+        # The order: the tag's copy of ``seq`` when a tag is given (its index), else the job's;
+        # bounds on both (PostgreSQL does not carry them across the join).
+        seqs = [jobs.c.seq, tag_seq] if flt.tag else [jobs.c.seq]
         if len(phases) == 1:
             conditions.append(jobs.c.phase == phases[0])
+        elif phases and flt.tag:
+            conditions.append(jobs.c.phase.in_(phases))  # a filter on the tag's jobs
         if flt.type:
             conditions.append(jobs.c.type == flt.type)
         if flt.owner:
@@ -270,18 +296,19 @@ class JobStore:
             conditions.append(jobs.c.id < upper)
             conditions.append(jobs.c.id.startswith(flt.id_prefix, autoescape=True))
         if flt.tag:
-            conditions.append(tagged(flt.tag))
-        if flt.seq_min is not None:
-            conditions.append(jobs.c.seq >= flt.seq_min)
-        if flt.seq_max is not None:
-            conditions.append(jobs.c.seq <= flt.seq_max)
-        if before_seq is not None:
-            conditions.append(jobs.c.seq < before_seq)
+            query = tagged(query, flt.tag)
+        for seq in seqs:
+            if flt.seq_min is not None:
+                conditions.append(seq >= flt.seq_min)
+            if flt.seq_max is not None:
+                conditions.append(seq <= flt.seq_max)
+            if before_seq is not None:
+                conditions.append(seq < before_seq)
         if conditions:
             query = query.where(and_(*conditions))
         # One more than a page is allowed, so a caller can tell whether another page follows.
         limit = max(1, min(limit, MAX_PAGE + 1))
-        if len(phases) > 1:
+        if len(phases) > 1 and not flt.tag:
             # ``phase IN (...)`` would read every matching row and sort them: one leg per phase
             # instead, each newest first from its index, merged until the page is full (SQLite
             # ``MERGE (UNION ALL)``; PostgreSQL's ``Merge Append`` needs each leg ordered and
@@ -291,7 +318,7 @@ class JobStore:
                 legs = [leg.order_by(jobs.c.seq.desc()).limit(limit) for leg in legs]
             merged = union_all(*legs)
             return merged.order_by(merged.selected_columns.seq.desc()).limit(limit)
-        return query.order_by(jobs.c.seq.desc()).limit(limit)
+        return query.order_by(seqs[-1].desc()).limit(limit)
 
     def ids_in_phase(
         self,
@@ -551,30 +578,70 @@ class JobStore:
         return job
 
     def merge_report(
-        self, job_id: str, merge: Any, payload: Mapping[str, Any], *, actor: str
+        self,
+        job_id: str,
+        merge: Any,
+        payload: Mapping[str, Any],
+        *,
+        actor: str,
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Merge ``payload`` into the stored report with ``merge(old, payload)``, atomically.
 
-        Returns the merged report. A job that has ended takes no more reports (409): its token
-        stopped working when it ended."""
-        now = utcnow()
+        Returns the merged report. With ``token``, the post is the job's own: a token that is
+        not the job's, or the token of a job that has ended (it stopped working then), is a 403
+        read in the same statement as the report. Without, a job that has ended is a 409."""
         with self.engine.begin() as conn:
-            query = _GET_REPORT_FOR_UPDATE if conn.dialect.name == "postgresql" else _GET_REPORT
-            current = conn.execute(query, {"p_id": job_id}).first()
-            if current is None:
-                raise NotFound(f"no job {job_id}", field="id")
-            if Phase(current.phase) in TERMINAL:
-                raise Conflict(
-                    f"job {job_id} has ended ({current.phase}): its token no longer reports",
-                    field="token",
-                )
-            report = merge(dict(current.report or {}), payload)
-            statement = update_statement(frozenset({"report", "updated_at"}), False, False)
-            n = conn.execute(
-                statement, {"p_id": job_id, "v_report": report, "v_updated_at": now}
-            ).scalar_one()
-            conn.execute(INSERT_EVENTS, event_row(job_id, n, now, "report", actor, payload))
-        return report
+            return self._merge_report_in(conn, job_id, merge, payload, actor, token)
+
+    def merge_report_write(
+        self,
+        job_id: str,
+        merge: Any,
+        payload: Mapping[str, Any],
+        *,
+        actor: str,
+        token: str | None = None,
+    ) -> Write[dict[str, Any]]:
+        """``merge_report`` as a write for the group commit (``storage.group``)."""
+        return Write(
+            work=lambda conn: self._merge_report_in(conn, job_id, merge, payload, actor, token),
+            alone=lambda: self.merge_report(job_id, merge, payload, actor=actor, token=token),
+        )
+
+    @staticmethod
+    def _merge_report_in(
+        conn: Connection,
+        job_id: str,
+        merge: Any,
+        payload: Mapping[str, Any],
+        actor: str,
+        token: str | None,
+    ) -> dict[str, Any]:
+        query = _GET_REPORT_FOR_UPDATE if conn.dialect.name == "postgresql" else _GET_REPORT
+        current = conn.execute(query, {"p_id": job_id}).first()
+        if token is not None and (
+            current is None
+            or not isinstance(current.token_hash, str)
+            or not hmac.compare_digest(current.token_hash, hash_secret(token))
+            or Phase(current.phase) in TERMINAL
+        ):
+            raise Forbidden("this token is not valid for this job", field="token")
+        if current is None:
+            raise NotFound(f"no job {job_id}", field="id")
+        if Phase(current.phase) in TERMINAL:
+            raise Conflict(
+                f"job {job_id} has ended ({current.phase}): its token no longer reports",
+                field="token",
+            )
+        report = merge(dict(current.report or {}), payload)
+        now = utcnow()
+        statement = update_statement(frozenset({"report", "updated_at"}), False, False)
+        n = conn.execute(
+            statement, {"p_id": job_id, "v_report": report, "v_updated_at": now}
+        ).scalar_one()
+        conn.execute(INSERT_EVENTS, event_row(job_id, n, now, "report", actor, payload))
+        return cast(dict[str, Any], report)
 
     def check_job_token(self, job_id: str, token: str) -> bool:
         """Whether ``token`` is the job's own and the job has not ended (a job's token stops

@@ -30,6 +30,7 @@ from jobmill.domain.pipelinejobs import (
 )
 from jobmill.storage.cursors import EventCursor
 from jobmill.storage.db import aware
+from jobmill.storage.group import GroupCommit, Write
 from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import (
     events,
@@ -61,6 +62,10 @@ _STATUS = (
     .where(jobs.c.id == bindparam("p_id"))
 )
 _STATUS_LOCKED = _STATUS.with_for_update(of=jobs)
+# The status with what only the record shows (the fingerprint, the re-run, the token's state).
+_RECORD = _STATUS.add_columns(pipeline_jobs.c.fingerprint, pipeline_jobs.c.superseded_by)
+_RECORD_LOCKED = _RECORD.with_for_update(of=jobs)
+_HOLDER = select(pipeline_jobs.c.job_id).where(pipeline_jobs.c.fingerprint == bindparam("p_fp"))
 _DUPLICATE = select(pipeline_events).where(pipeline_events.c.uuid == bindparam("p_uuid"))
 _INSERT_HISTORY = insert(pipeline_events).returning(pipeline_events.c.seq)
 _CURATION_VALUES: dict[str, Any] = {
@@ -100,6 +105,47 @@ def _status(row: Any) -> PipelineStatus:
         curation=State(row.curation) if row.curation else None,
         last_event=row.last_event,
         indexer_job=row.indexer_job,
+    )
+
+
+@dataclass(frozen=True)
+class PipelineRecord(PipelineStatus):
+    """A PipelineJob's status as its own record shows it: its fingerprint (None for a job
+    created before fingerprints, or once handed over to a re-run), the re-run it was handed
+    over to, and whether its update token is still valid (not revoked)."""
+
+    fingerprint: str | None = None
+    superseded_by: str | None = None
+    update_token: bool = True
+
+
+def _record(row: Any) -> PipelineRecord:
+    return PipelineRecord(
+        job_id=row.id,
+        owner=row.owner,
+        type=row.type,
+        phase=Phase(row.phase),
+        executor=row.executor,
+        curation=State(row.curation) if row.curation else None,
+        last_event=row.last_event,
+        indexer_job=row.indexer_job,
+        fingerprint=row.fingerprint,
+        superseded_by=row.superseded_by,
+        update_token=row.token_hash is not None,
+    )
+
+
+def duplicate(found: PipelineRecord, fingerprint: str, rerun: frozenset[State]) -> Conflict:
+    """The 409 of a create whose fingerprint ``found`` holds: it names the job and its state."""
+    states = ", ".join(s.value for s in State if s in rerun)
+    again = f"; a re-run is created once it is {states}" if states else ""
+    return Conflict(
+        f"PipelineJob {found.job_id} ({found.state.value}) has the same type, parameters and "
+        f"parents: a second create is a duplicate{again}",
+        field="fingerprint",
+        uuid=found.job_id,
+        state=found.state.value,
+        fingerprint=fingerprint,
     )
 
 
@@ -165,29 +211,85 @@ class PipelineStore:
     # -- creation ---------------------------------------------------------------------------
 
     def create(
-        self, new: NewJob, *, token_hash: str, actor: str, event_uuid: str, data: Mapping[str, Any]
-    ) -> tuple[Job, HistoryEntry]:
-        """Insert the job, its PipelineJobs row and its ``create`` history entry, together."""
-        now = utcnow()
-        with self.engine.begin() as conn:
-            created = insert_jobs(
-                conn, [job_row(new, now)], [created_event_row(new, now, actor)], with_seq=True
-            )[0]
-            conn.execute(
-                insert(pipeline_jobs).values(
-                    job_id=new.id,
-                    curation=None,
-                    last_event=PipelineEvent.CREATE.value,
-                    token_hash=token_hash,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            entry = self._history(
-                conn, new.id, event_uuid, now, PipelineEvent.CREATE.value, State.CREATED,
-                actor, data,
-            )  # fmt: skip
-        return created, entry
+        self,
+        new: NewJob,
+        *,
+        token_hash: str,
+        actor: str,
+        event_uuid: str,
+        data: Mapping[str, Any],
+        fingerprint: str | None = None,
+        rerun: frozenset[State] = frozenset(),
+    ) -> tuple[Job, HistoryEntry, str | None]:
+        """Insert the job, its PipelineJobs row and its ``create`` history entry, together;
+        returns them and the job it is a re-run of (or None).
+
+        A ``fingerprint`` is taken in the same transaction: a job holding it already makes the
+        create a duplicate (``Conflict`` naming that job; nothing is written), unless its state
+        is in ``rerun``: then it hands the fingerprint over (``superseded_by``). The unique
+        index settles two creates racing each other: one wins, the other one is a duplicate."""
+        for _attempt in range(5):
+            now = utcnow()
+            try:
+                with self.engine.begin() as conn:
+                    replaced = None
+                    if fingerprint is not None:
+                        replaced = self._claim(conn, fingerprint, new.id, rerun)
+                    created = insert_jobs(
+                        conn, [job_row(new, now)], [created_event_row(new, now, actor)],
+                        with_seq=True,
+                    )[0]  # fmt: skip
+                    conn.execute(
+                        insert(pipeline_jobs).values(
+                            job_id=new.id,
+                            curation=None,
+                            last_event=PipelineEvent.CREATE.value,
+                            token_hash=token_hash,
+                            created_at=now,
+                            updated_at=now,
+                            fingerprint=fingerprint,
+                        )
+                    )
+                    entry = self._history(
+                        conn, new.id, event_uuid, now, PipelineEvent.CREATE.value,
+                        State.CREATED, actor, data,
+                    )  # fmt: skip
+                return created, entry, replaced
+            except _Race:
+                continue
+            except IntegrityError:
+                # Another create of the same job committed first (everything here rolled back).
+                found = self.holder(fingerprint) if fingerprint is not None else None
+                if found is None:
+                    raise
+                if found.state not in rerun:
+                    raise duplicate(found, fingerprint or "", rerun) from None
+        raise Conflict("the job's fingerprint keeps changing; try again", field="fingerprint")
+
+    def _claim(
+        self, conn: Connection, fingerprint: str, job_id: str, rerun: frozenset[State]
+    ) -> str | None:
+        """Take ``fingerprint`` for the new job ``job_id``: None when no job holds it; the job
+        it is handed over from when that job's state is in ``rerun``; else ``Conflict``."""
+        holder = conn.execute(_HOLDER, {"p_fp": fingerprint}).scalar()
+        if holder is None:
+            return None
+        # On PostgreSQL, lock the holder's job row as an event does: its state is final here.
+        query = _RECORD_LOCKED if conn.dialect.name == "postgresql" else _RECORD
+        row = conn.execute(query, {"p_id": holder}).first()
+        if row is None or row.fingerprint != fingerprint:
+            raise _Race  # deleted or handed over meanwhile: look again
+        found = _record(row)
+        if found.state not in rerun:
+            raise duplicate(found, fingerprint, rerun)
+        handed = conn.execute(
+            update(pipeline_jobs)
+            .where(pipeline_jobs.c.job_id == holder, pipeline_jobs.c.fingerprint == fingerprint)
+            .values(fingerprint=None, superseded_by=job_id)
+        )
+        if handed.rowcount != 1:
+            raise _Race
+        return str(holder)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -196,6 +298,34 @@ class PipelineStore:
         with self.read_engine.connect() as conn:
             row = conn.execute(_STATUS, {"p_id": job_id}).first()
         return _status(row) if row is not None else None
+
+    def details(self, job_id: str) -> PipelineRecord | None:
+        """The job's status with its fingerprint, re-run and token state (``PipelineRecord``),
+        or None when it is not a PipelineJob."""
+        with self.read_engine.connect() as conn:
+            row = conn.execute(_RECORD, {"p_id": job_id}).first()
+        return _record(row) if row is not None else None
+
+    def holder(self, fingerprint: str) -> PipelineRecord | None:
+        """The PipelineJob holding ``fingerprint``, if any."""
+        with self.read_engine.connect() as conn:
+            job_id = conn.execute(_HOLDER, {"p_fp": fingerprint}).scalar()
+            row = conn.execute(_RECORD, {"p_id": job_id}).first() if job_id else None
+        return _record(row) if row is not None else None
+
+    def set_token(self, job_id: str, token_hash: str | None) -> bool:
+        """Replace the hash of the job's update token (None: revoke it); False if the job is no
+        PipelineJob. On PostgreSQL the job's row is locked as an event locks it: an event in
+        flight commits first, and every event after this commit checks the new hash."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(_STATUS_LOCKED, {"p_id": job_id})
+            changed = conn.execute(
+                update(pipeline_jobs)
+                .where(pipeline_jobs.c.job_id == job_id)
+                .values(token_hash=token_hash)
+            )
+            return changed.rowcount == 1
 
     def token_hash(self, job_id: str) -> str | None:
         query = select(pipeline_jobs.c.token_hash).where(pipeline_jobs.c.job_id == job_id)
@@ -254,6 +384,39 @@ class PipelineStore:
                     return done
                 raise
         raise Conflict(f"job {job_id} keeps changing; try again", event=event.value)
+
+    def apply_write(
+        self,
+        job_id: str,
+        event: PipelineEvent,
+        *,
+        actor: str,
+        event_uuid: str,
+        data: Mapping[str, Any],
+        authorise: Authorise | None = None,
+        named: bool = True,
+    ) -> Write[Applied]:
+        """``apply`` as a write for the group commit (``storage.group``): in a shared
+        transaction, or alone (with ``apply``'s retries) when the group fails."""
+        return Write(
+            work=lambda conn: self._apply_in(
+                conn, job_id, event, actor, event_uuid, data, authorise=authorise, named=named
+            ),
+            alone=lambda: self.apply(
+                job_id,
+                event,
+                actor=actor,
+                event_uuid=event_uuid,
+                data=data,
+                authorise=authorise,
+                named=named,
+            ),
+        )
+
+    @property
+    def group(self) -> GroupCommit:
+        """The group commit of the job store's writer engine."""
+        return self.jobs.group
 
     def start_index(
         self,

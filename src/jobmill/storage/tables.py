@@ -237,8 +237,10 @@ job_tags = Table(
     metadata,
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("tag", String(64), primary_key=True),
-    # Jobs with a tag (``GET /api/v1/jobs?tag=``); the key serves a job's own tags.
-    Index(None, "tag", "job_id"),
+    # The job's ``seq`` (written with the tag): jobs with a tag (``GET /api/v1/jobs?tag=``)
+    # newest first from the index, without reading ``jobs``; the key serves a job's own tags.
+    Column("seq", Integer, nullable=False),
+    Index(None, "tag", "seq"),
 )
 """Free-form labels on jobs (``jobmill tags``; see ``storage.tags``)."""
 
@@ -252,10 +254,16 @@ pipeline_jobs = Table(
     Column("indexer_job", String(36)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("fingerprint", String(36)),
+    Column("superseded_by", String(36)),
     Index(None, "indexer_job"),
+    # One job per fingerprint: two creates of the same job racing each other cannot both win.
+    Index(None, "fingerprint", unique=True),
 )
 """PipelineJobs: the curation status of a job (None while its phase says its state), its last
-event, the hash of its update token and its indexer job (see ``storage.pipelinejobs``)."""
+event, the hash of its update token (None once revoked), its indexer job, and its fingerprint
+(a UUID5 of what makes it the same job; handed over to a re-run, then ``superseded_by`` names
+the new job; see ``storage.pipelinejobs``)."""
 
 # No foreign key to ``jobs``, like ``events``: the history outlives a deleted job.
 pipeline_events = Table(
@@ -301,3 +309,29 @@ engine_leases = Table(
 """Which process runs the engine of each executor (``engine:<executor>``): the holder renews
 its row before ``expires_at`` (seconds since the epoch); another takes it over once it has
 expired, or at once when the holder is a dead process of its own host (``storage.leases``)."""
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", Integer, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False),
+    Column("user", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index(None, "expires_at"),
+    Index(None, "token_id"),
+)
+"""Signed-in browsers of the web pages, shared by every process of a site: the SHA-256 of the
+cookie's random id, and the token row it was opened with (never the token); times in seconds
+since the epoch (see ``storage.web_sessions``)."""
+
+web_signin_links = Table(
+    "web_signin_links",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("token_id", Integer, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index(None, "expires_at"),
+)
+"""Unused one-time sign-in links (``jobmill serve`` prints one): the SHA-256 of the code and
+the token row it signs in with; a redeem deletes the row, so one request wins."""

@@ -1,24 +1,26 @@
 """Job tags: free-form labels (``jobmill tags``, ``GET /api/v1/jobs?tag=``).
 
-A tag is a row of ``job_tags`` (``job_id``, ``tag``); it goes with its job (``ON DELETE
-CASCADE``). Adding or removing one is a change of the job like any other: in one transaction,
-the job's ``event_count`` is bumped by a checked ``UPDATE`` (with a ``version``, only while the
-job is still as the caller read it), the tag row is written and a ``tagged``/``untagged`` event
-records it. Adding a tag the job has is a no-op (no event); two clients adding the same tag at
-the same time leave one row and one event.
+A tag is a row of ``job_tags`` (``job_id``, ``tag``, and the job's ``seq``, copied from ``jobs``
+when the tag is written); it goes with its job (``ON DELETE CASCADE``). Adding or removing one
+is a change of the job like any other: in one transaction, the job's ``event_count`` is bumped
+by a checked ``UPDATE`` (with a ``version``, only while the job is still as the caller read it),
+the tag row is written and a ``tagged``/``untagged`` event records it. Adding a tag the job has
+is a no-op (no event); two clients adding the same tag at the same time leave one row and one
+event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
+    Column,
     Connection,
     Engine,
+    Select,
     bindparam,
     delete,
-    insert,
     select,
     update,
 )
@@ -27,17 +29,22 @@ from sqlalchemy.exc import IntegrityError
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job, utcnow
 from jobmill.storage.tables import job_tags, jobs
-from jobmill.storage.writes import INSERT_EVENTS, event_row, job_from_row
+from jobmill.storage.writes import INSERT_EVENTS, INSERT_TAGS, event_row, job_from_row
 
 _CHUNK = 500
 
+tag_seq: Column[int] = job_tags.c.seq
+"""The order of a job list filtered by a tag (the job's ``seq``, kept with the tag)."""
 
-def tagged(tag: str) -> ColumnElement[bool]:
-    """The condition of a job list filtered by ``tag``: the tag's job ids from the index on
-    ``(tag, job_id)``, then those jobs by their unique id. (A correlated ``EXISTS`` would read
-    the jobs newest first until enough match: 100 ms for a rare tag among 100,000 jobs, where
-    this takes under 1 ms.)"""
-    return jobs.c.id.in_(select(job_tags.c.job_id).where(job_tags.c.tag == tag))
+
+def tagged(query: Select[Any], tag: str) -> Select[Any]:
+    """``query`` (on ``jobs``) narrowed to the jobs with ``tag``: ordered by ``tag_seq``, the
+    tag's rows are read newest first from the index ``job_tags (tag, seq)``, each job then by
+    its key, until the page is full, so a page costs the same for a tag on every job and for
+    a rare one. (Selecting the tag's job ids first read and sorted every one of them: 27 ms for
+    a tag on 50,000 of 100,000 jobs; a correlated ``EXISTS`` read the jobs newest first until
+    enough matched: 100 ms for a rare tag.)"""
+    return query.join(job_tags, tag_seq == jobs.c.seq).where(job_tags.c.tag == tag)
 
 
 def stale(job_id: str, version: int, now: int, what: str) -> Conflict:
@@ -82,7 +89,7 @@ class TagStore:
         ``created`` event names them)."""
         rows = [{"job_id": job_id, "tag": tag} for tag in sorted(set(tags))]
         if rows:
-            conn.execute(insert(job_tags), rows)
+            conn.execute(INSERT_TAGS, rows)
 
     def add(self, job_id: str, tag: str, *, actor: str, version: int | None = None) -> Job:
         """Tag the job; with ``version``, only if it has not changed since (else 409)."""
@@ -145,7 +152,7 @@ class TagStore:
                     raise stale(job_id, version or 0, int(count), "tag change")
                 job = job_from_row(changed)
                 if adding:
-                    conn.execute(insert(job_tags), {"job_id": job_id, "tag": tag})
+                    conn.execute(INSERT_TAGS, {"job_id": job_id, "tag": tag})
                 else:
                     gone = conn.execute(
                         delete(job_tags).where(job_tags.c.job_id == job_id, job_tags.c.tag == tag)

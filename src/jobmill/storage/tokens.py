@@ -99,6 +99,12 @@ class TokenStore:
             ).first()
         return _record(row) if row else None
 
+    def get(self, token_id: int) -> TokenRecord | None:
+        """The token row ``token_id``, whatever its state (None: no such row)."""
+        with self.read_engine.connect() as conn:
+            row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
+        return _record(row) if row else None
+
     def find(self, secret: str) -> TokenRecord | None:
         """The token with this secret if it is active (not revoked, not expired)."""
         record = self.lookup(secret)

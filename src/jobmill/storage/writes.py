@@ -63,7 +63,15 @@ _INSERT_JOBS = insert(jobs)
 _INSERT_JOBS_SEQ = insert(jobs).returning(jobs.c.seq, sort_by_parameter_order=True)
 _INSERT_JOB_SEQ = insert(jobs).returning(jobs.c.seq)
 INSERT_EVENTS = insert(events)
-_INSERT_TAGS = insert(job_tags)
+INSERT_TAGS = insert(job_tags).from_select(
+    ["job_id", "tag", "seq"],
+    select(
+        bindparam("job_id", type_=job_tags.c.job_id.type),
+        bindparam("tag", type_=job_tags.c.tag.type),
+        jobs.c.seq,
+    ).where(jobs.c.id == bindparam("job_id")),
+)
+"""Tag rows (``job_id``, ``tag``) with their job's ``seq`` (the order of a list by tag)."""
 TAGS_KEY = "_tags"
 """The key of a ``job_row`` holding the job's tags (``insert_jobs`` writes them to ``job_tags``)."""
 _UPDATES: dict[tuple[frozenset[str], bool, bool, bool, bool], Any] = {}
@@ -211,7 +219,7 @@ def insert_jobs(
     if event_rows:
         conn.execute(INSERT_EVENTS, event_rows)
     if tag_rows:
-        conn.execute(_INSERT_TAGS, tag_rows)
+        conn.execute(INSERT_TAGS, tag_rows)
     created = [job_from_values(row) for row in job_rows]
     if tag_rows:
         by_job: dict[str, list[str]] = {}

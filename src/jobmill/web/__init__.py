@@ -31,7 +31,7 @@ def _docs_assets() -> Path:
 def install(app: FastAPI) -> Sessions:
     """Mount the web face on ``app`` (built with ``docs_url=None, redoc_url=None``); returns
     its sessions (``jobmill serve`` issues the one-time sign-in link there)."""
-    sessions = Sessions()
+    sessions = Sessions(app.state.jobmill.tokens)  # in the database: shared by the processes
     app.state.web_sessions = sessions
     app.state.web_streams = 0
     app.mount(DOCS_STATIC, StaticFiles(directory=_docs_assets()), name="web-docs-static")
@@ -57,7 +57,9 @@ def install(app: FastAPI) -> Sessions:
     return sessions
 
 
-def signin_link(app: FastAPI, base_url: str, token: str) -> str:
-    """A one-time link that signs a browser in with ``token`` (printed by ``jobmill serve``)."""
-    sessions: Sessions = app.state.web_sessions
+def signin_link(app: FastAPI | Sessions, base_url: str, token: str) -> str:
+    """A one-time link that signs a browser in with ``token`` (printed by ``jobmill serve``),
+    issued through an app's sessions or a ``Sessions`` of the site's database: any process of
+    the site redeems it, once."""
+    sessions: Sessions = app if isinstance(app, Sessions) else app.state.web_sessions
     return f"{base_url.rstrip('/')}/ui/signin?once={sessions.issue_link(token)}"

@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from jobmill.api.auth import Authenticator
 from jobmill.web.pages import HtmlRoute, ViewerDep, read_form
 from jobmill.web.render import page
-from jobmill.web.session import COOKIE, PRE_COOKIE
+from jobmill.web.session import COOKIE, PRE_COOKIE, Session
 from jobmill.web.viewer import check_form_token, sessions_of, writer
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
@@ -38,8 +38,7 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https" or str(public).startswith("https:")
 
 
-def _signed_in(request: Request, token: str, user: str, target: str) -> Response:
-    session = sessions_of(request).open(token, user)
+def _signed_in(request: Request, session: Session, target: str) -> Response:
     answer = RedirectResponse(local_target(target), status_code=303)
     answer.set_cookie(
         COOKIE,
@@ -87,17 +86,20 @@ async def signin_page(
 ) -> Response:
     """The sign-in form; ``once=CODE`` (the link ``jobmill serve`` prints) signs in at once."""
     if once is not None:
-        token = sessions_of(request).redeem_link(once)
-        auth: Authenticator = request.app.state.auth
-        user = await run_in_threadpool(auth.tokens.user_for, token) if token else None
-        if token is None or user is None:
+        sessions = sessions_of(request)
+        token_id = await run_in_threadpool(sessions.redeem_link, once)
+        user = None
+        if token_id is not None:
+            user = await run_in_threadpool(sessions.tokens.user_for_id, token_id)
+        if token_id is None or user is None:
             return _form_page(
                 request,
                 target,
                 "this sign-in link was already used or has expired: sign in with a token",
                 401,
             )
-        return _signed_in(request, token, user.name, target)
+        session = await run_in_threadpool(sessions.open_for, token_id, user.name)
+        return _signed_in(request, session, target)
     return _form_page(request, target)
 
 
@@ -111,9 +113,12 @@ async def signin(request: Request) -> Response:
         return _form_page(request, target, "enter a token", 422)
     auth: Authenticator = request.app.state.auth
     user = await run_in_threadpool(auth.tokens.user_for, token)
-    if user is None:
+    session = None
+    if user is not None:  # the session names the token's row, never the token
+        session = await run_in_threadpool(sessions_of(request).open, token, user.name)
+    if session is None:
         return _form_page(request, target, "invalid, expired or revoked token", 401)
-    return _signed_in(request, token, user.name, target)
+    return _signed_in(request, session, target)
 
 
 @router.post("/ui/signout")
@@ -121,7 +126,7 @@ async def signout(request: Request, who: ViewerDep) -> Response:
     form = await read_form(request)
     writer(who, form.get("csrf"))
     if who.session is not None:
-        sessions_of(request).close(who.session.id)
+        await run_in_threadpool(sessions_of(request).close, who.session.id)
     answer = RedirectResponse("/ui/signin", status_code=303)
     answer.delete_cookie(COOKIE, path="/")
     return answer

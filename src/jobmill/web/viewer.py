@@ -3,8 +3,9 @@
 A page request is answered for:
 
 * the bearer token in ``Authorization``, as on every face (programs, tests);
-* else the browser's session cookie (``session.py``), whose token is checked again on every
-  request (a revoked token ends the session);
+* else the browser's session cookie (``session.py``, in the database: any process of the site
+  knows it), whose token row is checked again on every request (a revoked token ends the
+  session);
 * else, where ``JOBMILL_ANONYMOUS=read`` allows it, an anonymous reader (GET and HEAD only);
 * else nobody: pages send the browser to the sign-in form.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
 from jobmill.api.auth import ANONYMOUS, READ_METHODS, Authenticator
 from jobmill.domain.errors import Forbidden
@@ -60,13 +62,13 @@ async def viewer(request: Request) -> Viewer:
     header = request.headers.get("authorization")
     if header and header.strip():
         return Viewer(auth.user(header, request.method), bearer=True)  # a bad token: 401
-    sessions = sessions_of(request)
-    session = sessions.get(request.cookies.get(COOKIE))
-    if session is not None:
-        user = auth.tokens.user_for(session.token)
-        if user is not None:
-            return Viewer(user, session)
-        sessions.close(session.id)  # revoked or expired: the session ends with its token
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        # The session's row and its token row, read off the event loop; a revoked or expired
+        # token ends the session (and the other sessions of that token).
+        found = await run_in_threadpool(sessions_of(request).resolve, cookie)
+        if found is not None:
+            return Viewer(found[1], found[0])
     if auth.anonymous_reads and request.method.upper() in READ_METHODS:
         return Viewer(User(ANONYMOUS, reader=True))
     return Viewer(None)

@@ -64,7 +64,6 @@ class JobServiceBase:
         self.on_queued = on_queued
         self.on_cancel = on_cancel
         self.max_batch = max_batch
-        self._verified: dict[tuple[str, str], float] = {}  # job tokens checked (reporting)
 
     # -- job types --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ data) and the dry run that shows the script a job would be submitted with."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
@@ -163,10 +164,27 @@ class JobCreation(JobLinks):
             raise
 
     def create(self, user: User, request: JobRequest) -> Job:
+        """Validate and store one job; its insert is committed with the others of the same
+        moment (``storage.group``)."""
         with self.room():
             if request.wait_for is not None:
                 return self._create_waiting(user, [request])[0]
-            job = self.store.create([self.validate(user, request)], actor=user.name)[0]
+            new = self.validate(user, request)
+            job = self.store.group.run(self.store.create_write([new], actor=user.name))[0]
+        return self._created(job)
+
+    async def create_async(self, user: User, request: JobRequest) -> Job:
+        """``create`` for a request on the event loop: validation runs there, and the request
+        waits for the commit without a thread (a job that waits for data still takes one)."""
+        if request.wait_for is not None:
+            return await asyncio.to_thread(self.create, user, request)
+        with self.room():
+            new = self.validate(user, request)
+            write = self.store.create_write([new], actor=user.name)
+            job = (await self.store.group.run_async(write))[0]
+        return self._created(job)
+
+    def _created(self, job: Job) -> Job:
         if job.phase is Phase.QUEUED:
             self.on_queued()
         return job
