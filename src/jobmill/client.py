@@ -509,6 +509,12 @@ class Client:
         path = f"/pipelinejobs/{quote(job_id, safe='')}/history"
         return self._json("GET", path)["history"]
 
+    def pipeline_token(self, job_id: str, *, revoke: bool = False) -> JobDict:
+        """A new update token for a PipelineJob (the old one stops working at once), with its
+        callback URL; with ``revoke``, no update token at all (events then need a bearer)."""
+        path = f"/pipelinejobs/{quote(job_id, safe='')}/token"
+        return self._json("DELETE" if revoke else "POST", path)
+
     # -- inside a job ---------------------------------------------------------------------------
 
     def report(self, /, counters: Mapping[str, Any] | None = None, **fields: Any) -> JobDict:

@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 
@@ -38,9 +37,7 @@ def parse_data(raw: str | None) -> dict[str, Any] | None:
 
 def job_token(jm: Client, job_id: str, *, revoke: bool = False) -> dict[str, Any]:
     """``POST`` (a new update token) or ``DELETE`` (revoke it) ``/pipelinejobs/{id}/token``."""
-    path = f"/pipelinejobs/{quote(job_id, safe='')}/token"
-    answer: dict[str, Any] = jm._json("DELETE" if revoke else "POST", path)  # noqa: SLF001
-    return answer
+    return jm.pipeline_token(job_id, revoke=revoke)
 
 
 def register(app: typer.Typer, connect: Connect) -> None:
