@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -31,6 +32,11 @@ from jobmill.domain.lifecycle import TERMINAL
 from jobmill.paths import default_token_file, read_server_url, read_token_file, server_file
 
 DEFAULT_TIMEOUT = 30.0
+SUBMIT_ATTEMPTS = 3
+"""Attempts of ``Client.submit`` (with one ``Idempotency-Key``) before its error is raised."""
+SUBMIT_RETRY_DELAY = 0.5
+"""Seconds before the second attempt of ``Client.submit``; twice that before the third."""
+RETRY_STATUSES = (0, 502, 503)  # 0: unreachable, or no answer in time
 TERMINAL_PHASES = TERMINAL  # phases are strings: "COMPLETED" in TERMINAL_PHASES
 
 JobDict = dict[str, Any]
@@ -195,17 +201,32 @@ class Client:
         tags: Sequence[str] | None = None,
         after: Sequence[str] | None = None,
         on_parent_failure: str | None = None,
+        idempotency_key: str | None = None,
     ) -> JobDict:
         """Create a job (queued at once, or ``phase="PENDING"`` to hold it until ``run``);
         ``after``: ids of jobs that must complete first (``on_parent_failure``: "fail" or
-        "wait" when one of them fails)."""
+        "wait" when one of them fails).
+
+        The request carries an ``Idempotency-Key`` (``idempotency_key``, else a random one),
+        and is sent again with the same key, up to ``SUBMIT_ATTEMPTS`` times in all, when the
+        server cannot be reached, does not answer in time, or answers 502 or 503: a job the
+        server created before its answer was lost is answered, not created twice (the key
+        holds 24 hours)."""
         body = _job_body(
             type, parameters, run_id, executor, execution_duration, log_dir, phase,
             after, on_parent_failure,
         )  # fmt: skip
         if tags:
             body["tags"] = list(tags)
-        return self._json("POST", "/jobs", json=body)
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                return self._json("POST", "/jobs", json=body, headers=headers)
+            except JobmillClientError as exc:
+                if attempt == SUBMIT_ATTEMPTS or exc.status not in RETRY_STATUSES:
+                    raise
+                time.sleep(SUBMIT_RETRY_DELAY * attempt)
+        raise AssertionError("unreachable")
 
     def link(self, job_id: str, after: Sequence[str]) -> JobDict:
         """The job (PENDING, or waiting for upstream jobs) also runs after ``after``."""

@@ -25,6 +25,7 @@ TABLES |= {"job_links"}
 TABLES |= {"pipeline_jobs", "pipeline_events", "pipeline_nonces"}
 TABLES |= {"engine_leases"}
 TABLES |= {"web_sessions", "web_signin_links"}
+TABLES |= {"idempotency_keys"}
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from jobmill.api.auth import current_user
@@ -127,13 +127,35 @@ def get_jobtype(name: str, jobs: ServiceDep, _user: UserDep) -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=201, response_model=JobOut, responses=errors(409, 507))
-async def create_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> Response:
-    """Create a job; it is validated against its job type (422 names the bad field)."""
-    job = await jobs.create_async(user, _request(body))
+async def create_job(
+    body: JobCreate,
+    jobs: ServiceDep,
+    user: UserDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="retry safely: a repeat answers the job this key created (24 h)",
+        ),
+    ] = None,
+) -> Response:
+    """Create a job; it is validated against its job type (422 names the bad field).
+
+    With an ``Idempotency-Key`` a retry of the same request answers the job the first one
+    created, with ``Idempotent-Replayed: true``; the same key with another body is a 409."""
+    headers: dict[str, str] = {}
+    if idempotency_key is None:
+        job = await jobs.create_async(user, _request(body))
+    else:
+        job, replayed = await jobs.create_once_async(
+            user, _request(body), idempotency_key, body.model_dump(mode="json")
+        )
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         job_out(job),  # a new job has no dependents or sub-jobs yet; ``after`` is filled in
         status_code=201,
-        headers={"Location": f"/api/v1/jobs/{job.id}"},
+        headers={"Location": f"/api/v1/jobs/{job.id}", **headers},
     )
 
 

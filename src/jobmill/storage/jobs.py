@@ -45,7 +45,7 @@ from jobmill.domain.lifecycle import (
     reason_of,
     transition,
 )
-from jobmill.storage import links
+from jobmill.storage import idempotency, links
 from jobmill.storage.db import aware
 from jobmill.storage.group import GroupCommit, Write
 from jobmill.storage.tables import events, jobs
@@ -180,6 +180,13 @@ class JobStore:
             work=lambda conn: self._create_in(conn, new_jobs, actor, with_seq),
             alone=lambda: self.create(new_jobs, actor=actor, with_seq=with_seq),
         )
+
+    def create_once_write(
+        self, new_jobs: Sequence[NewJob], *, actor: str, key: idempotency.IdempotencyKey
+    ) -> Write[idempotency.Created]:
+        """``create_write`` under an idempotency key: the job ``key`` already names, else new
+        jobs with the key recorded in their transaction (``storage.idempotency``)."""
+        return idempotency.create_write(self.engine, self._create_in, new_jobs, actor, key)
 
     @staticmethod
     def _create_in(

@@ -335,3 +335,18 @@ web_signin_links = Table(
 )
 """Unused one-time sign-in links (``jobmill serve`` prints one): the SHA-256 of the code and
 the token row it signs in with; a redeem deletes the row, so one request wins."""
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("owner", String(128), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("job_id", String(36), nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner", "key"),
+    Index(None, "created_at"),
+)
+"""The ``Idempotency-Key`` of a job creation: (owner, key) names the job it created and the
+SHA-256 of the request; written in the job's own transaction, kept 24 hours; times in seconds
+since the epoch (see ``storage.idempotency``)."""

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from jobmill.domain.errors import Conflict, JobmillError, ValidationError
 from jobmill.domain.jobs import Job, JobRequest, NewJob, utcnow
@@ -19,6 +20,7 @@ from jobmill.domain.users import User
 from jobmill.domain.values import INT32_MAX, check_tag, check_text, check_value
 from jobmill.service.jobs.links import JobLinks
 from jobmill.service.space import DiskSpace, disk_full
+from jobmill.storage.idempotency import IdempotencyKey, body_hash, check_key
 
 MAX_RUN_ID = 256
 MAX_TYPE_NAME = 256
@@ -183,6 +185,27 @@ class JobCreation(JobLinks):
             write = self.store.create_write([new], actor=user.name)
             job = (await self.store.group.run_async(write))[0]
         return self._created(job)
+
+    async def create_once_async(
+        self, user: User, request: JobRequest, key: str, body: Any
+    ) -> tuple[Job, bool]:
+        """``create_async`` under the caller's ``Idempotency-Key``: the first request creates
+        the job and records the key in the same transaction; a later one with the same key
+        and ``body`` (the request as JSON values) gets that job (True: replayed), another body
+        a 409 naming the key (``storage.idempotency``). Not with ``wait_for``."""
+        check_key(key)
+        if request.wait_for is not None:
+            raise ValidationError(
+                "an Idempotency-Key cannot be used with wait_for", field="Idempotency-Key"
+            )
+        with self.room():
+            new = self.validate(user, request)
+            write = self.store.create_once_write(
+                [new], actor=user.name, key=IdempotencyKey(user.name, key, body_hash(body))
+            )
+            created = await self.store.group.run_async(write)
+        job = created.jobs[0]
+        return (job, True) if created.replayed else (self._created(job), False)
 
     def _created(self, job: Job) -> Job:
         if job.phase is Phase.QUEUED:
