@@ -222,3 +222,18 @@ def test_close_runs_what_is_queued_then_refuses(engine: Engine) -> None:
     with pytest.raises(RuntimeError, match="shutting down"):
         committer.run(insert(engine, "after"))
     assert values(engine) == ["before"]
+
+
+def test_an_idle_writer_thread_ends_and_the_next_write_starts_another(
+    engine: Engine, group: GroupCommit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobmill.storage.group as module
+
+    monkeypatch.setattr(module, "IDLE_SECONDS", 0.05)
+    assert group.run(insert(engine, "one")) == "one"
+    first = group._thread
+    assert first is not None
+    first.join(5)
+    assert not first.is_alive() and group._thread is None  # no thread while unused
+    assert group.run(insert(engine, "two")) == "two"
+    assert values(engine) == ["one", "two"]

@@ -40,8 +40,11 @@ def _field(loc: tuple[Any, ...]) -> str:
     return printable(field or "body")
 
 
-def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
-    """The app for a built jobmill; the lifespan starts and stops its background components."""
+def create_app(jobmill: Jobmill, *, start_engine: bool = True, warm_up: bool = False) -> FastAPI:
+    """The app for a built jobmill; the lifespan starts and stops its background components.
+
+    ``warm_up`` prepares every route at start-up (``_warm_up``): what a server process wants,
+    and what tests, which build many short-lived apps, do not."""
 
     feed = ChangeFeed(jobmill.store)
 
@@ -50,7 +53,8 @@ def create_app(jobmill: Jobmill, *, start_engine: bool = True) -> FastAPI:
         if start_engine:
             jobmill.start()
         await feed.start()
-        await _warm_up(_app)
+        if warm_up:
+            await _warm_up(_app)
         try:
             yield
         finally:

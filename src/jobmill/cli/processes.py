@@ -98,7 +98,7 @@ def api(
     signal.signal(signal.SIGHUP, lambda _sig, _frame: _reload_soon(jm))
     try:
         uvicorn.run(
-            create_app(jm, start_engine=False),
+            create_app(jm, start_engine=False, warm_up=True),
             host=settings.host,
             port=settings.port,
             log_level="info",
@@ -440,7 +440,7 @@ def run_worker(settings: Any, slot: int, sock: Any, lifeline: int) -> int:
     jm = _build(settings)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(jm, start_engine=False),
+            create_app(jm, start_engine=False, warm_up=True),
             log_level="info",
             log_config=None,  # the serve process's logging: each line names its process
             access_log=settings.access_log,

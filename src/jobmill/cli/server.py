@@ -98,7 +98,7 @@ def serve(
     _log_start(jm, settings)
     noted = _note_url(settings)
     signal.signal(signal.SIGHUP, lambda _sig, _frame: _reload_soon(jm))
-    app = create_app(jm)
+    app = create_app(jm, warm_up=True)
     if local_token is not None:
         from jobmill.web import signin_link
 

@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from jobmill.domain.errors import JobmillError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_GROUP = 64  # writes per transaction: bounds the replay work after a refusal
+IDLE_SECONDS = 5.0  # the writer thread ends after about twice this without work
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class GroupCommit:
     _ready: threading.Condition = field(default_factory=threading.Condition)
     _thread: threading.Thread | None = None
     _closed: bool = False
+    _idle_since: float | None = None
 
     # -- callers ----------------------------------------------------------------------------
 
@@ -142,10 +145,17 @@ class GroupCommit:
     def _serve(self) -> None:
         while True:
             with self._ready:
-                while not self._queue and not self._closed:
-                    self._ready.wait()
+                if not self._queue and not self._closed:
+                    self._ready.wait(IDLE_SECONDS)
                 if not self._queue:
-                    return  # closed and drained
+                    if self._closed or self._idle_since is not None:
+                        # Closed and drained, or idle twice over: end the thread (the next
+                        # write starts another), so an unused store holds no thread.
+                        self._thread = None
+                        return
+                    self._idle_since = time.monotonic()
+                    continue
+                self._idle_since = None
                 count = min(len(self._queue), self.max_group)
                 group = [self._queue.popleft() for _ in range(count)]
             try:
