@@ -31,6 +31,7 @@ from pathlib import Path
 from _common import (
     Connection,
     Load,
+    Server,
     banner,
     closed_loop,
     parse_args,
@@ -86,6 +87,32 @@ def events(
     return make
 
 
+def measure(
+    server: Server, jobs_count: int, total: int, *, label: str = "", brief: bool = False
+) -> tuple[list[tuple[str, Load]], str]:
+    """The cases against ``server`` (``brief``: the 8-client update cases only), and the id of
+    the one job whose history the first cases wrote."""
+
+    def run(clients: int, n: int, make: Callable[[Connection, int], bytes]) -> Load:
+        return asyncio.run(closed_loop(server, clients, n, make, expect=200))
+
+    one = asyncio.run(create_jobs(server.port, 1))
+    many = asyncio.run(create_jobs(server.port, jobs_count, first=1))
+    runs: list[tuple[str, Load]] = []
+    run(1, 1, events(one, "run"))
+    run(CLIENTS, 200, events(one, "update"))  # warm-up
+    if not brief:
+        runs.append(("one job, update, 1 client", run(1, total // 4, events(one, "update"))))
+    load = run(CLIENTS, total, events(one, "update"))
+    runs.append((f"one job, update, {CLIENTS} clients{label}", load))
+    started = run(CLIENTS, jobs_count, events(many, "run"))
+    if not brief:
+        runs.append((f"{jobs_count} jobs, run (starts each)", started))
+    spread = run(CLIENTS, total, events(many, "update", with_token=True))
+    runs.append((f"{jobs_count} jobs, update, job tokens{label}", spread))
+    return runs, one[0][0]
+
+
 def main() -> int:
     workers = workers_arg()
     args = parse_args(__doc__ or "")
@@ -106,57 +133,16 @@ def main() -> int:
         )
         env = {"JOBMILL_EXECUTORS": "external"}
         with running_server([types], env=env, keep=args.keep) as server:
-            one = asyncio.run(create_jobs(server.port, 1))
-            many = asyncio.run(create_jobs(server.port, jobs_count, first=1))
-            asyncio.run(closed_loop(server, 1, 1, events(one, "run"), expect=200))
-            asyncio.run(closed_loop(server, CLIENTS, 200, events(one, "update"), expect=200))
-            single = asyncio.run(
-                closed_loop(server, 1, one_job_total // 4, events(one, "update"), expect=200)
-            )
-            runs.append(("one job, update, 1 client", single))
-            load = asyncio.run(
-                closed_loop(server, CLIENTS, one_job_total, events(one, "update"), expect=200)
-            )
-            runs.append((f"one job, update, {CLIENTS} clients", load))
-            started = asyncio.run(
-                closed_loop(server, CLIENTS, jobs_count, events(many, "run"), expect=200)
-            )
-            runs.append((f"{jobs_count} jobs, run (starts each)", started))
-            spread = asyncio.run(
-                closed_loop(
-                    server,
-                    CLIENTS,
-                    one_job_total,
-                    events(many, "update", with_token=True),
-                    expect=200,
-                )
-            )
-            runs.append((f"{jobs_count} jobs, update, job tokens", spread))
-            recorded = asyncio.run(history_length(server.port, one[0][0]))
+            measured, first = measure(server, jobs_count, one_job_total)
+            runs += measured
+            recorded = asyncio.run(history_length(server.port, first))
         if workers > 1:
             # The 8-client update cases again, against N API worker processes.
             with worker_server([types], workers, env=env, keep=args.keep) as server:
-                one = asyncio.run(create_jobs(server.port, 1))
-                many = asyncio.run(create_jobs(server.port, jobs_count, first=1))
-                asyncio.run(closed_loop(server, 1, 1, events(one, "run"), expect=200))
-                asyncio.run(
-                    closed_loop(server, CLIENTS, jobs_count, events(many, "run"), expect=200)
+                measured, _ = measure(
+                    server, jobs_count, one_job_total, label=f", {workers} workers", brief=True
                 )
-                asyncio.run(closed_loop(server, CLIENTS, 200, events(one, "update"), expect=200))
-                load = asyncio.run(
-                    closed_loop(server, CLIENTS, one_job_total, events(one, "update"), expect=200)
-                )
-                runs.append((f"one job, update, {CLIENTS} clients, {workers} workers", load))
-                spread = asyncio.run(
-                    closed_loop(
-                        server,
-                        CLIENTS,
-                        one_job_total,
-                        events(many, "update", with_token=True),
-                        expect=200,
-                    )
-                )
-                runs.append((f"{jobs_count} jobs, update, job tokens, {workers} workers", spread))
+                runs += measured
     expected = 2 + 200 + one_job_total // 4 + one_job_total
     if recorded != min(expected, 1000):
         print(f"error: the job's history has {recorded} entries, not {expected}", file=sys.stderr)

@@ -179,7 +179,7 @@ def serve_workers(settings: Any, workers: int) -> int:
     The manager, forked before any thread exists and never starting one, forks the N API
     workers (each builds its own jobmill and serves HTTP on its socket of the port) and starts a
     dead one again. SIGTERM/SIGINT stop the workers, then the engine. Returns the exit code."""
-    from jobmill.cli.server import _browser_url, _forget_url, _note_url
+    from jobmill.cli.server import _browser_url, _forget_url, _note_url, local_credential
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     socks = listen(settings.host, settings.port, workers)
@@ -208,20 +208,13 @@ def serve_workers(settings: Any, workers: int) -> int:
         os.close(go_write)
         _reap(manager, STOP_WAIT)
         raise
-    local_token = None
-    if settings.token_file is not None:
-        try:
-            local_token = jm.tokens.ensure_local(settings.local_user, settings.token_file)
-        except OSError as exc:
-            jm.close()
-            os.close(go_write)
-            _reap(manager, STOP_WAIT)
-            fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
-        typer.echo(
-            f"jobmill: your token is in {settings.token_file} (the CLI and client read it; "
-            "others need one from 'jobmill token create')",
-            err=True,
-        )
+
+    def cleanup() -> None:
+        jm.close()
+        os.close(go_write)
+        _reap(manager, STOP_WAIT)
+
+    local_token = local_credential(jm, settings, cleanup)
     _log_start(jm, settings)
     log.info(
         "%d API worker processes (manager pid %d); this process runs the engine", workers, manager

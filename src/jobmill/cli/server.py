@@ -7,7 +7,7 @@ import logging
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -80,18 +80,7 @@ def serve(
         fail(f"job types: {exc}", 2)
     except SQLAlchemyError as exc:
         fail(f"database: {exc}", 2)
-    local_token = None
-    if settings.token_file is not None:
-        try:
-            local_token = jm.tokens.ensure_local(settings.local_user, settings.token_file)
-        except OSError as exc:
-            jm.close()
-            fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
-        typer.echo(
-            f"jobmill: your token is in {settings.token_file} (the CLI and client read it; "
-            "others need one from 'jobmill token create')",
-            err=True,
-        )
+    local_token = local_credential(jm, settings, jm.close)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -121,6 +110,25 @@ def serve(
         jm.close()
         if noted is not None:
             _forget_url(*noted)
+
+
+def local_credential(jm: Any, settings: Any, cleanup: Callable[[], None]) -> str | None:
+    """The local credential of the user who starts the server, written to its file and
+    announced (None when the settings name no file). A file that cannot be written stops the
+    start, after ``cleanup``."""
+    if settings.token_file is None:
+        return None
+    try:
+        token: str = jm.tokens.ensure_local(settings.local_user, settings.token_file)
+    except OSError as exc:
+        cleanup()
+        fail(f"local credential {settings.token_file}: {exc.strerror or exc}", 2)
+    typer.echo(
+        f"jobmill: your token is in {settings.token_file} (the CLI and client read it; "
+        "others need one from 'jobmill token create')",
+        err=True,
+    )
+    return token
 
 
 def _browser_url(settings: Any) -> str:

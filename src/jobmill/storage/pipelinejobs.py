@@ -121,14 +121,7 @@ class PipelineRecord(PipelineStatus):
 
 def _record(row: Any) -> PipelineRecord:
     return PipelineRecord(
-        job_id=row.id,
-        owner=row.owner,
-        type=row.type,
-        phase=Phase(row.phase),
-        executor=row.executor,
-        curation=State(row.curation) if row.curation else None,
-        last_event=row.last_event,
-        indexer_job=row.indexer_job,
+        **vars(_status(row)),
         fingerprint=row.fingerprint,
         superseded_by=row.superseded_by,
         update_token=row.token_hash is not None,
