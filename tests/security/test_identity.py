@@ -3,9 +3,7 @@ the token of a job that has ended (docs/security.md, "Identity")."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,8 +17,8 @@ from jobmill.domain.jobs import utcnow
 from jobmill.factory import Jobmill
 from jobmill.service.credentials import ensure_local_token
 from tests.conftest import LiveServer, app_client
+from tests.security.nobody import as_nobody
 
-NOBODY = 65534
 ANONYMOUS = {"Authorization": ""}
 
 
@@ -57,31 +55,7 @@ def _attack(url: str, token_file: str) -> dict[str, object]:
 
 def _as_nobody(url: str, token_file: str) -> dict[str, object]:
     """Run ``_attack`` in a child process that has become uid/gid ``nobody``."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, attack, report through the pipe
-        code = 0
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(write, json.dumps(_attack(url, token_file)).encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(write, json.dumps({"error": repr(exc)}).encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write)
-    deadline = time.monotonic() + 60
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the other account's requests hung")
-        time.sleep(0.05)
-    with os.fdopen(read, "rb") as pipe:
-        return dict(json.loads(pipe.read()))
+    return dict(as_nobody(_attack, url, token_file, timeout=60.0))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another uid (setuid)")
@@ -149,7 +123,6 @@ def test_revoked_and_expired_tokens_are_refused(client: TestClient, jobmill: Job
 def test_a_token_expiring_while_cached_stops_at_its_expiry(
     client: TestClient, jobmill: Jobmill
 ) -> None:
-    import time
 
     # Three seconds: time enough for the first request on a loaded machine; the token is
     # then in the look-up cache (10 s), which must not outlive its expiry.

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import secrets
-import select
 import shutil
 import signal
 import stat
@@ -25,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,7 +43,8 @@ from jobmill.web import signin_link
 from jobmill.web.pages import ACTIONS
 from jobmill.web.session import COOKIE, PRE_COOKIE
 from tests.conftest import EXAMPLES, LiveServer, free_port, wait_for
-from tests.security.test_identity import NOBODY, bearer
+from tests.security.nobody import as_nobody
+from tests.security.test_identity import bearer
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to become another uid (setuid)"
@@ -63,49 +63,6 @@ SIGN_IN = "/ui/signin"
 # -- the other account ----------------------------------------------------------------------------
 
 
-def as_nobody(probe: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
-    """``probe(*args)`` in a child process that has become uid/gid ``nobody``; its answer
-    (JSON) is read while the child writes it, so it may be large."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, probe, report through the pipe
-        code = 0
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            payload = {"uid": os.getuid(), "euid": os.geteuid(), "result": probe(*args)}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            payload = {"error": repr(exc)}
-            code = 1
-        try:
-            data = json.dumps(payload).encode()
-            while data:
-                data = data[os.write(write, data) :]
-        finally:
-            os._exit(code)
-    os.close(write)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError("the other account's process hung")
-            if select.select([read], [], [], left)[0]:
-                chunk = os.read(read, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
-    answer = json.loads(b"".join(chunks))
-    assert "error" not in answer, f"the other account's process failed: {answer['error']}"
-    assert answer["uid"] == answer["euid"] == NOBODY
-    return answer["result"]
 
 
 def _send(url: str, probes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
