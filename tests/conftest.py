@@ -4,11 +4,16 @@
 ``JOBMILL_TEST_DATABASE_URL`` (``.ci/run`` starts a throwaway server and sets it); each test gets
 its own database. Without it the PostgreSQL variants skip with a reason, except in CI
 (``CI=true``), where a missing service is a failure.
+
+Each test's database starts as a copy of one migrated to head once per session (a SQLite file
+copied, a PostgreSQL ``CREATE DATABASE ... TEMPLATE``), so opening it finds nothing to migrate.
+Tests that need an empty database (migrations) are marked ``empty_db``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -27,6 +32,8 @@ from jobmill.domain.lifecycle import ENDED
 from jobmill.factory import Jobmill, build, open_store
 from jobmill.paths import default_token_file, read_token_file
 from jobmill.service.credentials import ensure_local_token
+from jobmill.storage import migrate
+from jobmill.storage.db import make_engine
 from jobmill.storage.jobs import JobStore
 from tests.replay import impossible_steps
 
@@ -37,6 +44,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SKIPPED_FILE = os.environ.get("JOBMILL_SKIPPED_TESTS")
 """``.ci/run`` runs the tests on the bare machine first and lists the skipped ones here, to run
 them again once the services are up."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "empty_db: db_url gives an empty database, not a copy of a migrated one"
+    )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -69,20 +82,64 @@ def pg_admin_url() -> str | None:
     return os.environ.get(PG_ENV) or None
 
 
+def _migrate_to_head(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()  # PostgreSQL copies no template another session is connected to
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated to head, made once per session (per xdist worker), that
+    ``db_url`` copies for each test."""
+    path = tmp_path_factory.mktemp("template") / "jobmill.db"
+    _migrate_to_head(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str | None) -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to head, made once per session (a name of its
+    own per session, so xdist workers do not share one) and dropped at its end; ``db_url``
+    creates each test's database from it."""
+    assert pg_admin_url is not None
+    name = f"jm_template_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        _migrate_to_head(
+            make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+        )
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(
     request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None
 ) -> Iterator[str]:
-    """A fresh, empty database URL of each kind."""
+    """A fresh database URL of each kind, already migrated to head (a copy of the session's
+    template); empty for a test marked ``empty_db``."""
+    empty = request.node.get_closest_marker("empty_db") is not None
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobmill.db'}"
+        path = tmp_path / "jobmill.db"
+        if not empty:
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     require_service(pg_admin_url is not None, f"PostgreSQL ({PG_ENV})")
     assert pg_admin_url is not None
     name = f"jm_{uuid.uuid4().hex[:12]}"
+    template = "" if empty else f' TEMPLATE "{request.getfixturevalue("pg_template")}"'
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"{template}'))
     try:
         yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -119,7 +176,7 @@ def settings(tmp_path: Path, db_url: str) -> Iterator[Settings]:
         data_roots=(str(tmp_path),),
     )
     if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
-        return  # no jobmill was built
+        return  # an empty database no jobmill was built on
     problems = impossible_steps(db_url)
     if problems:
         pytest.fail("impossible job histories:\n" + "\n".join(problems[:20]), pytrace=False)

@@ -168,6 +168,7 @@ def old_engine(db_url: str) -> Engine:
     return engine
 
 
+@pytest.mark.empty_db  # old_engine migrates it to 0010 first
 def test_migration_gives_old_applications_attempt_one_and_experiments_ids(
     old_engine: Engine,
 ) -> None:

@@ -16,6 +16,8 @@ from jobmill.storage.db import make_engine
 from jobmill.storage.jobs import JobStore
 from jobmill.storage.tables import metadata
 
+pytestmark = pytest.mark.empty_db  # these tests migrate the database themselves
+
 TABLES = {"jobs", "events", "tokens", "data_conditions"}
 TABLES |= {"experiment_definitions", "experiment_runs", "experiment_applications"}
 TABLES |= {"rules", "rule_firings", "rule_cursors"}
