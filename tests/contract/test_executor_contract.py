@@ -291,4 +291,4 @@ def test_restart_reattaches_and_the_job_finishes(contract_settings: Settings) ->
         done = wait_phase(client, job_id, timeout=30)
         events = client.get(f"/api/v1/jobs/{job_id}/events").json()
     assert (done["phase"], done["exit_code"], done["native_id"]) == ("ERROR", 4, native), done
-    assert [e["data"]["native_id"] for e in events if e["name"] == "submitted"] == [native]
+    assert [e["data"]["native_id"] for e in events if "native_id" in e["data"]] == [native]

@@ -33,7 +33,7 @@ def test_echo_completes_with_result_and_log(client: TestClient, jobmill: Jobmill
     assert log.text == "hello; $(rm -rf /) 'quoted'\n"
     assert log.headers["X-Log-Exists"] == "true"
     names = [e["name"] for e in client.get(f"/api/v1/jobs/{job['id']}/events").json()]
-    assert names == ["created", "start", "submitted", "complete"]
+    assert names == ["created", "wait", "start", "complete"]
 
 
 def test_failure_keeps_exit_code_and_stderr(client: TestClient) -> None:

@@ -112,7 +112,8 @@ def test_sum4_ends_completed_with_42(server: LiveServer) -> None:
     assert subjobs[2]["after"] == sorted(children[:2])
     history = names(server, job["id"])
     after_main = history[history.index("stand_by") :]
-    assert after_main[:3] == ["stand_by", "wait", "start"]  # the epilog started once released
+    # the epilog started once released (and handed to the local executor)
+    assert after_main[:4] == ["stand_by", "wait", "wait", "start"]
     assert after_main[-2:] == ["report", "complete"]
     # Visible in provenance (the last sub-job was informed by the two it ran after and by
     # its parent) and in the UWS job document's jobInfo.

@@ -109,6 +109,28 @@ def open_nofollow(path: str | Path, flags: int, mode: int = 0o666) -> int:
         os.close(directory)
 
 
+def makedirs_nofollow(path: str | Path, mode: int = 0o777) -> None:
+    """``mkdir -p`` of the absolute ``path`` refusing a symbolic link in any of its components
+    (``OSError``: ``ELOOP`` or ``ENOTDIR``), so no directory is made through one."""
+    parts = Path(path).parts
+    if not parts or parts[0] != "/":
+        raise ValueError(f"not an absolute path: {path}")
+    directory = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[1:]:
+            try:
+                os.mkdir(name, mode, dir_fd=directory)
+            except FileExistsError:
+                pass
+            step = os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+            )
+            os.close(directory)
+            directory = step
+    finally:
+        os.close(directory)
+
+
 def has_symlink(path: str | Path) -> bool:
     """Whether the absolute ``path`` goes through a symbolic link (or is one)."""
     return os.path.realpath(path) != os.path.normpath(path)

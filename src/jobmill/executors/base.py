@@ -38,6 +38,9 @@ class NativeStatus:
     native_state: str
     exit_code: int | None = None
     error: str | None = None
+    native_id: str | None = None
+    """The job's native id when it is not the one asked about: a backend that names a job only
+    once it starts (a local job waiting in the shepherd's queue)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class Executor(Protocol):
         """Do timed work (escalating kills); return seconds until it needs calling again."""
 
     def watch_fds(self) -> dict[int, str]:
-        """File descriptors that become readable when a job ends (fd -> native id)."""
+        """File descriptors that become readable when a job ends (fd -> native id). One mapped
+        to ``""`` stands for several jobs: the executor's ``changed()`` then names them."""
 
     def find(self, job_id: str) -> str | None:
         """The native id of the job jobmill submitted for ``job_id``, if the backend has it

@@ -1,46 +1,43 @@
 """The local executor: each job is a process group on this machine.
 
-A job runs as ``/bin/sh -c WRAPPER jobmill-job ARGV...``: the wrapper is a constant string and
-the job's argv reaches it only as positional arguments (``"$@"``), so user values are never
-parsed by a shell. The wrapper writes the job's pid and, when the job ends, its exit status
-into the working directory: that is how a restarted jobmill learns the true result of a job
-that finished while it was down. Exits are noticed at once through pidfds, not by polling.
+Jobs are started by the shepherd (``executors.shepherd``), one long-lived process per executor
+that this executor starts on first use and talks to over a private socket pair. The engine
+hands it jobs (``enqueue``) and learns what happened from one file descriptor
+(``watch_fds`` maps it to ``""``; ``changed`` names the jobs): the shepherd starts each job as
+its slots free up, with the job's argv exactly (no shell), and records the job's pid and, once
+it reaped it, its true exit status in the working directory: that is how a restarted jobmill
+learns the result of a job that finished while it was down. Jobs started by an earlier jobmill
+process are watched through pidfds (``adopt``).
+
+A job waiting in the shepherd's queue has the native id ``queued:JOB_ID`` here; once it runs,
+``poll`` answers it with the real native id (``PID@STARTTIME``) in ``NativeStatus.native_id``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import json
 import os
+import select
 import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from jobmill.domain.confine import open_nofollow
 from jobmill.domain.lifecycle import Phase
 from jobmill.executors.base import LaunchSpec, NativeStatus, submit_each
+from jobmill.executors.shepherd import EXIT_FILE, PID_FILE, process_state, start_time
 
-WRAPPER = 'echo $$ > .jobmill-pid; "$@"; c=$?; echo $c > .jobmill-exit; exit $c'
-PID_FILE = ".jobmill-pid"
-EXIT_FILE = ".jobmill-exit"
 KEEP_ENDED = 10_000  # exit statuses remembered after the process was reaped
-LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (guards against a reused pid)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields and fields[0] == "Z":
-        return None
-    return fields[19] if len(fields) > 19 else None
+QUEUED_PREFIX = "queued:"
+SUBMIT_WAIT = 30.0  # seconds ``submit`` waits for the shepherd to start a job
+_READ = 1 << 16
+_start_time = start_time
 
 
 def native_id_of(pid: int) -> str:
@@ -54,23 +51,31 @@ def split_native_id(native_id: str) -> tuple[int, str]:
 
 @dataclass
 class _Proc:
-    popen: subprocess.Popen[bytes] | None
     workdir: Path
-    pidfd: int | None
+    pidfd: int | None  # for a job the shepherd does not report on (adopted, or orphaned)
+    key: str = ""  # the shepherd's key (the job id) for a job it runs
 
 
 class LocalExecutor:
-    """Runs jobs as local process groups."""
+    """Runs jobs as local process groups, started by the shepherd."""
 
     name = "local"
 
-    def __init__(self, grace: float = 5.0) -> None:
+    def __init__(self, grace: float = 5.0, slots: int = 4) -> None:
         self.grace = grace
+        self.slots = slots
         self._procs: dict[str, _Proc] = {}
         self._kills: dict[int, float] = {}  # process group -> when SIGKILL is due
         # Exit statuses of reaped jobs, answered again until the engine could record them
         # (a full disk or a database away must not turn a finished job into a lost one).
         self._ended: dict[str, NativeStatus] = {}
+        self._queued: dict[str, dict[str, Any]] = {}  # key -> the start message sent
+        self._started_as: dict[str, str] = {}  # key -> native id, once started
+        self._not_started: dict[str, NativeStatus] = {}  # key -> why it never ran
+        self._changed: list[str] = []  # native ids (as the engine knows them) with news
+        self._shepherd: subprocess.Popen[bytes] | None = None
+        self._channel: socket.socket | None = None
+        self._pending = bytearray()
 
     def render(self, spec: LaunchSpec) -> str:
         env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(spec.env.items()))
@@ -82,38 +87,163 @@ class LocalExecutor:
             f"{umask}env -i {env} {argv}\n"
         )
 
-    def submit(self, spec: LaunchSpec) -> str:
-        spec.workdir.mkdir(parents=True, exist_ok=True)
-        for stale in (PID_FILE, EXIT_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (spec.workdir / stale).unlink()
-        spec.stdout.parent.mkdir(parents=True, exist_ok=True)
-        spec.stderr.parent.mkdir(parents=True, exist_ok=True)
-        umask = -1 if spec.umask is None else spec.umask
-        mode = 0o666 & ~spec.umask if spec.umask is not None else 0o666
-        with _log_file(spec.stdout, mode) as out, _log_file(spec.stderr, mode) as err:
-            popen = subprocess.Popen(  # noqa: S603 - constant wrapper, argv passed as "$@"
-                ["/bin/sh", "-c", WRAPPER, "jobmill-job", *spec.argv],
-                cwd=spec.workdir,
-                env=dict(spec.env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
+    # -- the shepherd -----------------------------------------------------------------------
+
+    def _channel_open(self) -> socket.socket:
+        if self._channel is not None:
+            return self._channel
+        ours, theirs = socket.socketpair()
+        try:
+            self._shepherd = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed module
+                [sys.executable, "-m", "jobmill.executors.shepherd", str(self.slots)],
+                stdin=theirs.fileno(),
+                stdout=theirs.fileno(),
+                start_new_session=True,  # a signal to jobmill's terminal does not stop it
                 close_fds=True,
-                umask=umask,
             )
-        native_id = native_id_of(popen.pid)
-        self._procs[native_id] = _Proc(popen, spec.workdir, _pidfd(popen.pid))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._channel = ours
+        for message in self._queued.values():  # a shepherd that died took them with it
+            self._send(message)
+        return ours
+
+    def _send(self, message: dict[str, Any]) -> None:
+        channel = self._channel_open()
+        data = (json.dumps(message) + "\n").encode()
+        channel.setblocking(True)
+        try:
+            channel.sendall(data)
+        except OSError:
+            self._lost_shepherd()
+        else:
+            channel.setblocking(False)
+
+    def _receive(self) -> None:
+        """Read the shepherd's events (without waiting) and apply them."""
+        channel = self._channel
+        while channel is not None:
+            try:
+                chunk = channel.recv(_READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._lost_shepherd()
+                return
+            self._pending += chunk
+            *lines, rest = self._pending.split(b"\n")
+            self._pending = bytearray(rest)
+            for line in lines:
+                if line:
+                    self._event(json.loads(line))
+
+    def _event(self, event: dict[str, Any]) -> None:
+        key = event["key"]
+        kind = event["ev"]
+        message = self._queued.pop(key, None)
+        if kind == "started" and message is not None:
+            native_id = event["native_id"]
+            self._started_as[key] = native_id
+            self._procs[native_id] = _Proc(Path(message["workdir"]), None, key)
+            self._changed.append(QUEUED_PREFIX + key)
+        elif kind == "exited":
+            native_id = self._started_as.get(key)
+            if native_id is None:
+                return
+            self._forget(native_id)
+            self._end_group(split_native_id(native_id)[0])
+            self._remember(native_id, _finished(int(event["code"])))
+            self._changed += [QUEUED_PREFIX + key, native_id]
+        elif kind == "failed":
+            error = str(event.get("error") or "cannot start the job")
+            self._not_started[key] = NativeStatus(Phase.ERROR, "not started", error=error)
+            self._changed.append(QUEUED_PREFIX + key)
+        elif kind == "dropped":
+            self._not_started[key] = NativeStatus(
+                Phase.ABORTED, "cancelled", error="cancelled before it started"
+            )
+            self._changed.append(QUEUED_PREFIX + key)
+        _trim(self._started_as)
+        _trim(self._not_started)
+
+    def _lost_shepherd(self) -> None:
+        """The shepherd went away (killed): its running jobs are watched like adopted ones (a
+        job that ends now has no exit status: lost); the queued ones go to the next shepherd."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._pending.clear()
+        self._reap_shepherd()
+        for native_id, proc in self._procs.items():
+            if proc.key and proc.pidfd is None:
+                proc.key = ""
+                proc.pidfd = _pidfd(split_native_id(native_id)[0])
+        if self._queued:
+            self._channel_open()
+
+    def _reap_shepherd(self) -> None:
+        if self._shepherd is not None and self._shepherd.poll() is not None:
+            self._shepherd = None
+
+    def changed(self) -> list[str]:
+        """The native ids (as ``enqueue`` or ``poll`` gave them) of jobs the shepherd reported
+        on since the last call; call it when its file descriptor (``watch_fds``) is readable."""
+        self._receive()
+        changed, self._changed = self._changed, []
+        return changed
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def enqueue(self, spec: LaunchSpec) -> str:
+        """Hand the job to the shepherd, which starts it when a slot is free; returns its
+        native id while it waits (``queued:JOB_ID``)."""
+        key = spec.job_id
+        message = {
+            "op": "start",
+            "key": key,
+            "argv": [str(a) for a in spec.argv],
+            "env": dict(spec.env),
+            "workdir": str(spec.workdir),
+            "stdout": str(spec.stdout),
+            "stderr": str(spec.stderr),
+            "umask": spec.umask,
+        }
+        self._started_as.pop(key, None)
+        self._not_started.pop(key, None)
+        self._queued[key] = message
+        self._send(message)
+        return QUEUED_PREFIX + key
+
+    def submit(self, spec: LaunchSpec) -> str:
+        """Start the job and wait until it runs; returns its native id (``OSError`` when it
+        cannot start)."""
+        self.enqueue(spec)
+        key = spec.job_id
+        deadline = time.monotonic() + SUBMIT_WAIT
+        while (native_id := self._started_as.get(key)) is None:
+            failed = self._not_started.get(key)
+            if failed is not None:
+                raise OSError(failed.error)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OSError(f"the shepherd did not start the job within {SUBMIT_WAIT:g} s")
+            select.select([self._channel_open()], [], [], remaining)
+            self._receive()
         return native_id
 
     def adopt(self, native_id: str, workdir: Path) -> None:
         """Track a job started by an earlier jobmill process (after a restart)."""
         pid, _ = split_native_id(native_id)
-        self._procs[native_id] = _Proc(None, workdir, _pidfd(pid))
+        self._procs[native_id] = _Proc(workdir, _pidfd(pid))
 
     def find_started(self, workdir: Path) -> str | None:
-        """The native id of a job whose wrapper started but was never recorded, if alive."""
+        """The native id of a job the shepherd started but jobmill never recorded, if any."""
         try:
             pid = int((workdir / PID_FILE).read_text().strip())
         except (OSError, ValueError):
@@ -127,42 +257,47 @@ class LocalExecutor:
     def submit_many(self, specs: Sequence[LaunchSpec]) -> list[str]:
         return submit_each(self, specs)
 
+    # -- watching ---------------------------------------------------------------------------
+
     def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        self._receive()
         return {native_id: self._status(native_id) for native_id in native_ids}
 
     def _status(self, native_id: str) -> NativeStatus:
+        if native_id.startswith(QUEUED_PREFIX):
+            key = native_id.removeprefix(QUEUED_PREFIX)
+            started = self._started_as.get(key)
+            if started is not None:
+                return replace(self._status(started), native_id=started)
+            if key in self._queued:
+                return NativeStatus(Phase.QUEUED, "queued")
+            return self._not_started.get(key) or NativeStatus(
+                Phase.ERROR, "lost", error="lost: the shepherd lost the job before it started"
+            )
         ended = self._ended.get(native_id)
         if ended is not None:
             return ended
         proc = self._procs.get(native_id)
+        if proc is not None and proc.key:
+            return NativeStatus(Phase.EXECUTING, "running")  # the shepherd reports its end
         pid, start = split_native_id(native_id)
-        if proc is not None and proc.popen is not None:
-            code = proc.popen.poll()
-            if code is None:
-                return NativeStatus(Phase.EXECUTING, "running")
-            self._forget(native_id)
-            self._end_group(pid)
-            return self._remember(native_id, _finished(code))
         if _start_time(pid) == start:
             return NativeStatus(Phase.EXECUTING, "running")
-        workdir = proc.workdir if proc else None
+        zombie = _zombie(pid, start)  # first: once reaped, its exit status is written
+        code = _exit_status(proc.workdir) if proc else None
+        if code is None and zombie:
+            return NativeStatus(Phase.EXECUTING, "running")  # its exit status is being written
         self._forget(native_id)
         self._end_group(pid)
-        if workdir is not None:
-            try:
-                code = int((workdir / EXIT_FILE).read_text().strip())
-            except (OSError, ValueError):
-                pass
-            else:
-                return self._remember(native_id, _finished(code))
+        if code is not None:
+            return self._remember(native_id, _finished(code))
         return NativeStatus(
             Phase.ERROR, "lost", error="lost: the process vanished without an exit status"
         )
 
     def _remember(self, native_id: str, status: NativeStatus) -> NativeStatus:
         self._ended[native_id] = status
-        while len(self._ended) > KEEP_ENDED:
-            del self._ended[next(iter(self._ended))]
+        _trim(self._ended)
         return status
 
     def status_after_restart(self, native_id: str, workdir: Path) -> NativeStatus:
@@ -171,7 +306,16 @@ class LocalExecutor:
         return self._status(native_id)
 
     def cancel(self, native_id: str) -> None:
-        """SIGTERM to the job's process group; SIGKILL follows after the grace period."""
+        """SIGTERM to the job's process group; SIGKILL follows after the grace period. A job
+        still waiting in the shepherd's queue is taken out of it."""
+        if native_id.startswith(QUEUED_PREFIX):
+            key = native_id.removeprefix(QUEUED_PREFIX)
+            started = self._started_as.get(key)
+            if started is not None:
+                self.cancel(started)
+            elif key in self._queued:
+                self._send({"op": "drop", "key": key})
+            return
         pid, start = split_native_id(native_id)
         if _start_time(pid) != start and native_id not in self._procs:
             return
@@ -199,15 +343,24 @@ class LocalExecutor:
                         os.killpg(pgid, signal.SIGKILL)
             else:
                 soonest = due - now if soonest is None else min(soonest, due - now)
+        self._reap_shepherd()
         return soonest
 
     def watch_fds(self) -> dict[int, str]:
-        return {p.pidfd: nid for nid, p in self._procs.items() if p.pidfd is not None}
+        """The pidfds of adopted jobs, and the shepherd's channel (``""``: see ``changed``)."""
+        fds = {p.pidfd: nid for nid, p in self._procs.items() if p.pidfd is not None}
+        if self._channel is not None:
+            fds[self._channel.fileno()] = ""
+        return fds
 
     def find(self, job_id: str) -> str | None:
         return None  # local jobs are found through their working directory (find_started)
 
     def details(self, native_id: str) -> str:
+        if native_id.startswith(QUEUED_PREFIX):
+            native_id = self._started_as.get(native_id.removeprefix(QUEUED_PREFIX), native_id)
+            if native_id.startswith(QUEUED_PREFIX):
+                return "waiting for a free slot in the local shepherd\n"
         pid, start = split_native_id(native_id)
         alive = _start_time(pid) == start
         state = "running" if alive else "ended"
@@ -218,33 +371,26 @@ class LocalExecutor:
                 lines.append("command: " + " ".join(a.decode(errors="replace") for a in cmdline))
         return "\n".join(lines) + "\n"
 
-    def running(self) -> int:
-        return len(self._procs)
-
     def _forget(self, native_id: str) -> None:
         proc = self._procs.pop(native_id, None)
         if proc is not None and proc.pidfd is not None:
             os.close(proc.pidfd)
 
     def close(self) -> None:
+        """Stop watching. The shepherd starts nothing more, goes on reaping the jobs that run
+        (writing their exit statuses for the next jobmill) and ends with the last of them."""
         for native_id in list(self._procs):
             self._forget(native_id)
+        self._queued.clear()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._pending.clear()
 
 
-@contextlib.contextmanager
-def _log_file(path: Path, mode: int) -> Iterator[int]:
-    """A job's log, opened for appending without following a symbolic link anywhere in its
-    path (a ``log_dir`` a user can write to must not lead jobmill's writes elsewhere)."""
-    try:
-        fd = open_nofollow(path, LOG_FLAGS, mode)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise OSError(exc.errno, f"{path}: a symbolic link in its path (refused)") from None
-        raise
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+def _trim(mapping: dict[str, Any]) -> None:
+    while len(mapping) > KEEP_ENDED:
+        del mapping[next(iter(mapping))]
 
 
 def _finished(code: int) -> NativeStatus:
@@ -265,6 +411,20 @@ def _group_exists(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _exit_status(workdir: Path) -> int | None:
+    """The exit status the shepherd wrote in a job's working directory, if any."""
+    try:
+        return int((workdir / EXIT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _zombie(pid: int, start: str) -> bool:
+    """Whether the process ``pid`` started at ``start`` ended but was not reaped yet (its
+    parent, a shepherd, is writing its exit status)."""
+    return process_state(pid) == ("Z", start)
 
 
 def _pidfd(pid: int) -> int | None:

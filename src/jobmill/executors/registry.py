@@ -33,6 +33,8 @@ class ExecutorSettings(Protocol):
     @property
     def kill_grace(self) -> float: ...
     @property
+    def max_local_jobs(self) -> int: ...
+    @property
     def condor_schedd(self) -> str | None: ...
     @property
     def condor_collector(self) -> str | None: ...
@@ -40,7 +42,9 @@ class ExecutorSettings(Protocol):
 
 def build_executors(settings: ExecutorSettings) -> dict[str, Executor]:
     """One executor per configured name; ``local`` is always there."""
-    executors: dict[str, Executor] = {"local": LocalExecutor(grace=settings.kill_grace)}
+    executors: dict[str, Executor] = {
+        "local": LocalExecutor(grace=settings.kill_grace, slots=settings.max_local_jobs)
+    }
     for name in settings.executors:
         if name == "local":
             continue

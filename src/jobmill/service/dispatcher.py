@@ -116,11 +116,11 @@ class Dispatcher:
         self.files = files
         self.jobtypes = jobtypes
 
-    def claim_group(self, executor: str, limit: int, *, local: bool) -> list[tuple[Job, str]]:
+    def claim_group(self, executor: str, limit: int) -> list[tuple[Job, str]]:
         """Claim up to ``limit`` ready jobs of ``executor`` in one transaction, oldest first:
-        ``local`` jobs move to EXECUTING on this node, batch jobs to QUEUED (reason
-        ``backend``).
-        Jobs another process claimed first are skipped. Returns each job with its token."""
+        they stay QUEUED, handed to the executor (reason ``backend``: a batch system's queue or
+        the local shepherd's) until it says they run. Jobs another process claimed first are
+        skipped. Returns each job with its token."""
         tokens: dict[str, str] = {}
 
         def values_for(job_id: str) -> dict[str, str]:
@@ -129,8 +129,8 @@ class Dispatcher:
 
         claimed = self.store.claim_queued(
             executor=executor,
-            action=Action.START if local else Action.WAIT,
-            reason=None if local else Reason.BACKEND.value,
+            action=Action.WAIT,
+            reason=Reason.BACKEND.value,
             limit=limit,
             actor=ACTOR,
             values_for=values_for,

@@ -10,9 +10,12 @@ stops jobs whose phase was ended elsewhere (an abort through another jobmill pro
 database), retries submissions a backend refused while it was down, and archives jobs past their
 destruction time. On start it re-attaches to the jobs an earlier jobmill process left behind.
 
-Local jobs start EXECUTING when their process starts and are limited by ``max_local_jobs``. A
-batch job is handed to its backend while QUEUED (reason ``backend``) and becomes EXECUTING when
-the backend says it runs.
+Every job is handed to its executor while QUEUED (reason ``backend``) and becomes EXECUTING when
+the executor says it runs. Local jobs go to the shepherd (``executors.shepherd``), which runs
+``max_local_jobs`` at a time; when local jobs end quickly the engine hands it up to
+``MAX_AHEAD`` more than it has slots (as many as ended in the last second or so), so the
+shepherd starts the next job the moment one ends instead of waiting for the engine's next
+cycle, and the engine records starts and ends in groups, one transaction each.
 
 Beside it: ``service.submission`` hands claimed jobs to a backend, ``service.recovery`` finds
 the jobs to re-attach to after a restart, ``service.outputs`` applies the output cap and notes
@@ -54,6 +57,8 @@ from jobmill.storage.links import STAGE_EPILOG, STAGE_JOINED, STAGE_SUBJOBS
 
 log = logging.getLogger(__name__)
 SUBMIT_BATCH = 200  # batch jobs handed to a backend per dispatch pass
+MAX_AHEAD = 200  # local jobs handed to the shepherd beyond its free slots, at most
+SPACE_EVERY = 0.5  # seconds between two looks at the free space before dispatching
 RETRY_UNAVAILABLE = 10.0  # seconds before a refused submission is tried again
 # Polls in a row a backend must answer UNKNOWN before the job is recorded UNKNOWN: a job seen
 # once between two queues (HTCondor's queue and history) is not "lost contact".
@@ -118,6 +123,9 @@ class Engine(Worker):
         self._next_retry = 0.0
         self.space = space or DiskSpace(settings.home, settings.min_free)
         self._next_space_warning = 0.0
+        self._next_space_check = 0.0
+        self._space_low = False
+        self._ends = _EndRate()
 
     # -- control from other threads -------------------------------------------------------
 
@@ -170,10 +178,14 @@ class Engine(Worker):
                 self._stand_down()
 
     def _stand_down(self) -> None:
-        """The lease was lost: forget the tracked jobs (the new holder re-attaches to them)."""
+        """The lease was lost: forget the tracked jobs (the new holder re-attaches to them);
+        the shepherd drops the jobs it had not started (the new holder queues them again)."""
         log.error("engine: lease lost, no longer dispatching or watching; standing by")
         self.tracked.clear()
         self._by_native.clear()
+        for executor in self.executors.values():
+            if isinstance(executor, LocalExecutor):
+                executor.close()
 
     def _cycle(self) -> None:
         self._drain_cancels()
@@ -214,15 +226,21 @@ class Engine(Worker):
                         pass
             elif fd in fds:
                 name, native_id = fds[fd]
-                ended.setdefault(name, []).append(native_id)
+                if native_id:
+                    ended.setdefault(name, []).append(native_id)
+                elif isinstance(executor := self.executors[name], LocalExecutor):
+                    ended.setdefault(name, []).extend(executor.changed())  # the shepherd's
         for name, native_ids in ended.items():
             self._apply(name, self.executors[name].poll(native_ids))
 
     # -- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        if self.space.low():  # jobs would fail for want of space: they wait in the queue
-            now = time.monotonic()
+        now = time.monotonic()
+        if now >= self._next_space_check:  # (a statfs per dispatch pass would cost more)
+            self._next_space_check = now + SPACE_EVERY
+            self._space_low = self.space.low()
+        if self._space_low:  # jobs would fail for want of space: they wait in the queue
             if now >= self._next_space_warning:
                 self._next_space_warning = now + REPORT_EVERY
                 log.warning("not starting jobs: %s", self.space.message())
@@ -236,18 +254,29 @@ class Engine(Worker):
     def _local_running(self, name: str) -> int:
         return sum(1 for t in self.tracked.values() if t.executor == name)
 
-    def _dispatch_local(self, name: str, executor: Executor) -> None:
-        while (free := self.settings.max_local_jobs - self._local_running(name)) > 0:
-            claimed = self.dispatcher.claim_group(name, free, local=True)
-            self._submit_group(name, executor, claimed)
-            if len(claimed) < free:
-                return
+    def _dispatch_local(self, name: str, executor: LocalExecutor) -> None:
+        """Claim what the shepherd can start (its free slots, plus ``_EndRate.ahead`` when
+        jobs end quickly) in one transaction and hand it over; the shepherd's reports move
+        the jobs to EXECUTING and their end (``_apply``)."""
+        capacity = self.settings.max_local_jobs + self._ends.ahead()
+        free = capacity - self._local_running(name)
+        if free <= 0:
+            return
+        claimed = self.dispatcher.claim_group(name, free)
+        for job, token in claimed:
+            spec = self.dispatcher.spec_for(job, token)
+            if isinstance(spec, str):
+                self.dispatcher.fail(job, spec)
+            else:
+                self._track(job, name, executor.enqueue(spec))
+        if len(claimed) == free:
+            self._queued_hint = True  # more may be waiting: the next cycle does not sleep
 
     def _dispatch_batch(self, name: str, executor: Executor) -> None:
         """Claim up to SUBMIT_BATCH queued jobs (one transaction), hand them to the backend in
         groups, record their ids (one transaction). With more waiting, the next cycle does it
         again without sleeping, after cancellations and finished local jobs had their turn."""
-        claimed = self.dispatcher.claim_group(name, SUBMIT_BATCH, local=False)
+        claimed = self.dispatcher.claim_group(name, SUBMIT_BATCH)
         self._submit_group(name, executor, claimed)
         if len(claimed) == SUBMIT_BATCH:
             self._queued_hint = True  # more are waiting: the next cycle does not sleep
@@ -268,9 +297,12 @@ class Engine(Worker):
             else:
                 self._track(changed, name, native_id)
 
+    def _is_local(self, executor: str) -> bool:
+        return isinstance(self.executors.get(executor), LocalExecutor)
+
     def _track(self, job: Job, executor: str, native_id: str) -> None:
         logs: tuple[Path, ...] = ()
-        local = isinstance(self.executors.get(executor), LocalExecutor)
+        local = self._is_local(executor)
         if local:
             logs = tuple(self.dispatcher.files.log_path(job, stream) for stream in STREAMS)
         self.tracked[job.id] = Tracked(
@@ -306,11 +338,18 @@ class Engine(Worker):
 
     def _apply(self, executor: str, statuses: Mapping[str, NativeStatus]) -> None:
         ended: list[tuple[Tracked, NativeStatus]] = []
+        started: list[Tracked] = []
+        seen: set[str] = set()  # job ids answered (a renamed job may be asked about twice)
         for native_id, status in statuses.items():
             job_id = self._by_native.get((executor, native_id))
             tracked = self.tracked.get(job_id) if job_id else None
-            if tracked is None:
+            if tracked is None or tracked.job_id in seen:
                 continue
+            seen.add(tracked.job_id)
+            if status.native_id is not None and status.native_id != tracked.native_id:
+                self._renamed(tracked, status.native_id)
+                if status.phase is not Phase.QUEUED:
+                    started.append(tracked)  # it runs (or already ran): recorded first
             if status.phase is Phase.UNKNOWN:
                 tracked.unknown_polls += 1
                 if tracked.unknown_polls < LOSE_CONTACT_AFTER:
@@ -324,9 +363,45 @@ class Engine(Worker):
             # suspend, resume, release or requeue (preemption, node failure), lose contact, or
             # none (the same phase, or a change the table does not allow).
             action = action_between(tracked.phase, status.phase)
-            if action is not None:
+            if action is not None and not (started and started[-1] is tracked):
                 self._move(tracked, status, action)
+        self._started(started)
         self._finish_many(ended)
+
+    def _renamed(self, tracked: Tracked, native_id: str) -> None:
+        """The executor named a job that waited in its queue (the pid of a local job)."""
+        self._by_native.pop((tracked.executor, tracked.native_id), None)
+        tracked.native_id = native_id
+        self._by_native[(tracked.executor, native_id)] = tracked.job_id
+        if tracked.stopping:  # cancelled while it waited: it must not run on
+            tracked.stopping = False
+            self._stop_tracked(tracked)
+
+    def _started(self, started: list[Tracked]) -> None:
+        """Record in ONE transaction that jobs handed over while QUEUED started, with their
+        native ids (the engine's group of local starts)."""
+        if not started:
+            return
+        changes = [
+            Change(
+                t.job_id,
+                Action.START,
+                reason=Reason.BACKEND.value,
+                data={"state": "running", "native_id": t.native_id},
+                values={"native_id": t.native_id},
+            )
+            for t in started
+            if t.phase is Phase.QUEUED
+        ]
+        outcomes = self.store.transition_many(changes, actor=ACTOR)
+        for tracked in started:
+            job = outcomes.get(tracked.job_id)
+            if isinstance(job, Job):
+                tracked.phase = job.phase
+                tracked.deadline = _deadline(job)
+            elif isinstance(job, Conflict):  # held, aborted meanwhile: follow it
+                with contextlib.suppress(ValueError):
+                    tracked.phase = Phase(str(job.extra.get("phase")))
 
     def _move(self, tracked: Tracked, status: NativeStatus, action: Action) -> None:
         data = {"state": status.native_state}
@@ -356,8 +431,9 @@ class Engine(Worker):
         ended = [(tracked, self._final(tracked, status)) for tracked, status in ended]
         changes = [_end_change(tracked.job_id, status) for tracked, status in ended]
         outcomes = self.store.transition_many(self._standing_by(changes), actor=ACTOR)
+        self._ends.add(sum(1 for t, _ in ended if self._is_local(t.executor)))
         for tracked, status in ended:
-            if isinstance(outcomes.get(tracked.job_id), Conflict):
+            if isinstance(outcomes.get(tracked.job_id), Conflict) and status.exit_code is not None:
                 # Already ended (aborted, timed out): keep the exit status for the record.
                 with contextlib.suppress(Conflict, NotFound):
                     self.store.record(
@@ -540,6 +616,35 @@ class Engine(Worker):
             if found.status is not None and found.status.phase is not Phase.EXECUTING:
                 self._finish(self.tracked[found.job.id], found.status)
         self._queued_hint = True
+
+
+class _EndRate:
+    """How many local jobs ended lately: the shepherd is handed that many jobs beyond its free
+    slots (``MAX_AHEAD`` at most), none when jobs run long (a job handed over is out of the
+    database's queue: it can no longer be held)."""
+
+    WINDOW = 1.0  # seconds
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+        self._now = 0
+        self._before = 0
+
+    def add(self, count: int) -> None:
+        self._roll()
+        self._now += count
+
+    def ahead(self) -> int:
+        self._roll()
+        return min(MAX_AHEAD, self._now + self._before)
+
+    def _roll(self) -> None:
+        now = time.monotonic()
+        if now - self._since >= self.WINDOW:
+            windows = int((now - self._since) // self.WINDOW)
+            self._before = self._now if windows == 1 else 0
+            self._now = 0
+            self._since += windows * self.WINDOW
 
 
 def _end_change(job_id: str, status: NativeStatus) -> Change:

@@ -2,8 +2,9 @@
 
 ``left_behind`` finds them for ``Engine.recover``, which tracks them again: a local job by its
 pid and start time (one that ended while jobmill was down is read from the exit status its
-wrapper left behind), a batch job by its native id, or by its name when jobmill stopped
-between the submission and recording the id. A job claimed but never started is queued again.
+shepherd left behind; one handed to a shepherd that had not started it is queued again), a
+batch job by its native id, or by its name when jobmill stopped between the submission and
+recording the id. A job claimed but never started is queued again.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def left_behind(
 def _local(
     store: JobStore, files: JobFiles, node: str, name: str, executor: LocalExecutor
 ) -> Iterator[LeftBehind]:
-    jobs = store.ids_in_phase(RUNNING, executor=name, node=node)
+    jobs = store.ids_in_phase(RUNNING | {Phase.QUEUED}, executor=name, node=node)
     for job in jobs:
+        if job.phase is Phase.QUEUED and job.reason != Reason.BACKEND.value:
+            continue  # in the database's queue: dispatch takes it
         if job.phase is Phase.HELD and job.native_id is None:
             continue  # held by a user before it started: it waits in the database
         workdir = files.workdir(job.id)

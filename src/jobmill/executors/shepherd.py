@@ -1,0 +1,265 @@
+"""The shepherd: one long-lived process per local executor that starts local jobs and reaps them.
+
+The local executor hands it jobs over a private socket pair, one JSON line each, and it starts
+them as its slots free up: no shell per job, and the engine never waits for a spawn. For each
+job it writes, in the job's working directory, the pid (``.jobmill-pid``, as soon as the job
+runs) and, once it reaped the job, the true exit status (``.jobmill-exit``: the return code,
+negative for a signal). It answers with one line per event::
+
+    {"ev": "started", "key": ..., "native_id": "PID@STARTTIME"}
+    {"ev": "failed", "key": ..., "error": "..."}      # could not start (no program, a link...)
+    {"ev": "dropped", "key": ...}                     # cancelled before it started
+    {"ev": "exited", "key": ..., "code": N}
+
+It runs in its own session, so a signal to jobmill's terminal does not reach it. When jobmill
+goes away (the socket closes: a stop, a crash, a SIGKILL) it starts nothing more, keeps reaping
+the jobs that run and writing their exit statuses, and ends with the last of them: a jobmill
+started later reads those files (``LocalExecutor.status_after_restart``).
+
+Run as ``python -m jobmill.executors.shepherd SLOTS`` with the socket as standard input and
+output.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobmill.domain.confine import makedirs_nofollow, open_nofollow
+
+PID_FILE = ".jobmill-pid"
+EXIT_FILE = ".jobmill-exit"
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+_READ = 1 << 16
+
+
+def process_state(pid: int) -> tuple[str, str] | None:
+    """The state letter (``Z``: ended, not reaped yet) and the kernel's start time of ``pid``
+    (which tells a reused pid apart), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of ``pid`` while it runs; None once it ended."""
+    state = process_state(pid)
+    return state[1] if state is not None and state[0] != "Z" else None
+
+
+def log_dir(path: Path) -> None:
+    """Make a job's log directory without going through a symbolic link."""
+    try:
+        makedirs_nofollow(path)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(exc.errno, f"{path}: a symbolic link in its path (refused)") from None
+        raise
+
+
+def open_log(path: Path, mode: int) -> int:
+    """A job's log, opened for appending without following a symbolic link anywhere in its
+    path (a ``log_dir`` a user can write to must not lead jobmill's writes elsewhere)."""
+    try:
+        return open_nofollow(path, LOG_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(exc.errno, f"{path}: a symbolic link in its path (refused)") from None
+        raise
+
+
+def start(job: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start one job as its own process group; returns it and its native id."""
+    workdir = Path(job["workdir"])
+    stdout, stderr = Path(job["stdout"]), Path(job["stderr"])
+    umask: int | None = job.get("umask")
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in (PID_FILE, EXIT_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / stale).unlink()
+    mask = os.umask(umask) if umask is not None else None  # the logs are the job's files
+    try:
+        for directory in {stdout.parent, stderr.parent}:
+            log_dir(directory)
+        out = open_log(stdout, 0o666)
+        try:
+            err = open_log(stderr, 0o666) if stderr != stdout else os.dup(out)
+        except BaseException:
+            os.close(out)
+            raise
+    finally:
+        if mask is not None:
+            os.umask(mask)
+    try:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - the job's own argv, never a shell string
+                job["argv"],
+                cwd=workdir,
+                env=job["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+                umask=-1 if umask is None else umask,
+            )
+        finally:
+            os.close(err)
+    finally:
+        os.close(out)
+    _write(workdir / PID_FILE, f"{proc.pid}\n")
+    state = process_state(proc.pid)  # it may have ended already: not reaped, still there
+    return proc, f"{proc.pid}@{state[1] if state else 0}"
+
+
+def ended(pid: int) -> int | None:
+    """The return code of the child ``pid`` if it ended (negative: the signal that killed it),
+    without reaping it."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if info is None or info.si_pid == 0:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _write(path: Path, text: str) -> None:
+    """Write the whole file or nothing (a reader never sees it half-written)."""
+    partial = path.with_name(path.name + ".partial")
+    with contextlib.suppress(OSError):  # a full disk: the live shepherd still reports it
+        partial.write_text(text)
+        os.replace(partial, path)
+
+
+def refusal(exc: OSError) -> str:
+    """Why a job could not start, as the job's error says it."""
+    what = exc.strerror or str(exc)
+    if exc.filename is not None and str(exc.filename) not in what:
+        what = f"{what}: {exc.filename}"
+    return f"cannot start the job: {what}"
+
+
+class Shepherd:
+    def __init__(self, slots: int, channel: int) -> None:
+        self.slots = max(1, slots)
+        self.channel = channel
+        self.attached = True  # jobmill is at the other end of the channel
+        self.queue: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.pending = bytearray()
+        self.out: list[dict[str, Any]] = []
+        self.wake_r, wake_w = os.pipe()
+        for fd in (self.wake_r, wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def run(self) -> None:
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
+        poller.register(self.channel, select.POLLIN)
+        while self.attached or self.running:
+            self._start_free()
+            self._flush()
+            for fd, _mask in poller.poll():
+                if fd == self.wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wake_r, 4096):
+                            pass
+                elif fd == self.channel and not self._read():
+                    poller.unregister(self.channel)
+            self._reap()
+
+    def _read(self) -> bool:
+        """Take what jobmill sent; False once it went away."""
+        try:
+            chunk = os.read(self.channel, _READ)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.attached = False
+            for key in list(self.queue):  # not started: the next jobmill queues them again
+                del self.queue[key]
+            return False
+        self.pending += chunk
+        *lines, rest = self.pending.split(b"\n")
+        self.pending = bytearray(rest)
+        for line in lines:
+            if line:
+                self._handle(json.loads(line))
+        return True
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        op, key = message["op"], message.get("key", "")
+        if op == "start":
+            self.queue[key] = message
+        elif op == "drop" and self.queue.pop(key, None) is not None:
+            self.out.append({"ev": "dropped", "key": key})
+
+    def _start_free(self) -> None:
+        while self.attached and self.queue and len(self.running) < self.slots:
+            key, job = self.queue.popitem(last=False)
+            try:
+                proc, native_id = start(job)
+            except OSError as exc:
+                self.out.append({"ev": "failed", "key": key, "error": refusal(exc)})
+            except (ValueError, TypeError) as exc:  # e.g. a NUL byte in an argument
+                self.out.append({"ev": "failed", "key": key, "error": f"cannot start: {exc}"})
+            else:
+                self.running[key] = (proc, Path(job["workdir"]))
+                self.out.append({"ev": "started", "key": key, "native_id": native_id})
+
+    def _reap(self) -> None:
+        """Record the exit status of every job that ended, then reap it: the file is written
+        while the process still exists (a zombie), so whoever watches the pid finds it."""
+        for key, (proc, workdir) in list(self.running.items()):
+            code = ended(proc.pid)
+            if code is None:
+                continue
+            _write(workdir / EXIT_FILE, f"{code}\n")
+            proc.wait()
+            del self.running[key]
+            self.out.append({"ev": "exited", "key": key, "code": code})
+
+    def _flush(self) -> None:
+        if not self.out:
+            return
+        data = "".join(json.dumps(event) + "\n" for event in self.out).encode()
+        self.out.clear()
+        if not self.attached:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.channel, view)
+                view = view[written:]
+        except OSError:  # jobmill went away meanwhile; the exit files tell the next one
+            self.attached = False
+            self.queue.clear()
+
+
+def main(argv: list[str]) -> int:
+    slots = int(argv[1]) if len(argv) > 1 else 1
+    os.set_blocking(0, True)
+    Shepherd(slots, channel=0).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
