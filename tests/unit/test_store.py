@@ -683,6 +683,54 @@ def test_transition_many_applies_each_change_on_its_own_merits(store: JobStore) 
     assert store.transition_many([], actor="t") == {}
 
 
+def test_transition_many_groups_by_action_and_keeps_each_jobs_data(store: JobStore) -> None:
+    queued = [create(store) for _ in range(3)]
+    running = store.transition(create(store).id, Action.START, actor="t")
+    gone = str(uuid.uuid4())
+    outcomes = store.transition_many(
+        [
+            *(
+                Change(job.id, Action.START, data={"n": n}, values={"native_id": f"{n}@1"})
+                for n, job in enumerate(queued)
+            ),
+            Change(running.id, Action.FAIL, data={"exit_code": 3}, values={"exit_code": 3}),
+            Change(gone, Action.START),
+        ],
+        actor="engine",
+    )
+    assert isinstance(outcomes[gone], NotFound)
+    for n, job in enumerate(queued):
+        done = outcomes[job.id]
+        assert isinstance(done, Job) and done.phase is Phase.EXECUTING, done
+        assert done.native_id == f"{n}@1" and done.started_at is not None
+        assert store.events(job.id)[-1].data == {"n": n}
+    failed = outcomes[running.id]
+    assert isinstance(failed, Job) and (failed.phase, failed.exit_code) == (Phase.ERROR, 3)
+
+
+def test_transition_many_applies_two_changes_of_one_job_in_order(store: JobStore) -> None:
+    job = create(store)
+    outcomes = store.transition_many(
+        [
+            Change(job.id, Action.START, values={"native_id": "9@1"}),
+            Change(job.id, Action.COMPLETE, values={"exit_code": 0}),
+        ],
+        actor="engine",
+    )
+    done = outcomes[job.id]
+    assert isinstance(done, Job) and done.phase is Phase.COMPLETED and done.native_id == "9@1"
+    assert [e.name for e in store.events(job.id)] == ["created", "start", "complete"]
+
+
+def test_transition_many_checks_the_expected_reason(store: JobStore) -> None:
+    job = create(store)
+    outcomes = store.transition_many(
+        [Change(job.id, Action.START, expect_reason="backend")], actor="engine"
+    )
+    assert isinstance(outcomes[job.id], Conflict)
+    assert store.require(job.id).phase is Phase.QUEUED
+
+
 # -- reports ---------------------------------------------------------------------------------
 
 

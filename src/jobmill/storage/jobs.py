@@ -55,6 +55,7 @@ from jobmill.storage.writes import (
     INSERT_EVENTS,
     Found,
     apply,
+    check,
     created_event_row,
     event_row,
     insert_jobs,
@@ -71,6 +72,9 @@ MAX_PAGE = 1000
 
 # Statements built once: building SQLAlchemy statements per call costs more than running them.
 _GET_JOB = select(jobs).where(jobs.c.id == bindparam("p_id"))
+_GET_STATES = select(jobs.c.id, jobs.c.phase, jobs.c.reason, jobs.c.started_at).where(
+    jobs.c.id.in_(bindparam("p_ids", expanding=True))
+)
 _GET_TOKEN = select(jobs.c.token_hash, jobs.c.phase).where(jobs.c.id == bindparam("p_id"))
 _GET_REPORT = select(jobs.c.report, jobs.c.phase, jobs.c.token_hash).where(
     jobs.c.id == bindparam("p_id")
@@ -438,30 +442,97 @@ class JobStore:
     def transition_many(
         self, changes: Sequence[Change], *, actor: str
     ) -> dict[str, Job | Conflict | NotFound]:
-        """Apply several transitions in ONE transaction (jobs that ended together).
+        """Apply several transitions in ONE transaction (jobs that started or ended together).
 
         Each change is checked like ``transition``; one that is illegal or whose job is gone
-        does not stop the others. Returns, by job id, the changed job or the error."""
+        does not stop the others. The jobs' states are read with one query and the changes
+        applied with one ``apply`` per action and reason (one insert of their events, one
+        release of the jobs that waited for them). Returns, by job id, the changed job or the
+        error."""
         outcomes: dict[str, Job | Conflict | NotFound] = {}
         if not changes:
             return outcomes
+        if len({change.job_id for change in changes}) < len(changes):  # in order, one by one
+            with self.engine.begin() as conn:
+                for change in changes:
+                    outcomes[change.job_id] = self._transition_one(conn, change, actor)
+            return outcomes
         with self.engine.begin() as conn:
-            for change in changes:
-                extra = settable(change.values, "a transition")
-                try:
-                    for _attempt in range(5):
-                        job = transition_in(
-                            conn, change.job_id, change.action, actor=actor, reason=change.reason,
-                            data=change.data, values=extra, expect_reason=change.expect_reason,
-                        )  # fmt: skip
-                        if job is not None:
-                            outcomes[change.job_id] = job
-                            break
-                    else:
-                        raise Conflict(f"job {change.job_id} keeps changing; try again")
-                except (Conflict, NotFound) as exc:
-                    outcomes[change.job_id] = exc
+            pending = list(changes)
+            for _attempt in range(5):
+                pending = self._transition_group(conn, pending, actor, outcomes)
+                if not pending:
+                    break
+            for change in pending:
+                outcomes[change.job_id] = Conflict(
+                    f"job {change.job_id} keeps changing; try again"
+                )
         return outcomes
+
+    @staticmethod
+    def _transition_one(conn: Connection, change: Change, actor: str) -> Job | Conflict | NotFound:
+        extra = settable(change.values, "a transition")
+        try:
+            for _attempt in range(5):
+                job = transition_in(
+                    conn, change.job_id, change.action, actor=actor, reason=change.reason,
+                    data=change.data, values=extra, expect_reason=change.expect_reason,
+                )  # fmt: skip
+                if job is not None:
+                    return job
+            raise Conflict(f"job {change.job_id} keeps changing; try again")
+        except (Conflict, NotFound) as exc:
+            return exc
+
+    @staticmethod
+    def _transition_group(
+        conn: Connection,
+        changes: Sequence[Change],
+        actor: str,
+        outcomes: dict[str, Job | Conflict | NotFound],
+    ) -> builtins.list[Change]:
+        """One pass of ``transition_many``: the changes whose job changed meanwhile (to try
+        again) are returned."""
+        states = {
+            row.id: row
+            for row in conn.execute(_GET_STATES, {"p_ids": [c.job_id for c in changes]})
+        }
+        groups: dict[tuple[Action, str | None], builtins.list[tuple[Change, Found]]] = {}
+        for change in changes:
+            row = states.get(change.job_id)
+            if row is None:
+                outcomes[change.job_id] = NotFound(f"no job {change.job_id}", field="id")
+                continue
+            found = Found(change.job_id, Phase(row.phase), row.reason, aware(row.started_at))
+            try:
+                if change.expect_reason is not None and row.reason != change.expect_reason:
+                    raise Conflict(
+                        f"cannot {change.action.value} a job that is {row.phase} "
+                        f"({row.reason or 'no reason'})",
+                        phase=row.phase,
+                        action=change.action.value,
+                    )
+                check(change.action, found, change.reason)
+            except Conflict as exc:
+                outcomes[change.job_id] = exc
+                continue
+            groups.setdefault((change.action, change.reason), []).append((change, found))
+        again: builtins.list[Change] = []
+        for (action, reason), members in groups.items():
+            by_id = {change.job_id: change for change, _ in members}
+            changed = apply(
+                conn,
+                action,
+                [found for _, found in members],
+                actor=actor,
+                reason=reason,
+                data_for=lambda job_id, by_id=by_id: by_id[job_id].data,  # type: ignore[misc]
+                values_for=lambda job_id, by_id=by_id: by_id[job_id].values,  # type: ignore[misc]
+            )
+            for job in changed.jobs:
+                outcomes[job.id] = job
+            again += [change for change, _ in members if change.job_id not in outcomes]
+        return again
 
     def claim_queued(
         self,

@@ -25,7 +25,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from jobmill.domain.dag import find_cycle
 from jobmill.domain.errors import Conflict, NotFound, ValidationError
@@ -54,6 +65,24 @@ _LINKABLE = or_(jobs.c.phase == Phase.PENDING.value, _WAITING_UPSTREAM)
 
 def _always(value: Mapping[str, Any]) -> Callable[[str], Mapping[str, Any]]:
     return lambda _job_id: value
+
+
+# Statements built once (the engine runs them for every group of jobs that start or end):
+# building a statement costs more than running it.
+_IDS: Any = bindparam("p_ids", expanding=True)
+_DEPENDENTS = select(job_links.c.child, job_links.c.parent).where(job_links.c.parent.in_(_IDS))
+_LINKS_OF = (
+    select(job_links.c.child, job_links.c.parent)
+    .where(or_(job_links.c.child.in_(_IDS), job_links.c.parent.in_(_IDS)))
+    .order_by(job_links.c.child, job_links.c.parent)
+)
+_SUBJOBS_OF = (
+    select(jobs.c.parent_id, jobs.c.id).where(jobs.c.parent_id.in_(_IDS)).order_by(jobs.c.seq)
+)
+_PARENTS_OF = select(jobs.c.parent_id).where(jobs.c.id.in_(_IDS), jobs.c.parent_id.isnot(None))
+_STAGES = select(jobs.c.id, jobs.c.stage, jobs.c.type).where(
+    jobs.c.id.in_(_IDS), jobs.c.stage.isnot(None)
+)
 
 
 def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
@@ -364,10 +393,7 @@ def after_change(conn: Connection, action: Action, ids: Sequence[str], now: date
         if action is Action.COMPLETE:
             counts: Counter[str] = Counter()
             for chunk in _chunks(ids):
-                query = select(job_links.c.child, job_links.c.parent).where(
-                    job_links.c.parent.in_(chunk)
-                )
-                for row in conn.execute(query):
+                for row in conn.execute(_DEPENDENTS, {"p_ids": chunk}):
                     counts[row.child] += 1
             if counts:
                 parent = ids[0] if len(ids) == 1 else None
@@ -459,8 +485,7 @@ def _count_down_parents(
     children that now has none left is released."""
     per_parent: Counter[str] = Counter()
     for chunk in _chunks(ids):
-        query = select(jobs.c.parent_id).where(jobs.c.id.in_(chunk), jobs.c.parent_id.isnot(None))
-        per_parent.update(conn.execute(query).scalars())
+        per_parent.update(conn.execute(_PARENTS_OF, {"p_ids": chunk}).scalars())
     waiting: list[str] = []
     for parent, count in per_parent.items():
         row = conn.execute(
@@ -563,18 +588,10 @@ def graph_of(conn: Connection, ids: Sequence[str]) -> Graph:
     """The links of jobs ``ids`` (a page of them), in three queries per chunk."""
     graph = Graph({}, {}, {})
     for chunk in _chunks(list(ids)):
-        for row in conn.execute(
-            select(job_links.c.child, job_links.c.parent)
-            .where(or_(job_links.c.child.in_(chunk), job_links.c.parent.in_(chunk)))
-            .order_by(job_links.c.child, job_links.c.parent)
-        ):
+        for row in conn.execute(_LINKS_OF, {"p_ids": chunk}):
             graph.after.setdefault(row.child, []).append(row.parent)
             graph.dependents.setdefault(row.parent, []).append(row.child)
-        for row in conn.execute(
-            select(jobs.c.parent_id, jobs.c.id)
-            .where(jobs.c.parent_id.in_(chunk))
-            .order_by(jobs.c.seq)
-        ):
+        for row in conn.execute(_SUBJOBS_OF, {"p_ids": chunk}):
             graph.children.setdefault(row.parent_id, []).append(row.id)
     return graph
 
@@ -634,10 +651,8 @@ class LinkStore:
         found: dict[str, tuple[str, str]] = {}
         with self.read_engine.connect() as conn:
             for chunk in _chunks(list(ids)):
-                query = select(jobs.c.id, jobs.c.stage, jobs.c.type).where(
-                    jobs.c.id.in_(chunk), jobs.c.stage.isnot(None)
-                )
-                found.update({row.id: (row.stage, row.type) for row in conn.execute(query)})
+                rows = conn.execute(_STAGES, {"p_ids": chunk})
+                found.update({row.id: (row.stage, row.type) for row in rows})
         return found
 
     def release_if_ready(self, job_id: str) -> bool:
