@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -211,3 +213,21 @@ def test_tags_get_their_jobs_seq_on_upgrade(engine: Engine) -> None:
         ]
     assert migrate.pending_differences(engine) == []
     assert [job.id for job in JobStore(engine).list(JobFilter(tag="x"))] == ["c", "a"]
+
+
+def test_head_is_the_newest_files_number_and_a_database_at_head_needs_no_alembic(
+    engine: Engine, db_url: str
+) -> None:
+    assert migrate.HEAD == head(engine)
+    assert migrate.current(engine) is None  # empty
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == migrate.HEAD
+    # A server opening a database at head does not load Alembic (about 10 MiB at rest).
+    code = (
+        "import sys\n"
+        "from jobmill.storage import migrate\n"
+        "from jobmill.storage.db import make_engine\n"
+        f"migrate.upgrade(make_engine({db_url!r}))\n"
+        "assert 'alembic' not in sys.modules, 'alembic was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

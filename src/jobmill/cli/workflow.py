@@ -12,15 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from html import escape
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import networkx as nx
-import pydot
 import typer
 
 from jobmill.cli.common import JsonOpt, TokenOpt, UrlOpt, fail, print_json
 from jobmill.cli.ids import resolve
 from jobmill.client import Client
+
+if TYPE_CHECKING:  # networkx and pydot are imported by the commands that draw (not by a server)
+    import networkx as nx
 
 Connect = Callable[[typer.Context, str | None, str | None], AbstractContextManager[Client]]
 
@@ -47,6 +48,8 @@ def to_networkx(graph: dict[str, Any]) -> nx.DiGraph:
     """The graph of ``GET /api/v1/graph`` as a networkx graph: a node per job (type, phase,
     reason), an edge ``kind="after"`` from a job to each job that runs after it and
     ``kind="subjob"`` from a job to each of its sub-jobs."""
+    import networkx as nx
+
     g: nx.DiGraph = nx.DiGraph()
     for job in graph["jobs"]:
         g.add_node(job["id"], type=job["type"], phase=job["phase"], reason=job["reason"])
@@ -59,6 +62,8 @@ def to_networkx(graph: dict[str, Any]) -> nx.DiGraph:
 
 def order(g: nx.DiGraph) -> list[str]:
     """Jobs with every job before the jobs that run after it (ties: as listed)."""
+    import networkx as nx
+
     try:
         return list(nx.lexicographical_topological_sort(g, key=list(g.nodes).index))
     except nx.NetworkXUnfeasible:  # pragma: no cover - the server refuses cycles
@@ -85,6 +90,8 @@ def as_text(g: nx.DiGraph) -> str:
 def as_dot(g: nx.DiGraph) -> str:
     """The graph in Graphviz DOT (written by pydot): jobs as boxes coloured by phase,
     dependencies as arrows, sub-jobs as dashed arrows."""
+    import pydot
+
     dot = pydot.Dot("jobs", graph_type="digraph", rankdir="TB")
     for node in order(g):
         data = g.nodes[node]
