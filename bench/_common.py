@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,17 @@ def auth_headers() -> dict[str, str]:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Opt-in PostgreSQL: with an admin URL here (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5433/
+# postgres``) every server gets a fresh database of its own, created before it starts and dropped
+# after it stops. Without it every server uses SQLite in its temporary home.
+BENCH_DATABASE_URL = os.environ.get("JOBMILL_BENCH_DATABASE_URL") or None
+
+
+def database_kind() -> str:
+    """Which database the benchmark's servers use: ``PostgreSQL`` or ``SQLite``."""
+    return "PostgreSQL" if BENCH_DATABASE_URL else "SQLite"
+
+
 PROFILE_DIR: Path | None = None  # set by --py-spy: record a flame graph of every server
 
 
@@ -85,6 +97,8 @@ def banner(title: str) -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"== {title} ==")
     print(f"{now}  cpus={os.cpu_count()}  load={load}  python={sys.version.split()[0]}")
+    where = "a fresh database per server" if BENCH_DATABASE_URL else "in each server's home"
+    print(f"database: {database_kind()}, {where} (JOBMILL_BENCH_DATABASE_URL)")
 
 
 # -- statistics and output ------------------------------------------------------------------
@@ -253,23 +267,69 @@ def _start_py_spy(server: Server) -> subprocess.Popen[bytes] | None:
 
 
 @contextlib.contextmanager
+def bench_database(sqlite: bool = False) -> Iterator[str | None]:
+    """A fresh PostgreSQL database URL for one server (``JOBMILL_BENCH_DATABASE_URL`` set), dropped
+    afterwards; None (SQLite in the server's home) otherwise or with ``sqlite``."""
+    if sqlite or not BENCH_DATABASE_URL:
+        yield None
+        return
+    from sqlalchemy import create_engine, text  # noqa: PLC0415 - only for the PostgreSQL runs
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    name = f"jm_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(BENCH_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            url = make_url(BENCH_DATABASE_URL).set(database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextlib.contextmanager
 def running_server(
     jobtypes: Sequence[Path | str],
     *,
     env: Mapping[str, str] | None = None,
     keep: bool = False,
     startup_timeout: float = 30.0,
+    sqlite: bool = False,
 ) -> Iterator[Server]:
     """Start ``jobmill serve`` on a free loopback port with a temporary home; always stop it.
 
     The server's output goes to ``serve.log`` in the home. With ``keep`` the home survives.
+    With ``JOBMILL_BENCH_DATABASE_URL`` set the server gets a fresh PostgreSQL database
+    (``bench_database``), else (or with ``sqlite``) SQLite in its home.
     """
+    with (
+        bench_database(sqlite) as database_url,
+        _running_server(jobtypes, database_url, env=env, keep=keep, timeout=startup_timeout) as s,
+    ):
+        yield s
+
+
+@contextlib.contextmanager
+def _running_server(
+    jobtypes: Sequence[Path | str],
+    database_url: str | None,
+    *,
+    env: Mapping[str, str] | None,
+    keep: bool,
+    timeout: float,
+) -> Iterator[Server]:
     base = Path(tempfile.mkdtemp(prefix="jobmill-bench-"))
     home = base / "home"
     log = base / "serve.log"
     port = free_port()
     full_env = dict(os.environ)
     full_env.pop("JOBMILL_DATABASE_URL", None)
+    if database_url:
+        full_env["JOBMILL_DATABASE_URL"] = database_url
     full_env.update(env or {})
     argv = [str(JOBMILL), "serve", "--home", str(home), "--port", str(port)]
     for jobtype in jobtypes:
@@ -286,7 +346,7 @@ def running_server(
     server = Server(proc, port, home, log, dict(env or {}))
     spy: subprocess.Popen[bytes] | None = None
     try:
-        _wait_healthy(server, startup_timeout)
+        _wait_healthy(server, timeout)
         spy = _start_py_spy(server)
         yield server
     finally:

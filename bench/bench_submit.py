@@ -1,4 +1,5 @@
-"""Job submission throughput over HTTP on SQLite (WAL).
+"""Job submission throughput over HTTP on SQLite (WAL), or on PostgreSQL with
+``JOBMILL_BENCH_DATABASE_URL`` set (an admin URL: each server gets a fresh database).
 
 Rows:
 
@@ -12,9 +13,10 @@ Rows:
 * with ``--workers N`` (N > 1), the two ``POST /jobs`` rows again against ``jobmill serve
   --workers N`` (``JOBMILL_WORKERS``) in the same run: N API worker processes on one socket,
   the engine in the serve process; server CPU is then that of the whole process tree, and the
-  share of each worker is printed.
+  share of each worker is printed (target: 1,500 jobs/s with 2 processes on PostgreSQL).
 
-Run: ``.venv/bin/python bench/bench_submit.py [--quick] [--workers N]``.
+Run: ``.venv/bin/python bench/bench_submit.py [--quick] [--workers N]``; for PostgreSQL, with
+``JOBMILL_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5433/postgres``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from _common import (
     Server,
     banner,
     closed_loop,
+    database_kind,
     parse_args,
     print_table,
     running_server,
@@ -47,6 +50,7 @@ CLIENTS = 8
 CROWD = 50  # the latency case: p99 <= 100 ms with 50 clients
 CROWD_P99_MS = 100.0
 SINGLE_TARGET = 1000.0
+WORKERS_TARGET = 1500.0  # POST /jobs with several API processes (the issue: 2, on PostgreSQL)
 BATCH_TARGET = 10000.0
 BATCH_SIZE = 1000
 
@@ -128,7 +132,7 @@ def main() -> int:
     n_queued = 500 if args.quick else 2000
     n_batches = 5 if args.quick else 25
     warm = 100
-    banner(f"bench_submit: job creation over HTTP, {CLIENTS} clients, SQLite")
+    banner(f"bench_submit: job creation over HTTP, {CLIENTS} clients, {database_kind()}")
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="jobmill-bench-types-") as tmp:
         types = Path(tmp)
@@ -173,7 +177,7 @@ def main() -> int:
                     load = run_single(server, phase, n)
                     spent = {p: c - before.get(p, 0.0) for p, c in tree_cpu(pids).items()}
                     name = f"POST /jobs, {phase}, {workers} workers"
-                    rows.append(row(name, load, 1, SINGLE_TARGET))
+                    rows.append(row(name, load, 1, WORKERS_TARGET))
                     parts = ", ".join(
                         f"{'serve' if p == server.pid else p} {c:.1f}"
                         for p, c in sorted(spent.items(), key=lambda item: -item[1])
@@ -182,6 +186,7 @@ def main() -> int:
                     shares.append(f"{name}: CPU s per process (warm-up included): {parts}")
     headers = ["case", "jobs", "s", "jobs/s", "p50 ms", "p99 ms", "srv cpu us/job", "target"]
     print_table([*headers, "ratio", ""], rows)
+    print(f"database: {database_kind()}")
     print("latency = per request; srv cpu = server process CPU (all threads) per job created")
     print(f"{CROWD}-client row: the latency target is p99 <= {CROWD_P99_MS:.0f} ms")
     print(
