@@ -8,8 +8,8 @@ the polling interval does not blur the figure). Side by side, in the same run, b
 * sequentially (spawn, wait, next);
 * with as many workers as ``JOBMILL_MAX_LOCAL_JOBS``;
 * with the same workers, each job with the files jobmill's shepherd makes for it (a working
-  directory, stdout/stderr logs, the pid and exit status files): the reference of the target,
-  jobmill >= 50 % of it.
+  directory, stdout/stderr logs; the pid and exit status files only when jobmill goes away):
+  the reference of the target, jobmill >= 50 % of it.
 
 The jobmill server's CPU is reported with its shepherd's (the process that starts the jobs) and
 the jobs' own.
@@ -75,8 +75,8 @@ def bare(n: int, workers: int) -> float:
 
 def with_files(n: int, workers: int, root: Path) -> float:
     """Like ``bare`` but each run with the per-job files jobmill's shepherd makes: a working
-    directory, stdout and stderr logs, the pid file and the exit status file (the reference of
-    the issue's target)."""
+    directory, stdout and stderr logs (the pid and exit status files are written only when
+    jobmill goes away), the reference of the target."""
 
     def one(i: int) -> None:
         workdir = root / f"job-{i}"
@@ -91,9 +91,7 @@ def with_files(n: int, workers: int, root: Path) -> float:
                 stderr=err,
                 start_new_session=True,
             )
-        (workdir / ".jobmill-pid").write_text(f"{proc.pid}\n")
-        code = proc.wait()
-        (workdir / ".jobmill-exit").write_text(f"{code}\n")
+        proc.wait()
 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

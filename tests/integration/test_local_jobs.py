@@ -196,12 +196,15 @@ def _token_of(jm: Jobmill, job_id: str) -> str:
     native = jm.store.require(job_id).native_id
     assert native
     pid = int(native.split("@")[0])
-    # The wrapper shell's child holds the job's environment; the shell has the same one.
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    for entry in environ:
-        if entry.startswith(b"JOBMILL_TOKEN="):
-            return entry.split(b"=", 1)[1].decode()
-    raise AssertionError("no token in the job's environment")
+
+    def token() -> str | None:  # (empty for a moment while the job execs, e.g. through a shim)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for entry in environ:
+            if entry.startswith(b"JOBMILL_TOKEN="):
+                return entry.split(b"=", 1)[1].decode()
+        return None
+
+    return str(wait_for(token, timeout=5))
 
 
 def _alive(pid: int) -> bool:

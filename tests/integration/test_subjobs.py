@@ -168,8 +168,13 @@ def test_a_job_token_creates_sub_jobs_and_nothing_else(server: LiveServer) -> No
     wait_for(lambda: get(server, job["id"])["phase"] == "EXECUTING")
     # The job's token is in its process environment; read it as the job would.
     jm = server.jobmill
-    environ = Path(f"/proc/{get_pid(jm, job['id'])}/environ").read_bytes().split(b"\0")
-    token = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"JOBMILL_TOKEN="))
+    pid = get_pid(jm, job["id"])
+
+    def token_of() -> bytes | None:  # (empty while the process execs, e.g. through a shim)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return next((v.split(b"=", 1)[1] for v in environ if v.startswith(b"JOBMILL_TOKEN=")), None)
+
+    token = wait_for(token_of)
     headers = {"Authorization": f"Bearer {token.decode()}"}
     listed = httpx.get(f"{server.url}/api/v1/jobs", headers=headers)
     assert listed.status_code == 401

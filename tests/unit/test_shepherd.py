@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from jobmill.domain.lifecycle import Phase
-from jobmill.executors.base import LaunchSpec, NativeStatus
+from jobmill.executors.base import RETURNED, LaunchSpec, NativeStatus
 from jobmill.executors.local import LocalExecutor
 from jobmill.executors.shepherd import EXIT_FILE, PID_FILE
 
@@ -139,6 +139,9 @@ def test_an_enqueued_job_reports_its_exit_status(
     assert (status.phase, status.native_state, status.exit_code) == (phase, state, code)
     assert queued in named  # the engine learns of it through changed()
     assert status.native_id is not None and status.native_id in named
+    # No file while jobmill is attached; the end not recorded is written when it detaches.
+    assert not (spec.workdir / EXIT_FILE).exists()
+    executor.close()
     expected = code if state == "exited" else -signal.SIGKILL
     assert (spec.workdir / EXIT_FILE).read_text() == f"{expected}\n"
     if state == "killed":
@@ -332,7 +335,7 @@ def _subreaper(on: bool) -> None:
         pytest.skip(f"prctl: {os.strerror(ctypes.get_errno())}")
 
 
-def test_a_killed_shepherd_loses_its_running_job_and_requeues_the_waiting_one(
+def test_a_killed_shepherd_loses_its_running_job_and_gives_the_waiting_one_back(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:
     _subreaper(True)
@@ -354,7 +357,10 @@ def test_a_killed_shepherd_loses_its_running_job_and_requeues_the_waiting_one(
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
-        status = settle(executor, waiting, meanwhile=reap)
+        status = settle(executor, waiting, lambda s: s.native_state != "queued", meanwhile=reap)
+        assert (status.phase, status.native_state) == (Phase.QUEUED, RETURNED)  # queued again
+        again = executor.enqueue(waiting_spec)  # (as the engine dispatches it again)
+        status = settle(executor, again, meanwhile=reap)
         assert (status.phase, status.exit_code) == (Phase.ERROR, 5)  # run by a new shepherd
         assert (tmp_path / "ran").exists()
         assert executor._shepherd is not None and executor._shepherd is not old
@@ -381,7 +387,52 @@ def test_a_started_queued_job_answers_the_id_of_its_pid_file(
     status = settle(executor, queued, lambda s: s.phase is not Phase.QUEUED)
     assert status.phase is Phase.EXECUTING
     assert status.native_id is not None
-    assert status.native_id == executor.find_started(spec.workdir)
-    assert status.native_id.partition("@")[0] == (spec.workdir / PID_FILE).read_text().strip()
+    assert executor.find_started(spec.workdir) is None  # no file while jobmill is attached
     ended = settle(executor, queued)
     assert ended.phase is Phase.COMPLETED and ended.native_id == status.native_id
+
+
+def test_detaching_writes_the_pids_of_running_jobs_and_only_unrecorded_ends(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    executor = make_executor(slots=3)
+    running = job(tmp_path, "running", sh("sleep 0.5"))
+    recorded, unrecorded = job(tmp_path, "rec", sh("exit 1")), job(tmp_path, "unrec", sh("exit 2"))
+    native = executor.submit(running)
+    ids = {spec.job_id: executor.enqueue(spec) for spec in (recorded, unrecorded)}
+    done = {name: settle(executor, queued) for name, queued in ids.items()}
+    executor.recorded(str(done["rec"].native_id))  # the engine committed this end
+    executor.tick()
+    executor.close()  # detach: returns once the shepherd wrote its files
+    assert native == LocalExecutor().find_started(running.workdir)
+    assert not (recorded.workdir / EXIT_FILE).exists()
+    assert (unrecorded.workdir / EXIT_FILE).read_text() == "2\n"
+    after = LocalExecutor()
+    try:
+        assert after.status_after_restart(native, running.workdir).phase is Phase.EXECUTING
+        ended = settle(after, native)
+        assert (ended.phase, ended.exit_code) == (Phase.COMPLETED, 0)
+    finally:
+        after.close()
+
+
+def test_a_shepherd_not_pinged_lets_go_and_the_jobmill_learns_it(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """A frozen engine (or one that lost its lease) pings no more: the shepherd lets go before
+    a standby takes over, leaving the files the standby reads, and gives the queue back."""
+    executor = make_executor(slots=1)
+    executor.silence = 0.6
+    running = job(tmp_path, "running", sh("sleep 1.2; exit 6"))
+    native = executor.submit(running)
+    waiting = executor.enqueue(job(tmp_path, "waiting", sh("exit 0")))
+    time.sleep(0.3)
+    executor.ping()  # still here
+    time.sleep(0.4)
+    assert executor.poll([waiting])[waiting].phase is Phase.QUEUED  # (0.7 s, pinged at 0.3)
+    returned = settle(executor, waiting, lambda s: s.native_state != "queued")
+    assert (returned.phase, returned.native_state) == (Phase.QUEUED, RETURNED)
+    assert executor.find_started(running.workdir) == native  # the pid file, for a standby
+    ended = settle(executor, native)
+    assert (ended.phase, ended.exit_code) == (Phase.ERROR, 6)  # its exit file: not lost
+    assert executor.find_started(tmp_path / "waiting") is None  # it never ran

@@ -53,6 +53,11 @@ class SubmittedJob:
     stderr: str | None
 
 
+RETURNED = "returned"
+"""The native state of a job the executor gave back before it started (QUEUED): the engine
+queues it again (the local shepherd let go of its queue)."""
+
+
 class ExecutorUnavailable(Exception):
     """The backend cannot be reached; the job stays queued and is retried."""
 

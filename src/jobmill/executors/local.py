@@ -4,10 +4,12 @@ Jobs are started by the shepherd (``executors.shepherd``), one long-lived proces
 that this executor starts on first use and talks to over a private socket pair. The engine
 hands it jobs (``enqueue``) and learns what happened from one file descriptor
 (``watch_fds`` maps it to ``""``; ``changed`` names the jobs): the shepherd starts each job as
-its slots free up, with the job's argv exactly (no shell), and records the job's pid and, once
-it reaped it, its true exit status in the working directory: that is how a restarted jobmill
-learns the result of a job that finished while it was down. Jobs started by an earlier jobmill
-process are watched through pidfds (``adopt``).
+its slots free up, with the job's argv exactly (no shell), and keeps each exit status until the
+engine recorded it (``recorded``). When jobmill goes away (``close``, a crash) the shepherd
+writes the pids of the running jobs and the exit statuses not recorded in their working
+directories, and the exit status of each job that ends later: that is how a restarted jobmill
+learns the true result of a job that finished while it was down. Jobs started by an earlier
+jobmill process are watched through pidfds (``adopt``).
 
 A job waiting in the shepherd's queue has the native id ``queued:JOB_ID`` here; once it runs,
 ``poll`` answers it with the real native id (``PID@STARTTIME``) in ``NativeStatus.native_id``.
@@ -23,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -30,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from jobmill.domain.lifecycle import Phase
-from jobmill.executors.base import LaunchSpec, NativeStatus, submit_each
+from jobmill.executors.base import RETURNED, LaunchSpec, NativeStatus, submit_each
 from jobmill.executors.shepherd import EXIT_FILE, PID_FILE, process_state, start_time
 
 KEEP_ENDED = 10_000  # exit statuses remembered after the process was reaped
 QUEUED_PREFIX = "queued:"
 SUBMIT_WAIT = 30.0  # seconds ``submit`` waits for the shepherd to start a job
+DETACH_WAIT = 5.0  # seconds ``close`` waits for the shepherd to write its files
 _READ = 1 << 16
 _start_time = start_time
 
@@ -61,9 +65,12 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, grace: float = 5.0, slots: int = 4) -> None:
+    def __init__(self, grace: float = 5.0, slots: int = 4, silence: float = 0.0) -> None:
+        """``silence``: seconds without a ``ping`` after which the shepherd lets go (0: it
+        waits for jobmill for ever; the engine sets it below its lease's duration)."""
         self.grace = grace
         self.slots = slots
+        self.silence = silence
         self._procs: dict[str, _Proc] = {}
         self._kills: dict[int, float] = {}  # process group -> when SIGKILL is due
         # Exit statuses of reaped jobs, answered again until the engine could record them
@@ -71,11 +78,16 @@ class LocalExecutor:
         self._ended: dict[str, NativeStatus] = {}
         self._queued: dict[str, dict[str, Any]] = {}  # key -> the start message sent
         self._started_as: dict[str, str] = {}  # key -> native id, once started
+        self._keys: dict[str, str] = {}  # native id -> key, for the jobs the shepherd ran
+        self._recorded: list[str] = []  # keys whose end jobmill recorded, to tell the shepherd
         self._not_started: dict[str, NativeStatus] = {}  # key -> why it never ran
         self._changed: list[str] = []  # native ids (as the engine knows them) with news
         self._shepherd: subprocess.Popen[bytes] | None = None
         self._channel: socket.socket | None = None
         self._pending = bytearray()
+        self._detached = False
+        self._closing = False
+        self._sending = threading.Lock()  # the lease's thread pings
 
     def render(self, spec: LaunchSpec) -> str:
         env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(spec.env.items()))
@@ -95,7 +107,13 @@ class LocalExecutor:
         ours, theirs = socket.socketpair()
         try:
             self._shepherd = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed module
-                [sys.executable, "-m", "jobmill.executors.shepherd", str(self.slots)],
+                [
+                    sys.executable,
+                    "-m",
+                    "jobmill.executors.shepherd",
+                    str(self.slots),
+                    str(self.silence),
+                ],
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
                 start_new_session=True,  # a signal to jobmill's terminal does not stop it
@@ -106,29 +124,32 @@ class LocalExecutor:
             raise
         finally:
             theirs.close()
-        ours.setblocking(False)
-        self._channel = ours
-        for message in self._queued.values():  # a shepherd that died took them with it
-            self._send(message)
+        self._channel = ours  # blocking: sends wait, reads ask not to (MSG_DONTWAIT)
         return ours
 
     def _send(self, message: dict[str, Any]) -> None:
         channel = self._channel_open()
         data = (json.dumps(message) + "\n").encode()
-        channel.setblocking(True)
         try:
-            channel.sendall(data)
+            with self._sending:
+                channel.sendall(data)
         except OSError:
             self._lost_shepherd()
-        else:
-            channel.setblocking(False)
+
+    def ping(self) -> None:
+        """Tell the shepherd that this jobmill still holds its engine lease (any thread); a
+        shepherd told nothing for ``silence`` seconds lets go of its jobs."""
+        channel = self._channel
+        if channel is not None:
+            with self._sending, contextlib.suppress(OSError):  # (its reader sees it closed)
+                channel.sendall(b'{"op": "ping"}\n')
 
     def _receive(self) -> None:
         """Read the shepherd's events (without waiting) and apply them."""
         channel = self._channel
         while channel is not None:
             try:
-                chunk = channel.recv(_READ)
+                chunk = channel.recv(_READ, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
@@ -144,12 +165,18 @@ class LocalExecutor:
                     self._event(json.loads(line))
 
     def _event(self, event: dict[str, Any]) -> None:
-        key = event["key"]
         kind = event["ev"]
+        if kind == "detached":
+            self._detached = True
+            if not self._closing:  # it let go on its own (jobmill was silent too long)
+                self._lost_shepherd()
+            return
+        key = event["key"]
         message = self._queued.pop(key, None)
         if kind == "started" and message is not None:
             native_id = event["native_id"]
             self._started_as[key] = native_id
+            self._keys[native_id] = key
             self._procs[native_id] = _Proc(Path(message["workdir"]), None, key)
             self._changed.append(QUEUED_PREFIX + key)
         elif kind == "exited":
@@ -171,10 +198,14 @@ class LocalExecutor:
             self._changed.append(QUEUED_PREFIX + key)
         _trim(self._started_as)
         _trim(self._not_started)
+        _trim(self._keys)
 
     def _lost_shepherd(self) -> None:
-        """The shepherd went away (killed): its running jobs are watched like adopted ones (a
-        job that ends now has no exit status: lost); the queued ones go to the next shepherd."""
+        """The shepherd went away (killed) or let go (detached): its running jobs are watched
+        like adopted ones (one that let go writes their exit statuses; a killed one cannot: such
+        a job ends lost), and the jobs it had not started are given back (``RETURNED``): the
+        engine queues them again if it still holds its lease. The next job starts a new
+        shepherd."""
         if self._channel is not None:
             self._channel.close()
         self._channel = None
@@ -184,12 +215,28 @@ class LocalExecutor:
             if proc.key and proc.pidfd is None:
                 proc.key = ""
                 proc.pidfd = _pidfd(split_native_id(native_id)[0])
-        if self._queued:
-            self._channel_open()
+        for key in self._queued:
+            self._not_started[key] = NativeStatus(
+                Phase.QUEUED, RETURNED, error="the local shepherd let go of it before it started"
+            )
+            self._changed.append(QUEUED_PREFIX + key)
+        self._queued.clear()
 
     def _reap_shepherd(self) -> None:
         if self._shepherd is not None and self._shepherd.poll() is not None:
             self._shepherd = None
+
+    def recorded(self, native_id: str) -> None:
+        """jobmill's database has the end of this job: the shepherd need not keep its exit
+        status for a later jobmill (told with the next ``tick``)."""
+        key = self._keys.pop(native_id, None)
+        if key is not None:
+            self._recorded.append(key)
+
+    def _tell_recorded(self) -> None:
+        if self._recorded and self._channel is not None:
+            keys, self._recorded = self._recorded, []
+            self._send({"op": "recorded", "keys": keys})
 
     def changed(self) -> list[str]:
         """The native ids (as ``enqueue`` or ``poll`` gave them) of jobs the shepherd reported
@@ -344,6 +391,7 @@ class LocalExecutor:
             else:
                 soonest = due - now if soonest is None else min(soonest, due - now)
         self._reap_shepherd()
+        self._tell_recorded()
         return soonest
 
     def watch_fds(self) -> dict[int, str]:
@@ -377,15 +425,39 @@ class LocalExecutor:
             os.close(proc.pidfd)
 
     def close(self) -> None:
-        """Stop watching. The shepherd starts nothing more, goes on reaping the jobs that run
-        (writing their exit statuses for the next jobmill) and ends with the last of them."""
+        """Stop watching. The shepherd starts nothing more, writes what a later jobmill needs
+        (the pids of the running jobs, the exit statuses not recorded) before this returns,
+        goes on reaping the jobs that run (writing their exit statuses) and ends with the
+        last of them."""
+        self._queued.clear()  # (the shepherd drops them: not sent again to another)
+        if self._channel is not None:
+            self._tell_recorded()
+            self._closing = True
+            try:
+                self._detach()
+            finally:
+                self._closing = False
         for native_id in list(self._procs):
             self._forget(native_id)
-        self._queued.clear()
         if self._channel is not None:
             self._channel.close()
             self._channel = None
         self._pending.clear()
+
+    def _detach(self) -> None:
+        """Ask the shepherd to detach and wait (a little) until it has written its files."""
+        channel = self._channel
+        if channel is None:
+            return
+        self._detached = False
+        self._send({"op": "detach"})
+        deadline = time.monotonic() + DETACH_WAIT
+        while self._channel is not None and not self._detached:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            select.select([channel], [], [], remaining)
+            self._receive()
 
 
 def _trim(mapping: dict[str, Any]) -> None:

@@ -1,23 +1,36 @@
 """The shepherd: one long-lived process per local executor that starts local jobs and reaps them.
 
 The local executor hands it jobs over a private socket pair, one JSON line each, and it starts
-them as its slots free up: no shell per job, and the engine never waits for a spawn. For each
-job it writes, in the job's working directory, the pid (``.jobmill-pid``, as soon as the job
-runs) and, once it reaped the job, the true exit status (``.jobmill-exit``: the return code,
-negative for a signal). It answers with one line per event::
+them as its slots free up: no shell per job, and the engine never waits for a spawn. Messages::
+
+    {"op": "start", "key": JOB_ID, "argv": [...], "env": {...}, "workdir": ..., ...}
+    {"op": "drop", "key": ...}          # cancel a job that has not started
+    {"op": "recorded", "keys": [...]}   # jobmill's database has these jobs' ends
+    {"op": "detach"}                    # jobmill stops: answered {"ev": "detached"}
+    {"op": "ping"}                      # jobmill holds its engine lease
+
+and it answers with one line per event::
 
     {"ev": "started", "key": ..., "native_id": "PID@STARTTIME"}
     {"ev": "failed", "key": ..., "error": "..."}      # could not start (no program, a link...)
     {"ev": "dropped", "key": ...}                     # cancelled before it started
-    {"ev": "exited", "key": ..., "code": N}
+    {"ev": "exited", "key": ..., "code": N}           # negative N: the signal that killed it
 
-It runs in its own session, so a signal to jobmill's terminal does not reach it. When jobmill
-goes away (the socket closes: a stop, a crash, a SIGKILL) it starts nothing more, keeps reaping
-the jobs that run and writing their exit statuses, and ends with the last of them: a jobmill
-started later reads those files (``LocalExecutor.status_after_restart``).
+While jobmill is attached the shepherd writes no file of its own (a job's directory and logs
+are all it creates): it keeps each exit status until jobmill says it recorded it. When jobmill
+goes away (``detach``, or the socket closes: a stop, a crash, a SIGKILL) it starts nothing more
+and writes, in each job's working directory, the pid of every running job (``.jobmill-pid``)
+and the exit status of every job whose end was not recorded (``.jobmill-exit``); it goes on
+reaping the jobs that run, writing each exit status before it reaps the job, and ends with the
+last of them. A jobmill started later reads those files (``LocalExecutor.status_after_restart``).
+It runs in its own session, so a signal to jobmill's terminal does not reach it.
 
-Run as ``python -m jobmill.executors.shepherd SLOTS`` with the socket as standard input and
-output.
+Given SILENCE seconds, it also lets go when jobmill said nothing for that long (an engine
+frozen, or that lost its lease, pings no more: a standby may take its jobs over, and finds the
+files), and tells jobmill so (``{"ev": "detached"}``) should it come back.
+
+Run as ``python -m jobmill.executors.shepherd SLOTS [SILENCE]`` with the socket as standard
+input and output.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +53,7 @@ from jobmill.domain.confine import makedirs_nofollow, open_nofollow
 PID_FILE = ".jobmill-pid"
 EXIT_FILE = ".jobmill-exit"
 LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+MAX_UNRECORDED = 10_000  # ends kept in memory for jobmill to record; beyond, written to disk
 _READ = 1 << 16
 
 
@@ -120,7 +135,6 @@ def start(job: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
             os.close(err)
     finally:
         os.close(out)
-    _write(workdir / PID_FILE, f"{proc.pid}\n")
     state = process_state(proc.pid)  # it may have ended already: not reaped, still there
     return proc, f"{proc.pid}@{state[1] if state else 0}"
 
@@ -138,11 +152,8 @@ def ended(pid: int) -> int | None:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write the whole file or nothing (a reader never sees it half-written)."""
-    partial = path.with_name(path.name + ".partial")
     with contextlib.suppress(OSError):  # a full disk: the live shepherd still reports it
-        partial.write_text(text)
-        os.replace(partial, path)
+        path.write_text(text)
 
 
 def refusal(exc: OSError) -> str:
@@ -154,12 +165,15 @@ def refusal(exc: OSError) -> str:
 
 
 class Shepherd:
-    def __init__(self, slots: int, channel: int) -> None:
+    def __init__(self, slots: int, channel: int, silence: float = 0.0) -> None:
         self.slots = max(1, slots)
         self.channel = channel
+        self.silence = silence  # seconds without a word from jobmill before it lets go (0: never)
+        self.heard = time.monotonic()
         self.attached = True  # jobmill is at the other end of the channel
         self.queue: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.unrecorded: dict[str, tuple[Path, int]] = {}  # ended, jobmill has not recorded it
         self.pending = bytearray()
         self.out: list[dict[str, Any]] = []
         self.wake_r, wake_w = os.pipe()
@@ -177,13 +191,22 @@ class Shepherd:
         while self.attached or self.running:
             self._start_free()
             self._flush()
-            for fd, _mask in poller.poll():
+            timeout = None
+            if self.attached and self.silence:
+                timeout = max(0.0, self.heard + self.silence - time.monotonic()) * 1000
+            for fd, _mask in poller.poll(timeout):
                 if fd == self.wake_r:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self.wake_r, 4096):
                             pass
                 elif fd == self.channel and not self._read():
                     poller.unregister(self.channel)
+            if self.attached and self.silence and time.monotonic() > self.heard + self.silence:
+                # jobmill stopped answering (frozen, or its engine lease lost): a standby may
+                # take over, so act as if it went away, and say so if it comes back.
+                self._detach()
+                self.out.append({"ev": "detached", "why": "silence"})
+                self._send()
             self._reap()
 
     def _read(self) -> bool:
@@ -193,10 +216,9 @@ class Shepherd:
         except OSError:
             chunk = b""
         if not chunk:
-            self.attached = False
-            for key in list(self.queue):  # not started: the next jobmill queues them again
-                del self.queue[key]
+            self._detach()
             return False
+        self.heard = time.monotonic()
         self.pending += chunk
         *lines, rest = self.pending.split(b"\n")
         self.pending = bytearray(rest)
@@ -211,6 +233,28 @@ class Shepherd:
             self.queue[key] = message
         elif op == "drop" and self.queue.pop(key, None) is not None:
             self.out.append({"ev": "dropped", "key": key})
+        elif op == "recorded":  # jobmill's database has these ends: no file is needed
+            for each in message["keys"]:
+                self.unrecorded.pop(each, None)
+        elif op == "detach":
+            self._detach()
+            self.out.append({"ev": "detached"})
+            self._send()
+
+    def _detach(self) -> None:
+        """jobmill goes away: start nothing more, and leave in each job's directory what the
+        next jobmill needs (the pid of every running job, the exit status of every job whose
+        end was not recorded); from now on a job's exit status is written before it is
+        reaped."""
+        if not self.attached:
+            return
+        self.attached = False
+        self.queue.clear()  # not started: the next jobmill queues them again
+        for proc, workdir in self.running.values():
+            _write(workdir / PID_FILE, f"{proc.pid}\n")
+        for workdir, code in self.unrecorded.values():
+            _write(workdir / EXIT_FILE, f"{code}\n")
+        self.unrecorded.clear()
 
     def _start_free(self) -> None:
         while self.attached and self.queue and len(self.running) < self.slots:
@@ -226,38 +270,51 @@ class Shepherd:
                 self.out.append({"ev": "started", "key": key, "native_id": native_id})
 
     def _reap(self) -> None:
-        """Record the exit status of every job that ended, then reap it: the file is written
-        while the process still exists (a zombie), so whoever watches the pid finds it."""
         for key, (proc, workdir) in list(self.running.items()):
-            code = ended(proc.pid)
-            if code is None:
-                continue
-            _write(workdir / EXIT_FILE, f"{code}\n")
-            proc.wait()
+            if self.attached:
+                code = proc.poll()
+                if code is None:
+                    continue
+                self.unrecorded[key] = (workdir, code)
+                self.out.append({"ev": "exited", "key": key, "code": code})
+                if len(self.unrecorded) > MAX_UNRECORDED:  # jobmill does not keep up: on disk
+                    old, (old_dir, old_code) = next(iter(self.unrecorded.items()))
+                    _write(old_dir / EXIT_FILE, f"{old_code}\n")
+                    del self.unrecorded[old]
+            else:
+                # Written while the process still exists (a zombie), so whoever watches its
+                # pid finds the file once the pid is gone.
+                code = ended(proc.pid)
+                if code is None:
+                    continue
+                _write(workdir / EXIT_FILE, f"{code}\n")
+                proc.wait()
             del self.running[key]
-            self.out.append({"ev": "exited", "key": key, "code": code})
 
     def _flush(self) -> None:
+        if self.attached:
+            self._send()
+        self.out.clear()
+
+    def _send(self) -> None:
         if not self.out:
             return
         data = "".join(json.dumps(event) + "\n" for event in self.out).encode()
         self.out.clear()
-        if not self.attached:
-            return
         try:
             view = memoryview(data)
             while view:
                 written = os.write(self.channel, view)
                 view = view[written:]
-        except OSError:  # jobmill went away meanwhile; the exit files tell the next one
-            self.attached = False
-            self.queue.clear()
+        except OSError:  # jobmill went away meanwhile
+            self._detach()
 
 
 def main(argv: list[str]) -> int:
     slots = int(argv[1]) if len(argv) > 1 else 1
+    silence = float(argv[2]) if len(argv) > 2 else 0.0
     os.set_blocking(0, True)
-    Shepherd(slots, channel=0).run()
+    Shepherd(slots, channel=0, silence=silence).run()
     return 0
 
 

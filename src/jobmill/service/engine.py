@@ -40,7 +40,7 @@ from jobmill.domain.arp import split_jobtype_name
 from jobmill.domain.errors import Conflict, NotFound
 from jobmill.domain.jobs import Job
 from jobmill.domain.lifecycle import ENDED, TERMINAL, Action, Phase, Reason, action_between
-from jobmill.executors.base import Executor, ExecutorUnavailable, NativeStatus
+from jobmill.executors.base import RETURNED, Executor, ExecutorUnavailable, NativeStatus
 from jobmill.executors.local import LocalExecutor
 from jobmill.service.dispatcher import ACTOR, Dispatcher
 from jobmill.service.failures import REPORT_EVERY, FailureLog
@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 SUBMIT_BATCH = 200  # batch jobs handed to a backend per dispatch pass
 MAX_AHEAD = 200  # local jobs handed to the shepherd beyond its free slots, at most
 SPACE_EVERY = 0.5  # seconds between two looks at the free space before dispatching
+GATHER = 0.01
+"""Seconds the local shepherd's news gather before the engine reads them again: starts and
+ends are recorded in groups (a transaction per group), at most this much later."""
 RETRY_UNAVAILABLE = 10.0  # seconds before a refused submission is tried again
 # Polls in a row a backend must answer UNKNOWN before the job is recorded UNKNOWN: a job seen
 # once between two queues (HTCondor's queue and history) is not "lost contact".
@@ -105,6 +108,12 @@ class Engine(Worker):
         self.lease = lease
         if lease is not None:
             lease.on_lost = self.wake
+            lease.on_renewed = self._lease_renewed
+            for executor in executors.values():
+                if isinstance(executor, LocalExecutor):
+                    # A shepherd not pinged for two thirds of the lease lets go of its jobs
+                    # before a standby can take them over (this engine frozen, or lease lost).
+                    executor.silence = max(0.5, lease.ttl * 2 / 3)
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -126,6 +135,7 @@ class Engine(Worker):
         self._next_space_check = 0.0
         self._space_low = False
         self._ends = _EndRate()
+        self._next_gather = 0.0
 
     # -- control from other threads -------------------------------------------------------
 
@@ -142,6 +152,12 @@ class Engine(Worker):
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _lease_renewed(self) -> None:
+        """(on the lease's thread) The shepherds hear that this engine still holds it."""
+        for executor in self.executors.values():
+            if isinstance(executor, LocalExecutor):
+                executor.ping()
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -209,11 +225,16 @@ class Engine(Worker):
         if self._queued_hint:
             timeout = 0.0  # more jobs are waiting: only look at what has happened meanwhile
         fds: dict[int, tuple[str, str]] = {}
+        gather = self._next_gather - time.monotonic()
         for name, executor in self.executors.items():
             wait = executor.tick()
             if wait is not None:
                 timeout = min(timeout, wait)
-            fds.update({fd: (name, nid) for fd, nid in executor.watch_fds().items()})
+            for fd, nid in executor.watch_fds().items():
+                if nid or gather <= 0:
+                    fds[fd] = (name, nid)
+                else:  # the shepherd's news: read once they had GATHER seconds to gather
+                    timeout = min(timeout, gather)
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         for fd in fds:
@@ -230,6 +251,7 @@ class Engine(Worker):
                     ended.setdefault(name, []).append(native_id)
                 elif isinstance(executor := self.executors[name], LocalExecutor):
                     ended.setdefault(name, []).extend(executor.changed())  # the shepherd's
+                    self._next_gather = time.monotonic() + GATHER
         for name, native_ids in ended.items():
             self._apply(name, self.executors[name].poll(native_ids))
 
@@ -258,10 +280,10 @@ class Engine(Worker):
         """Claim what the shepherd can start (its free slots, plus ``_EndRate.ahead`` when
         jobs end quickly) in one transaction and hand it over; the shepherd's reports move
         the jobs to EXECUTING and their end (``_apply``)."""
-        capacity = self.settings.max_local_jobs + self._ends.ahead()
-        free = capacity - self._local_running(name)
-        if free <= 0:
-            return
+        ahead = self._ends.ahead()
+        free = self.settings.max_local_jobs + ahead - self._local_running(name)
+        if free <= 0 or free < ahead // 4:
+            return  # (the shepherd has enough waiting: topped up in larger groups)
         claimed = self.dispatcher.claim_group(name, free)
         for job, token in claimed:
             spec = self.dispatcher.spec_for(job, token)
@@ -312,9 +334,13 @@ class Engine(Worker):
         self._by_native[(executor, native_id)] = job.id
 
     def _untrack(self, job_id: str) -> None:
+        """Forget a job whose end is recorded (the shepherd need keep it no longer)."""
         tracked = self.tracked.pop(job_id, None)
         if tracked is not None:
             self._by_native.pop((tracked.executor, tracked.native_id), None)
+            executor = self.executors.get(tracked.executor)
+            if isinstance(executor, LocalExecutor):
+                executor.recorded(tracked.native_id)
         self._queued_hint = True  # a slot is free
 
     def _retry_unavailable(self) -> None:
@@ -339,6 +365,7 @@ class Engine(Worker):
     def _apply(self, executor: str, statuses: Mapping[str, NativeStatus]) -> None:
         ended: list[tuple[Tracked, NativeStatus]] = []
         started: list[Tracked] = []
+        returned: list[Tracked] = []
         seen: set[str] = set()  # job ids answered (a renamed job may be asked about twice)
         for native_id, status in statuses.items():
             job_id = self._by_native.get((executor, native_id))
@@ -346,6 +373,9 @@ class Engine(Worker):
             if tracked is None or tracked.job_id in seen:
                 continue
             seen.add(tracked.job_id)
+            if status.native_state == RETURNED:
+                returned.append(tracked)
+                continue
             if status.native_id is not None and status.native_id != tracked.native_id:
                 self._renamed(tracked, status.native_id)
                 if status.phase is not Phase.QUEUED:
@@ -367,6 +397,23 @@ class Engine(Worker):
                 self._move(tracked, status, action)
         self._started(started)
         self._finish_many(ended)
+        self._returned(returned)
+
+    def _returned(self, returned: list[Tracked]) -> None:
+        """Jobs the executor gave back before they started go back to the queue, in ONE
+        transaction, while this engine holds its lease (without it, the new holder does)."""
+        if not returned:
+            return
+        if self.lease is None or self.lease.held:
+            why = {"why": "the executor gave it back before it started"}
+            changes = [
+                Change(t.job_id, Action.WAIT, reason=Reason.CAPACITY.value, data=why,
+                       expect_reason=Reason.BACKEND.value)
+                for t in returned
+            ]  # fmt: skip
+            self.store.transition_many(changes, actor=ACTOR)
+        for tracked in returned:
+            self._untrack(tracked.job_id)
 
     def _renamed(self, tracked: Tracked, native_id: str) -> None:
         """The executor named a job that waited in its queue (the pid of a local job)."""

@@ -90,6 +90,7 @@ class Lease:
         self.ttl = ttl
         self.holder = holder or this_holder()
         self.on_lost = on_lost
+        self.on_renewed: Callable[[], None] | None = None  # after each take or renewal
         self.renew_every = max(0.1, ttl / 3)
         self._valid_until = 0.0  # monotonic: when our last successful take runs out
         self._lock = threading.Lock()
@@ -117,6 +118,8 @@ class Lease:
             return False
         with self._lock:
             self._valid_until = started + self.ttl
+        if self.on_renewed is not None:
+            self.on_renewed()
         if dead:
             log.warning("took over the engine lease from %s (no longer running)", ", ".join(dead))
         return True
