@@ -41,11 +41,6 @@ QUEUED_PREFIX = "queued:"
 SUBMIT_WAIT = 30.0  # seconds ``submit`` waits for the shepherd to start a job
 DETACH_WAIT = 5.0  # seconds ``close`` waits for the shepherd to write its files
 _READ = 1 << 16
-_start_time = start_time
-
-
-def native_id_of(pid: int) -> str:
-    return f"{pid}@{_start_time(pid) or 0}"
 
 
 def split_native_id(native_id: str) -> tuple[int, str]:
@@ -295,7 +290,7 @@ class LocalExecutor:
             pid = int((workdir / PID_FILE).read_text().strip())
         except (OSError, ValueError):
             return None
-        start = _start_time(pid)
+        start = start_time(pid)
         return f"{pid}@{start}" if start else f"{pid}@gone"
 
     def batch_key(self, spec: LaunchSpec) -> Hashable:
@@ -328,7 +323,7 @@ class LocalExecutor:
         if proc is not None and proc.key:
             return NativeStatus(Phase.EXECUTING, "running")  # the shepherd reports its end
         pid, start = split_native_id(native_id)
-        if _start_time(pid) == start:
+        if start_time(pid) == start:
             return NativeStatus(Phase.EXECUTING, "running")
         zombie = _zombie(pid, start)  # first: once reaped, its exit status is written
         code = _exit_status(proc.workdir) if proc else None
@@ -364,7 +359,7 @@ class LocalExecutor:
                 self._send({"op": "drop", "key": key})
             return
         pid, start = split_native_id(native_id)
-        if _start_time(pid) != start and native_id not in self._procs:
+        if start_time(pid) != start and native_id not in self._procs:
             return
         self._signal_group(pid, signal.SIGTERM)
 
@@ -410,7 +405,7 @@ class LocalExecutor:
             if native_id.startswith(QUEUED_PREFIX):
                 return "waiting for a free slot in the local shepherd\n"
         pid, start = split_native_id(native_id)
-        alive = _start_time(pid) == start
+        alive = start_time(pid) == start
         state = "running" if alive else "ended"
         lines = [f"process group {pid} ({state})"]
         if alive:

@@ -376,10 +376,10 @@ class Engine(Worker):
             if status.native_state == RETURNED:
                 returned.append(tracked)
                 continue
-            if status.native_id is not None and status.native_id != tracked.native_id:
-                self._renamed(tracked, status.native_id)
-                if status.phase is not Phase.QUEUED:
-                    started.append(tracked)  # it runs (or already ran): recorded first
+            just_started = status.native_id is not None and status.native_id != tracked.native_id
+            if just_started:  # named once it runs (or already ran): its start recorded first
+                self._renamed(tracked, str(status.native_id))
+                started.append(tracked)
             if status.phase is Phase.UNKNOWN:
                 tracked.unknown_polls += 1
                 if tracked.unknown_polls < LOSE_CONTACT_AFTER:
@@ -393,7 +393,7 @@ class Engine(Worker):
             # suspend, resume, release or requeue (preemption, node failure), lose contact, or
             # none (the same phase, or a change the table does not allow).
             action = action_between(tracked.phase, status.phase)
-            if action is not None and not (started and started[-1] is tracked):
+            if action is not None and not just_started:
                 self._move(tracked, status, action)
         self._started(started)
         self._finish_many(ended)

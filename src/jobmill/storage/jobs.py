@@ -464,9 +464,7 @@ class JobStore:
                 if not pending:
                     break
             for change in pending:
-                outcomes[change.job_id] = Conflict(
-                    f"job {change.job_id} keeps changing; try again"
-                )
+                outcomes[change.job_id] = Conflict(f"job {change.job_id} keeps changing; try again")
         return outcomes
 
     @staticmethod
@@ -494,8 +492,7 @@ class JobStore:
         """One pass of ``transition_many``: the changes whose job changed meanwhile (to try
         again) are returned."""
         states = {
-            row.id: row
-            for row in conn.execute(_GET_STATES, {"p_ids": [c.job_id for c in changes]})
+            row.id: row for row in conn.execute(_GET_STATES, {"p_ids": [c.job_id for c in changes]})
         }
         groups: dict[tuple[Action, str | None], builtins.list[tuple[Change, Found]]] = {}
         for change in changes:
@@ -519,15 +516,16 @@ class JobStore:
             groups.setdefault((change.action, change.reason), []).append((change, found))
         again: builtins.list[Change] = []
         for (action, reason), members in groups.items():
-            by_id = {change.job_id: change for change, _ in members}
+            data = {change.job_id: change.data for change, _ in members}
+            values = {change.job_id: change.values for change, _ in members}
             changed = apply(
                 conn,
                 action,
                 [found for _, found in members],
                 actor=actor,
                 reason=reason,
-                data_for=lambda job_id, by_id=by_id: by_id[job_id].data,  # type: ignore[misc]
-                values_for=lambda job_id, by_id=by_id: by_id[job_id].values,  # type: ignore[misc]
+                data_for=data.__getitem__,
+                values_for=values.__getitem__,
             )
             for job in changed.jobs:
                 outcomes[job.id] = job
