@@ -149,7 +149,7 @@ def test_a_deleted_job_wakes_its_waiters(store: JobStore) -> None:
         return result
 
     woken, elapsed = run(scenario, store, reconcile=0.3)  # type: ignore[misc]
-    assert woken and elapsed < 1.5
+    assert woken and elapsed < 4.0  # woken by the delete, before the wait's 5 s timeout
 
 
 def test_notify_wakes_at_once_without_waiting_for_the_interval(store: JobStore) -> None:
