@@ -65,3 +65,49 @@ def test_the_engine_records_what_the_backend_says_through_the_table(jobmill: Job
         Phase.UNKNOWN,
         "UNKWN",
     )
+
+
+class PerJob(Scripted):
+    """A scripted backend whose ``poll`` answers each native id as the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: dict[str, NativeStatus] = {}
+
+    def poll(self, native_ids: Sequence[str]) -> dict[str, NativeStatus]:
+        return {nid: self.answers[nid] for nid in native_ids if nid in self.answers}
+
+
+def test_a_slot_freed_and_taken_again_is_recorded_end_first_in_one_transaction(
+    jobmill: Jobmill,
+) -> None:
+    """One job ended and a job handed over took its slot (a local shepherd's news in one read):
+    the end is recorded before the start, so the database never shows more jobs EXECUTING
+    than there are slots; a job that started and ended at once gets its start, then its end."""
+    backend = PerJob()
+    executors = {"scripted": backend}
+    engine = Engine(jobmill.settings, jobmill.store, jobmill.engine.dispatcher, executors)
+    running, waiting, quick = queue(jobmill, "a1", "a2", "a3")
+    engine._dispatch()
+    ids = {job.id: engine.tracked[job.id].native_id for job in (running, waiting, quick)}
+    backend.answers = {ids[running.id]: NativeStatus(Phase.EXECUTING, "running")}
+    engine._apply("scripted", backend.poll(list(backend.answers)))
+    assert jobmill.store.require(running.id).phase is Phase.EXECUTING
+    backend.answers = {
+        ids[waiting.id]: NativeStatus(Phase.EXECUTING, "running", native_id="11@1"),
+        ids[running.id]: NativeStatus(Phase.COMPLETED, "exited", exit_code=0),
+        ids[quick.id]: NativeStatus(Phase.COMPLETED, "exited", exit_code=0, native_id="12@1"),
+    }
+    engine._apply("scripted", backend.poll(list(backend.answers)))
+    seq = {
+        (job.id, event.name): event.seq
+        for job in (running, waiting, quick)
+        for event in jobmill.store.events(job.id)
+    }
+    assert seq[(running.id, "complete")] < seq[(waiting.id, "start")]
+    assert seq[(quick.id, "start")] < seq[(quick.id, "complete")]
+    now = {job.id: jobmill.store.require(job.id) for job in (running, waiting, quick)}
+    assert [now[j.id].phase for j in (running, waiting, quick)] == [
+        Phase.COMPLETED, Phase.EXECUTING, Phase.COMPLETED,
+    ]  # fmt: skip
+    assert now[waiting.id].native_id == "11@1" and now[quick.id].native_id == "12@1"

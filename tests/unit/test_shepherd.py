@@ -96,8 +96,8 @@ def make_executor(tmp_path: Path) -> Iterator[MakeExecutor]:
     made: list[LocalExecutor] = []
     shepherds: list[subprocess.Popen[bytes]] = []
 
-    def make(slots: int = 2, grace: float = 0.5) -> LocalExecutor:
-        executor = LocalExecutor(grace=grace, slots=slots)
+    def make(slots: int = 2, grace: float = 0.5, lock: Path | None = None) -> LocalExecutor:
+        executor = LocalExecutor(grace=grace, slots=slots, lock=lock)
         made.append(executor)
         return executor
 
@@ -324,6 +324,33 @@ def test_a_job_ending_while_jobmill_is_down_keeps_its_exit_status(
         second.close()
 
 
+def test_a_restarted_jobmill_reads_the_job_directories_only_after_the_old_shepherd_wrote_them(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """jobmill SIGKILLed: its shepherd writes the pids of its jobs as it sees its socket close.
+    A new jobmill that looked before then would take a running job for one never started and
+    run it twice: ``attach`` waits until the new shepherd holds the lock the old one held."""
+    lock = tmp_path / "shepherd.lock"
+    first = make_executor(lock=lock)
+    assert first.attach(timeout=5)
+    spec = job(tmp_path, "j", sh("sleep 5"))
+    native = first.submit(spec)
+    old = first._shepherd
+    assert old is not None and first._channel is not None
+    old.send_signal(signal.SIGSTOP)  # slow to notice: a busy machine
+    try:
+        first._channel.close()  # jobmill killed: no detach
+        first._channel = None
+        second = make_executor(lock=lock)
+        assert not second.attach(timeout=0.5)  # the old shepherd has not let go
+        assert second.find_started(spec.workdir) is None  # (its pid file is not written yet)
+    finally:
+        old.send_signal(signal.SIGCONT)
+    assert second.attach(timeout=5)
+    assert second.find_started(spec.workdir) == native
+    second.cancel(native)
+
+
 # -- 7. the shepherd killed ---------------------------------------------------------------------
 
 
@@ -406,7 +433,13 @@ def test_detaching_writes_the_pids_of_running_jobs_and_only_unrecorded_ends(
     executor.close()  # detach: returns once the shepherd wrote its files
     assert native == LocalExecutor().find_started(running.workdir)
     assert not (recorded.workdir / EXIT_FILE).exists()
+    assert not (recorded.workdir / PID_FILE).exists()
     assert (unrecorded.workdir / EXIT_FILE).read_text() == "2\n"
+    # An end not recorded also leaves the job's native id: without it the job would look never
+    # started to the next jobmill, and run again.
+    assert LocalExecutor().find_started(unrecorded.workdir) == done["unrec"].native_id
+    gone = LocalExecutor().status_after_restart(str(done["unrec"].native_id), unrecorded.workdir)
+    assert (gone.phase, gone.exit_code) == (Phase.ERROR, 2)
     after = LocalExecutor()
     try:
         assert after.status_after_restart(native, running.workdir).phase is Phase.EXECUTING

@@ -9,7 +9,10 @@ engine recorded it (``recorded``). When jobmill goes away (``close``, a crash) t
 writes the pids of the running jobs and the exit statuses not recorded in their working
 directories, and the exit status of each job that ends later: that is how a restarted jobmill
 learns the true result of a job that finished while it was down. Jobs started by an earlier
-jobmill process are watched through pidfds (``adopt``).
+jobmill process are watched through pidfds (``adopt``). The shepherds of one executor take
+turns on a lock file (``lock``): a restarted jobmill calls ``attach`` before it reads the jobs'
+directories, which returns once its new shepherd holds the lock, that is once the shepherd of
+the jobmill that died has written its files.
 
 A job waiting in the shepherd's queue has the native id ``queued:JOB_ID`` here; once it runs,
 ``poll`` answers it with the real native id (``PID@STARTTIME``) in ``NativeStatus.native_id``.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -36,10 +40,13 @@ from jobmill.domain.lifecycle import Phase
 from jobmill.executors.base import RETURNED, LaunchSpec, NativeStatus, submit_each
 from jobmill.executors.shepherd import EXIT_FILE, PID_FILE, process_state, start_time
 
+log = logging.getLogger(__name__)
+
 KEEP_ENDED = 10_000  # exit statuses remembered after the process was reaped
 QUEUED_PREFIX = "queued:"
 SUBMIT_WAIT = 30.0  # seconds ``submit`` waits for the shepherd to start a job
 DETACH_WAIT = 5.0  # seconds ``close`` waits for the shepherd to write its files
+ATTACH_WAIT = 30.0  # seconds ``attach`` waits for an earlier shepherd to let go of the lock
 _READ = 1 << 16
 
 
@@ -60,12 +67,17 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, grace: float = 5.0, slots: int = 4, silence: float = 0.0) -> None:
+    def __init__(
+        self, grace: float = 5.0, slots: int = 4, silence: float = 0.0, lock: Path | None = None
+    ) -> None:
         """``silence``: seconds without a ``ping`` after which the shepherd lets go (0: it
-        waits for jobmill for ever; the engine sets it below its lease's duration)."""
+        waits for jobmill for ever; the engine sets it below its lease's duration). ``lock``:
+        the file this executor's shepherds hold in turn, in a directory of jobmill's own."""
         self.grace = grace
         self.slots = slots
         self.silence = silence
+        self.lock = lock
+        self._ready = False  # the shepherd said it holds the lock
         self._procs: dict[str, _Proc] = {}
         self._kills: dict[int, float] = {}  # process group -> when SIGKILL is due
         # Exit statuses of reaped jobs, answered again until the engine could record them
@@ -108,6 +120,7 @@ class LocalExecutor:
                     "jobmill.executors.shepherd",
                     str(self.slots),
                     str(self.silence),
+                    str(self.lock or ""),
                 ],
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
@@ -130,6 +143,20 @@ class LocalExecutor:
                 channel.sendall(data)
         except OSError:
             self._lost_shepherd()
+
+    def attach(self, timeout: float = ATTACH_WAIT) -> bool:
+        """Start the shepherd and wait until it holds the lock: the shepherd of an earlier
+        jobmill has then written the pids and exit statuses a restart reads. False when it
+        still waits after ``timeout`` seconds (that shepherd is stuck)."""
+        channel = self._channel_open()
+        deadline = time.monotonic() + timeout
+        while not self._ready and self._channel is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([channel], [], [], remaining)
+            self._receive()
+        return self._ready
 
     def ping(self) -> None:
         """Tell the shepherd that this jobmill still holds its engine lease (any thread); a
@@ -161,6 +188,11 @@ class LocalExecutor:
 
     def _event(self, event: dict[str, Any]) -> None:
         kind = event["ev"]
+        if kind == "ready":
+            self._ready = True
+            if event.get("error"):
+                log.warning("local shepherd: %s", event["error"])
+            return
         if kind == "detached":
             self._detached = True
             if not self._closing:  # it let go on its own (jobmill was silent too long)
@@ -204,6 +236,7 @@ class LocalExecutor:
         if self._channel is not None:
             self._channel.close()
         self._channel = None
+        self._ready = False
         self._pending.clear()
         self._reap_shepherd()
         for native_id, proc in self._procs.items():
@@ -287,11 +320,14 @@ class LocalExecutor:
     def find_started(self, workdir: Path) -> str | None:
         """The native id of a job the shepherd started but jobmill never recorded, if any."""
         try:
-            pid = int((workdir / PID_FILE).read_text().strip())
+            text = (workdir / PID_FILE).read_text().strip()
+            pid, start = split_native_id(text)
         except (OSError, ValueError):
             return None
-        start = start_time(pid)
-        return f"{pid}@{start}" if start else f"{pid}@gone"
+        if start:  # PID@STARTTIME: a reused pid is not taken for the job
+            return f"{pid}@{start}"
+        now = start_time(pid)  # (a bare pid, as earlier versions wrote)
+        return f"{pid}@{now}" if now else f"{pid}@gone"
 
     def batch_key(self, spec: LaunchSpec) -> Hashable:
         return ""  # any jobs can go together: submit_many submits them one by one

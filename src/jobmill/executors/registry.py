@@ -8,7 +8,9 @@ constructor's arguments.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from jobmill.executors.base import Executor
@@ -29,6 +31,10 @@ class ExecutorSettings(Protocol):
     """What the registry reads of the settings besides the batch executors' own."""
 
     @property
+    def home(self) -> Path: ...
+    @property
+    def node(self) -> str: ...
+    @property
     def executors(self) -> Sequence[str]: ...
     @property
     def kill_grace(self) -> float: ...
@@ -40,10 +46,19 @@ class ExecutorSettings(Protocol):
     def condor_collector(self) -> str | None: ...
 
 
+def shepherd_lock(settings: ExecutorSettings) -> Path:
+    """The lock the local shepherds of this node take in turn (``executors.local``), in
+    jobmill's private home."""
+    node = re.sub(r"[^A-Za-z0-9._-]", "_", settings.node)[:100]
+    return settings.home / f".shepherd-local@{node}.lock"
+
+
 def build_executors(settings: ExecutorSettings) -> dict[str, Executor]:
     """One executor per configured name; ``local`` is always there."""
     executors: dict[str, Executor] = {
-        "local": LocalExecutor(grace=settings.kill_grace, slots=settings.max_local_jobs)
+        "local": LocalExecutor(
+            grace=settings.kill_grace, slots=settings.max_local_jobs, lock=shepherd_lock(settings)
+        )
     }
     for name in settings.executors:
         if name == "local":

@@ -15,22 +15,30 @@ and it answers with one line per event::
     {"ev": "failed", "key": ..., "error": "..."}      # could not start (no program, a link...)
     {"ev": "dropped", "key": ...}                     # cancelled before it started
     {"ev": "exited", "key": ..., "code": N}           # negative N: the signal that killed it
+    {"ev": "ready"}                                   # first: it holds its lock (if any)
 
 While jobmill is attached the shepherd writes no file of its own (a job's directory and logs
 are all it creates): it keeps each exit status until jobmill says it recorded it. When jobmill
 goes away (``detach``, or the socket closes: a stop, a crash, a SIGKILL) it starts nothing more
-and writes, in each job's working directory, the pid of every running job (``.jobmill-pid``)
-and the exit status of every job whose end was not recorded (``.jobmill-exit``); it goes on
-reaping the jobs that run, writing each exit status before it reaps the job, and ends with the
-last of them. A jobmill started later reads those files (``LocalExecutor.status_after_restart``).
+and writes, in each job's working directory, the native id (``PID@STARTTIME``) of every job
+it started that still runs or whose end was not recorded (``.jobmill-pid``), and the exit
+status of the latter (``.jobmill-exit``); it goes on reaping the jobs that run, writing each
+exit status before it reaps the job, and ends with the last of them. A jobmill started later
+reads those files (``LocalExecutor.status_after_restart``).
 It runs in its own session, so a signal to jobmill's terminal does not reach it.
 
 Given SILENCE seconds, it also lets go when jobmill said nothing for that long (an engine
 frozen, or that lost its lease, pings no more: a standby may take its jobs over, and finds the
 files), and tells jobmill so (``{"ev": "detached"}``) should it come back.
 
-Run as ``python -m jobmill.executors.shepherd SLOTS [SILENCE]`` with the socket as standard
-input and output.
+Given a LOCK file, it holds an exclusive ``flock`` on it while jobmill is attached: it takes it
+before anything else (then says ``{"ev": "ready"}``) and lets it go once its files are written
+on detaching. A restarted jobmill waits for its new shepherd to be ready before it looks for
+those files (``LocalExecutor.attach``), so it never reads a job's directory before the shepherd
+of the jobmill that died has written the job's pid there.
+
+Run as ``python -m jobmill.executors.shepherd SLOTS [SILENCE [LOCK]]`` with the socket as
+standard input and output.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -156,6 +165,13 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def ended_unrecorded(workdir: Path, native_id: str, code: int) -> None:
+    """Leave a job's end for the next jobmill: its exit status, then its native id. Without the
+    pid file a job that ran would look never started, and run again."""
+    _write(workdir / EXIT_FILE, f"{code}\n")
+    _write(workdir / PID_FILE, f"{native_id}\n")
+
+
 def refusal(exc: OSError) -> str:
     """Why a job could not start, as the job's error says it."""
     what = exc.strerror or str(exc)
@@ -164,16 +180,35 @@ def refusal(exc: OSError) -> str:
     return f"cannot start the job: {what}"
 
 
+def take_lock(path: str) -> tuple[int | None, str | None]:
+    """Open ``path`` (never through a symbolic link) and wait for an exclusive ``flock`` on it;
+    returns the descriptor holding it, or None and why it could not."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return None, f"cannot open the shepherd's lock {path}: {exc.strerror}"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        return None, f"cannot lock {path}: {exc.strerror}"
+    return fd, None
+
+
 class Shepherd:
-    def __init__(self, slots: int, channel: int, silence: float = 0.0) -> None:
+    def __init__(self, slots: int, channel: int, silence: float = 0.0, lock: str = "") -> None:
         self.slots = max(1, slots)
+        self.lock = lock  # held while attached (``take_lock``), let go once detached
+        self.lock_fd: int | None = None
         self.channel = channel
         self.silence = silence  # seconds without a word from jobmill before it lets go (0: never)
         self.heard = time.monotonic()
         self.attached = True  # jobmill is at the other end of the channel
         self.queue: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-        self.unrecorded: dict[str, tuple[Path, int]] = {}  # ended, jobmill has not recorded it
+        # key -> (the job's process, its working directory, its native id)
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Path, str]] = {}
+        # ended, jobmill has not recorded it: key -> (working directory, pid, exit status)
+        self.unrecorded: dict[str, tuple[Path, str, int]] = {}
         self.pending = bytearray()
         self.out: list[dict[str, Any]] = []
         self.wake_r, wake_w = os.pipe()
@@ -185,6 +220,13 @@ class Shepherd:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def run(self) -> None:
+        ready: dict[str, Any] = {"ev": "ready"}
+        if self.lock:
+            self.lock_fd, error = take_lock(self.lock)
+            if error:
+                ready["error"] = error
+        self.heard = time.monotonic()
+        self.out.append(ready)
         poller = select.poll()
         poller.register(self.wake_r, select.POLLIN)
         poller.register(self.channel, select.POLLIN)
@@ -250,11 +292,14 @@ class Shepherd:
             return
         self.attached = False
         self.queue.clear()  # not started: the next jobmill queues them again
-        for proc, workdir in self.running.values():
-            _write(workdir / PID_FILE, f"{proc.pid}\n")
-        for workdir, code in self.unrecorded.values():
-            _write(workdir / EXIT_FILE, f"{code}\n")
+        for _proc, workdir, native_id in self.running.values():
+            _write(workdir / PID_FILE, f"{native_id}\n")
+        for workdir, pid, code in self.unrecorded.values():
+            ended_unrecorded(workdir, pid, code)
         self.unrecorded.clear()
+        if self.lock_fd is not None:  # the files are written: the next shepherd may attach
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def _start_free(self) -> None:
         while self.attached and self.queue and len(self.running) < self.slots:
@@ -266,21 +311,20 @@ class Shepherd:
             except (ValueError, TypeError) as exc:  # e.g. a NUL byte in an argument
                 self.out.append({"ev": "failed", "key": key, "error": f"cannot start: {exc}"})
             else:
-                self.running[key] = (proc, Path(job["workdir"]))
+                self.running[key] = (proc, Path(job["workdir"]), native_id)
                 self.out.append({"ev": "started", "key": key, "native_id": native_id})
 
     def _reap(self) -> None:
-        for key, (proc, workdir) in list(self.running.items()):
+        for key, (proc, workdir, native_id) in list(self.running.items()):
             if self.attached:
                 code = proc.poll()
                 if code is None:
                     continue
-                self.unrecorded[key] = (workdir, code)
+                self.unrecorded[key] = (workdir, native_id, code)
                 self.out.append({"ev": "exited", "key": key, "code": code})
                 if len(self.unrecorded) > MAX_UNRECORDED:  # jobmill does not keep up: on disk
-                    old, (old_dir, old_code) = next(iter(self.unrecorded.items()))
-                    _write(old_dir / EXIT_FILE, f"{old_code}\n")
-                    del self.unrecorded[old]
+                    old = next(iter(self.unrecorded))
+                    ended_unrecorded(*self.unrecorded.pop(old))
             else:
                 # Written while the process still exists (a zombie), so whoever watches its
                 # pid finds the file once the pid is gone.
@@ -313,8 +357,9 @@ class Shepherd:
 def main(argv: list[str]) -> int:
     slots = int(argv[1]) if len(argv) > 1 else 1
     silence = float(argv[2]) if len(argv) > 2 else 0.0
+    lock = argv[3] if len(argv) > 3 else ""
     os.set_blocking(0, True)
-    Shepherd(slots, channel=0, silence=silence).run()
+    Shepherd(slots, channel=0, silence=silence, lock=lock).run()
     return 0
 
 

@@ -395,8 +395,7 @@ class Engine(Worker):
             action = action_between(tracked.phase, status.phase)
             if action is not None and not just_started:
                 self._move(tracked, status, action)
-        self._started(started)
-        self._finish_many(ended)
+        self._finish_many(ended, started)
         self._returned(returned)
 
     def _returned(self, returned: list[Tracked]) -> None:
@@ -425,11 +424,15 @@ class Engine(Worker):
             self._stop_tracked(tracked)
 
     def _started(self, started: list[Tracked]) -> None:
-        """Record in ONE transaction that jobs handed over while QUEUED started, with their
-        native ids (the engine's group of local starts)."""
-        if not started:
-            return
-        changes = [
+        """Record in ONE transaction that jobs handed over while QUEUED started."""
+        if started:
+            outcomes = self.store.transition_many(self._start_changes(started), actor=ACTOR)
+            self._follow_starts(started, outcomes)
+
+    @staticmethod
+    def _start_changes(started: list[Tracked]) -> list[Change]:
+        """The starts of jobs handed over while QUEUED, with their native ids."""
+        return [
             Change(
                 t.job_id,
                 Action.START,
@@ -440,7 +443,9 @@ class Engine(Worker):
             for t in started
             if t.phase is Phase.QUEUED
         ]
-        outcomes = self.store.transition_many(changes, actor=ACTOR)
+
+    @staticmethod
+    def _follow_starts(started: list[Tracked], outcomes: Mapping[str, object]) -> None:
         for tracked in started:
             job = outcomes.get(tracked.job_id)
             if isinstance(job, Job):
@@ -470,14 +475,27 @@ class Engine(Worker):
     def _finish(self, tracked: Tracked, status: NativeStatus) -> None:
         self._finish_many([(tracked, status)])
 
-    def _finish_many(self, ended: list[tuple[Tracked, NativeStatus]]) -> None:
-        """Record the end of jobs that ended together, in one transaction."""
+    def _finish_many(
+        self, ended: list[tuple[Tracked, NativeStatus]], started: list[Tracked] | None = None
+    ) -> None:
+        """Record the ends of jobs that ended together and the starts of jobs handed over
+        while QUEUED that started meanwhile, in ONE transaction: the ends of the jobs that ran
+        before first, then the starts, then the ends of the jobs that just started. The jobs
+        EXECUTING in the database so never outnumber the executor's slots."""
+        started = started or []
+        just = {t.job_id for t in started}
+        if any(t.handover and t.job_id in just for t, _ in ended):
+            self._started(started)  # an ARP job hands over from its recorded start
+            started, just = [], set()
         ended = [(t, s) for t, s in ended if not self._hand_over(t, s)]
+        ended = [(tracked, self._final(tracked, status)) for tracked, status in ended]
+        ends = self._standing_by([_end_change(t.job_id, status) for t, status in ended])
+        changes = [c for c in ends if c.job_id not in just] + self._start_changes(started)
+        changes += [c for c in ends if c.job_id in just]
+        outcomes = self.store.transition_many(changes, actor=ACTOR)
+        self._follow_starts(started, outcomes)
         if not ended:
             return
-        ended = [(tracked, self._final(tracked, status)) for tracked, status in ended]
-        changes = [_end_change(tracked.job_id, status) for tracked, status in ended]
-        outcomes = self.store.transition_many(self._standing_by(changes), actor=ACTOR)
         self._ends.add(sum(1 for t, _ in ended if self._is_local(t.executor)))
         for tracked, status in ended:
             if isinstance(outcomes.get(tracked.job_id), Conflict) and status.exit_code is not None:

@@ -53,6 +53,11 @@ def left_behind(
 def _local(
     store: JobStore, files: JobFiles, node: str, name: str, executor: LocalExecutor
 ) -> Iterator[LeftBehind]:
+    # The shepherd of a jobmill that died writes its jobs' pids as it sees the end of its
+    # socket: read the directories only once it has (its lock is ours), or a job it started
+    # would look never started and run twice.
+    if not executor.attach():
+        log.warning("%s: an earlier shepherd still holds its lock; recovering without it", name)
     jobs = store.ids_in_phase(RUNNING | {Phase.QUEUED}, executor=name, node=node)
     for job in jobs:
         if job.phase is Phase.QUEUED and job.reason != Reason.BACKEND.value:

@@ -447,40 +447,32 @@ class JobStore:
         Each change is checked like ``transition``; one that is illegal or whose job is gone
         does not stop the others. The jobs' states are read with one query and the changes
         applied with one ``apply`` per action and reason (one insert of their events, one
-        release of the jobs that waited for them). Returns, by job id, the changed job or the
-        error."""
+        release of the jobs that waited for them). A job may appear more than once: its
+        changes apply in order. Returns, by job id, the changed job (after its last change) or
+        the error."""
         outcomes: dict[str, Job | Conflict | NotFound] = {}
         if not changes:
             return outcomes
-        if len({change.job_id for change in changes}) < len(changes):  # in order, one by one
-            with self.engine.begin() as conn:
-                for change in changes:
-                    outcomes[change.job_id] = self._transition_one(conn, change, actor)
-            return outcomes
+        # A job changed twice (started and ended together) has its second change in a second
+        # round: each round is grouped, the rounds go in order.
+        rounds: builtins.list[builtins.list[Change]] = []
+        count: dict[str, int] = {}
+        for change in changes:
+            n = count[change.job_id] = count.get(change.job_id, -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(change)
         with self.engine.begin() as conn:
-            pending = list(changes)
-            for _attempt in range(5):
-                pending = self._transition_group(conn, pending, actor, outcomes)
-                if not pending:
-                    break
-            for change in pending:
-                outcomes[change.job_id] = Conflict(f"job {change.job_id} keeps changing; try again")
+            for pending in rounds:
+                for _attempt in range(5):
+                    pending = self._transition_group(conn, pending, actor, outcomes)
+                    if not pending:
+                        break
+                for change in pending:
+                    outcomes[change.job_id] = Conflict(
+                        f"job {change.job_id} keeps changing; try again"
+                    )
         return outcomes
-
-    @staticmethod
-    def _transition_one(conn: Connection, change: Change, actor: str) -> Job | Conflict | NotFound:
-        extra = settable(change.values, "a transition")
-        try:
-            for _attempt in range(5):
-                job = transition_in(
-                    conn, change.job_id, change.action, actor=actor, reason=change.reason,
-                    data=change.data, values=extra, expect_reason=change.expect_reason,
-                )  # fmt: skip
-                if job is not None:
-                    return job
-            raise Conflict(f"job {change.job_id} keeps changing; try again")
-        except (Conflict, NotFound) as exc:
-            return exc
 
     @staticmethod
     def _transition_group(
