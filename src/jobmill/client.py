@@ -257,10 +257,23 @@ class Client:
         body = _job_body(type, parameters, run_id, executor, execution_duration, log_dir, phase)
         return self._json("POST", "/jobs/render", json=body)
 
-    def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Create many jobs (dicts with ``submit``'s keys) in one all-or-nothing request."""
+    def submit_many(
+        self, jobs: Sequence[Mapping[str, Any]], idempotency_key: str | None = None
+    ) -> list[str]:
+        """Create many jobs (dicts with ``submit``'s keys) in one all-or-nothing request; sent
+        again with the same ``Idempotency-Key`` like ``submit``, so a batch the server created
+        before its answer was lost is answered, not created twice."""
         body = {"jobs": [_job_body(**dict(job)) for job in jobs]}
-        return list(self._json("POST", "/jobs/batch", json=body)["ids"])
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                answer = self._json("POST", "/jobs/batch", json=body, headers=headers)
+                return list(answer["ids"])
+            except JobmillClientError as exc:
+                if attempt == SUBMIT_ATTEMPTS or exc.status not in RETRY_STATUSES:
+                    raise
+                time.sleep(SUBMIT_RETRY_DELAY * attempt)
+        raise AssertionError("unreachable")
 
     def get(self, job_id: str) -> JobDict:
         return self._json("GET", f"/jobs/{job_id}")

@@ -272,3 +272,92 @@ def test_the_client_does_not_retry_a_refusal(
     assert info.value.status == 422
     assert len(transport.keys) == 1
     assert jobmill.store.count() == 0
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+BATCH = {"jobs": [JOB, {**JOB, "parameters": {"seconds": 1}}, {**JOB, "tags": ["b"]}]}
+
+
+def test_a_batch_sent_twice_with_one_key_is_one_batch_answered_in_order(
+    client: TestClient, jobmill: Jobmill
+) -> None:
+    first = client.post("/api/v1/jobs/batch", json=BATCH, headers=keyed("b-1"))
+    assert first.status_code == 201, first.text
+    assert "Idempotent-Replayed" not in first.headers
+    again = client.post("/api/v1/jobs/batch", json=BATCH, headers=keyed("b-1"))
+    assert again.status_code == 201, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json() and first.json()["count"] == 3
+    assert jobmill.store.count() == 3 and key_rows(jobmill) == 1
+    # A one-job batch is the same too; another batch under the key, or a single job, is a 409.
+    one = {"jobs": [JOB]}
+    made = client.post("/api/v1/jobs/batch", json=one, headers=keyed("b-2")).json()
+    assert client.post("/api/v1/jobs/batch", json=one, headers=keyed("b-2")).json() == made
+    for path, body in (("/jobs/batch", one), ("/jobs", JOB)):
+        response = client.post(f"/api/v1{path}", json=body, headers=keyed("b-1"))
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["field"] == "Idempotency-Key"
+    assert jobmill.store.count() == 4
+
+
+def test_a_bad_batch_with_a_key_leaves_nothing(client: TestClient, jobmill: Jobmill) -> None:
+    bad = {"jobs": [JOB, {"type": "sleep", "parameters": {"seconds": "soon"}}]}
+    response = client.post("/api/v1/jobs/batch", json=bad, headers=keyed("k"))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "jobs[1].parameters.seconds"
+    waiting = {"jobs": [JOB, {**JOB, "wait_for": {"paths": ["x"]}}]}
+    response = client.post("/api/v1/jobs/batch", json=waiting, headers=keyed("k"))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "Idempotency-Key"
+    assert jobmill.store.count() == 0 and key_rows(jobmill) == 0
+    assert client.post("/api/v1/jobs/batch", json=BATCH, headers=keyed("k")).status_code == 201
+
+
+def test_a_batch_with_a_deleted_job_makes_its_key_a_409(
+    client: TestClient, jobmill: Jobmill
+) -> None:
+    ids = client.post("/api/v1/jobs/batch", json=BATCH, headers=keyed("k")).json()["ids"]
+    assert client.delete(f"/api/v1/jobs/{ids[1]}").status_code in (200, 204)
+    response = client.post("/api/v1/jobs/batch", json=BATCH, headers=keyed("k"))
+    assert response.status_code == 409
+    assert response.json()["error"]["field"] == "Idempotency-Key"
+
+
+def test_concurrent_batches_with_one_key_create_one_batch(
+    client: TestClient, jobmill: Jobmill
+) -> None:
+    barrier = threading.Barrier(6)
+    answers: list[httpx.Response] = []
+
+    def one() -> None:
+        barrier.wait()
+        answers.append(client.post("/api/v1/jobs/batch", json=BATCH, headers=keyed("race")))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.status_code for r in answers] == [201] * 6, [r.text for r in answers]
+    assert len({tuple(r.json()["ids"]) for r in answers}) == 1
+    assert jobmill.store.count() == 3
+
+
+@pytest.mark.parametrize(("lose", "status"), [(1, 0), (2, 503)])
+def test_the_client_retries_a_batch_with_the_same_key(
+    client: TestClient,
+    jobmill: Jobmill,
+    admin_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+    lose: int,
+    status: int,
+) -> None:
+    monkeypatch.setattr(client_module, "SUBMIT_RETRY_DELAY", 0.0)
+    transport = LostAnswers(client, lose, status)
+    jobs = [{"type": "sleep", "parameters": {"seconds": n}, "phase": "PENDING"} for n in range(4)]
+    with Client("http://testserver", token=admin_token, transport=transport) as jm:
+        ids = jm.submit_many(jobs)
+    assert len(transport.keys) == lose + 1
+    assert len(set(transport.keys)) == 1 and transport.keys[0]
+    assert jobmill.store.count() == 4 and len(set(ids)) == 4

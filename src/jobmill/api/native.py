@@ -16,6 +16,7 @@ from jobmill.api.schemas import (
     EventOut,
     GraphOut,
     JobBatchCreate,
+    JobBatchOut,
     JobClone,
     JobCreate,
     JobEdit,
@@ -194,11 +195,37 @@ def render_job(body: JobCreate, jobs: ServiceDep, user: UserDep) -> dict[str, An
     return {"executor": rendered.executor, "script": rendered.script, "job_id": rendered.job_id}
 
 
-@router.post("/jobs/batch", status_code=201, responses=errors(409, 507))
-def create_jobs(body: JobBatchCreate, jobs: ServiceDep, user: UserDep) -> dict[str, Any]:
-    """Create many jobs in one request and one transaction: all or nothing."""
-    created = jobs.create_many(user, [_request(j) for j in body.jobs])
-    return {"count": len(created), "ids": [job.id for job in created]}
+@router.post(
+    "/jobs/batch", status_code=201, response_model=JobBatchOut, responses=errors(409, 507)
+)
+def create_jobs(
+    body: JobBatchCreate,
+    jobs: ServiceDep,
+    user: UserDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="retry safely: a repeat answers the jobs this key created (24 h)",
+        ),
+    ] = None,
+) -> Response:
+    """Create many jobs in one request and one transaction: all or nothing.
+
+    With an ``Idempotency-Key`` a retry of the same request answers the jobs the first one
+    created, with ``Idempotent-Replayed: true``; the same key with another body is a 409."""
+    requests = [_request(j) for j in body.jobs]
+    headers: dict[str, str] = {}
+    if idempotency_key is None:
+        created = jobs.create_many(user, requests)
+    else:
+        created, replayed = jobs.create_many_once(
+            user, requests, idempotency_key, body.model_dump(mode="json")
+        )
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+    answer = {"count": len(created), "ids": [job.id for job in created]}
+    return JSONResponse(answer, status_code=201, headers=headers)
 
 
 @router.get("/jobs", response_model=JobPage)

@@ -116,6 +116,13 @@ class JobBatchCreate(BaseModel):
     jobs: list[JobCreate] = Field(min_length=1)
 
 
+class JobBatchOut(BaseModel):
+    """The answer to ``POST /api/v1/jobs/batch``: the new jobs' ids, in the request's order."""
+
+    count: int
+    ids: list[str]
+
+
 class JobOut(BaseModel):
     """A job as the native API shows it."""
 

@@ -1,8 +1,10 @@
 """Idempotency keys of job creation: a client that lost the answer to ``POST /api/v1/jobs``
-retries with the same ``Idempotency-Key`` and gets the job it created, not a second one.
+(or ``/jobs/batch``) retries with the same ``Idempotency-Key`` and gets the job (the jobs) it
+created, not a second one.
 
-The first request with a key stores (owner, key) → job id, with the SHA-256 of the request,
-in the transaction that inserts the job: both are committed, or neither. A UNIQUE constraint
+The first request with a key stores (owner, key) → job id (a batch: the ids of all its jobs),
+with the SHA-256 of the request, in the transaction that inserts the jobs: all are committed, or
+none. A UNIQUE constraint
 on (owner, key) lets only one of two concurrent requests create; the other answers the
 winner's job. Keys are kept ``KEY_TTL`` seconds: an expired key may be used again, and
 expired rows are purged now and then by the creations themselves.
@@ -42,7 +44,10 @@ PURGE_EVERY = 600.0
 ATTEMPTS = 3
 
 _LOOKUP = select(
-    idempotency_keys.c.job_id, idempotency_keys.c.body_hash, idempotency_keys.c.created_at
+    idempotency_keys.c.job_id,
+    idempotency_keys.c.job_ids,
+    idempotency_keys.c.body_hash,
+    idempotency_keys.c.created_at,
 ).where(
     idempotency_keys.c.owner == bindparam("p_owner"),
     idempotency_keys.c.key == bindparam("p_key"),
@@ -53,7 +58,7 @@ _FORGET = delete(idempotency_keys).where(
     idempotency_keys.c.created_at < bindparam("p_cutoff"),
 )
 _PURGE = delete(idempotency_keys).where(idempotency_keys.c.created_at < bindparam("p_cutoff"))
-_GET_JOB = select(jobs).where(jobs.c.id == bindparam("p_id"))
+_GET_JOBS = select(jobs).where(jobs.c.id.in_(bindparam("p_ids", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -105,10 +110,12 @@ def purge(conn: Connection, now: float) -> int:
     return conn.execute(_PURGE, {"p_cutoff": now - KEY_TTL}).rowcount or 0
 
 
-def lookup(conn: Connection, key: IdempotencyKey, now: float) -> Job | None:
-    """The job ``key`` created (None: the key is unused, or expired and now forgotten).
+def lookup(conn: Connection, key: IdempotencyKey, now: float) -> list[Job] | None:
+    """The jobs ``key`` created, in order (None: the key is unused, or expired and now
+    forgotten).
 
-    409 naming the header when the key was used with another request, or its job is gone."""
+    409 naming the header when the key was used with another request, or a job of it is
+    gone."""
     params = {"p_owner": key.owner, "p_key": key.key}
     row = conn.execute(_LOOKUP, params).first()
     if row is None:
@@ -118,10 +125,11 @@ def lookup(conn: Connection, key: IdempotencyKey, now: float) -> Job | None:
         return None
     if not hmac.compare_digest(row.body_hash, key.body_hash):
         raise Conflict(f"this {FIELD} was used for another request", field=FIELD)
-    job_row = conn.execute(_GET_JOB, {"p_id": row.job_id}).first()
-    if job_row is None:
-        raise Conflict(f"the job created with this {FIELD} was deleted", field=FIELD)
-    return job_from_row(job_row)
+    ids = json.loads(row.job_ids) if row.job_ids else [row.job_id]
+    found = {r.id: job_from_row(r) for r in conn.execute(_GET_JOBS, {"p_ids": ids})}
+    if len(found) < len(ids):
+        raise Conflict(f"a job created with this {FIELD} was deleted", field=FIELD)
+    return [found[job_id] for job_id in ids]
 
 
 def create_write(
@@ -139,9 +147,10 @@ def create_write(
     def work(conn: Connection) -> Created:
         found = lookup(conn, key, now)
         if found is not None:
-            if new_jobs[0].after:
-                found.after = tuple(sorted(new_jobs[0].after))  # as the first answer had it
-            return Created([found], True)
+            for job, new in zip(found, new_jobs, strict=False):
+                if new.after:
+                    job.after = tuple(sorted(new.after))  # as the first answer had it
+            return Created(found, True)
         if purge_now:
             purge(conn, now)
         created = create_in(conn, new_jobs, actor, True)
@@ -153,6 +162,7 @@ def create_write(
                 "job_id": created[0].id,
                 "body_hash": key.body_hash,
                 "created_at": now,
+                "job_ids": json.dumps([job.id for job in created]) if len(created) > 1 else None,
             },
         )
         return Created(created, False)

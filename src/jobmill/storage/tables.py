@@ -344,9 +344,11 @@ idempotency_keys = Table(
     Column("job_id", String(36), nullable=False),
     Column("body_hash", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("job_ids", Text),  # a batch's: every id, as a JSON list, in order
     UniqueConstraint("owner", "key"),
     Index(None, "created_at"),
 )
-"""The ``Idempotency-Key`` of a job creation: (owner, key) names the job it created and the
-SHA-256 of the request; written in the job's own transaction, kept 24 hours; times in seconds
-since the epoch (see ``storage.idempotency``)."""
+"""The ``Idempotency-Key`` of a job creation: (owner, key) names the job it created (a batch:
+its first job, and every one in ``job_ids``) and the SHA-256 of the request; written in the
+jobs' own transaction, kept 24 hours; times in seconds since the epoch (see
+``storage.idempotency``)."""

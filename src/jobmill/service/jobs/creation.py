@@ -227,6 +227,33 @@ class JobCreation(JobLinks):
             self.on_queued()
         return jobs
 
+    def create_many_once(
+        self, user: User, requests: Sequence[JobRequest], key: str, body: Any
+    ) -> tuple[list[Job], bool]:
+        """``create_many`` under the caller's ``Idempotency-Key``, as ``create_once_async``:
+        a repeat with the same body answers the jobs the first request created (True:
+        replayed), in one transaction of its own. Not with ``wait_for``."""
+        check_key(key)
+        if len(requests) > self.max_batch:
+            raise ValidationError(f"at most {self.max_batch} jobs per batch", field="jobs")
+        for i, request in enumerate(requests):
+            if request.wait_for is not None:
+                raise ValidationError(
+                    f"an Idempotency-Key cannot be used with wait_for (jobs[{i}])",
+                    field="Idempotency-Key",
+                )
+        with self.room():
+            new_jobs = [
+                self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)
+            ]
+            write = self.store.create_once_write(
+                new_jobs, actor=user.name, key=IdempotencyKey(user.name, key, body_hash(body))
+            )
+            created = write.alone()
+        if not created.replayed and any(job.phase is Phase.QUEUED for job in created.jobs):
+            self.on_queued()
+        return created.jobs, created.replayed
+
     def _create_waiting(
         self, user: User, requests: Sequence[JobRequest], prefix: str = ""
     ) -> list[Job]:
