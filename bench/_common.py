@@ -92,13 +92,17 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def banner(title: str) -> None:
+def banner(title: str, database: str | None = None) -> None:
+    """The bench's title, the machine, and its database (``database``: said by the bench
+    itself, for one that does not use ``JOBMILL_BENCH_DATABASE_URL``)."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"== {title} ==")
     print(f"{now}  cpus={os.cpu_count()}  load={load}  python={sys.version.split()[0]}")
-    where = "a fresh database per server" if BENCH_DATABASE_URL else "in each server's home"
-    print(f"database: {database_kind()}, {where} (JOBMILL_BENCH_DATABASE_URL)")
+    if database is None:
+        where = "a fresh database per server" if BENCH_DATABASE_URL else "in each server's home"
+        database = f"{database_kind()}, {where} (JOBMILL_BENCH_DATABASE_URL)"
+    print(f"database: {database}")
 
 
 # -- statistics and output ------------------------------------------------------------------

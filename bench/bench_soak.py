@@ -101,7 +101,10 @@ def main() -> int:
         max_local_jobs=8,
         seed=args.seed,
     )
-    banner(f"SIGKILL soak: {args.jobs:,} jobs, 2 API + 2 engine processes on PostgreSQL")
+    banner(
+        f"SIGKILL soak: {args.jobs:,} jobs, 2 API + 2 engine processes on PostgreSQL",
+        database="PostgreSQL, a fresh database on --db",
+    )
     limit = f"at most {args.rate:g} jobs/s" if args.rate else "no rate limit"
     print(
         f"kills every {config.kill_every[0]:g}-{config.kill_every[1]:g} s, at most "

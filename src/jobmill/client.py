@@ -218,10 +218,15 @@ class Client:
         )  # fmt: skip
         if tags:
             body["tags"] = list(tags)
+        return self._create("/jobs", body, idempotency_key)
+
+    def _create(self, path: str, body: Any, idempotency_key: str | None) -> Any:
+        """POST a creation with an ``Idempotency-Key`` (the caller's, else a random one), sent
+        again with the same key when its answer may have been lost (``submit``)."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             try:
-                return self._json("POST", "/jobs", json=body, headers=headers)
+                return self._json("POST", path, json=body, headers=headers)
             except JobmillClientError as exc:
                 if attempt == SUBMIT_ATTEMPTS or exc.status not in RETRY_STATUSES:
                     raise
@@ -264,16 +269,7 @@ class Client:
         again with the same ``Idempotency-Key`` like ``submit``, so a batch the server created
         before its answer was lost is answered, not created twice."""
         body = {"jobs": [_job_body(**dict(job)) for job in jobs]}
-        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-            try:
-                answer = self._json("POST", "/jobs/batch", json=body, headers=headers)
-                return list(answer["ids"])
-            except JobmillClientError as exc:
-                if attempt == SUBMIT_ATTEMPTS or exc.status not in RETRY_STATUSES:
-                    raise
-                time.sleep(SUBMIT_RETRY_DELAY * attempt)
-        raise AssertionError("unreachable")
+        return list(self._create("/jobs/batch", body, idempotency_key)["ids"])
 
     def get(self, job_id: str) -> JobDict:
         return self._json("GET", f"/jobs/{job_id}")

@@ -127,18 +127,21 @@ def get_jobtype(name: str, jobs: ServiceDep, _user: UserDep) -> dict[str, Any]:
     return jobs.jobtype(name).schema_dict()
 
 
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="retry safely: a repeat answers what this key created (24 h)",
+    ),
+]
+
+
 @router.post("/jobs", status_code=201, response_model=JobOut, responses=errors(409, 507))
 async def create_job(
     body: JobCreate,
     jobs: ServiceDep,
     user: UserDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="retry safely: a repeat answers the job this key created (24 h)",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a job; it is validated against its job type (422 names the bad field).
 
@@ -202,13 +205,7 @@ def create_jobs(
     body: JobBatchCreate,
     jobs: ServiceDep,
     user: UserDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="retry safely: a repeat answers the jobs this key created (24 h)",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create many jobs in one request and one transaction: all or nothing.
 
