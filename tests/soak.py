@@ -90,7 +90,9 @@ class SoakResult:
     unsubmitted: list[str] = field(default_factory=list)
     jobs: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
     log_counts: Counter[str] = field(default_factory=Counter)
-    multi_start: int = 0  # jobs with more than one ``start`` event
+    # jobs handed to their executor more than once: more than one ``start`` event, or (a local
+    # job, handed to the shepherd while QUEUED) more than one ``wait``
+    multi_start: int = 0
     impossible: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # harness trouble (a restart that failed)
 
@@ -495,8 +497,10 @@ class Soak:
             result.multi_start = int(
                 conn.execute(
                     text(
-                        "SELECT count(*) FROM (SELECT job_id FROM events WHERE name = 'start'"
-                        " GROUP BY job_id HAVING count(*) > 1) AS several"
+                        "SELECT count(*) FROM (SELECT job_id FROM events"
+                        " WHERE name IN ('start', 'wait') GROUP BY job_id"
+                        " HAVING sum(CASE WHEN name = 'start' THEN 1 ELSE 0 END) > 1"
+                        " OR sum(CASE WHEN name = 'wait' THEN 1 ELSE 0 END) > 1) AS several"
                     )
                 ).scalar_one()
             )
