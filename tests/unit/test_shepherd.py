@@ -351,6 +351,30 @@ def test_a_restarted_jobmill_reads_the_job_directories_only_after_the_old_shephe
     second.cancel(native)
 
 
+def test_a_reused_pid_is_not_taken_for_the_job_nor_its_group_signalled(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """A job that ended while jobmill was down, whose pid a new process (here: the leader of
+    its own process group, as every job is) has taken since: the job's exit status is read,
+    and the new process is left alone."""
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        workdir = tmp_path / "ended"
+        workdir.mkdir()
+        (workdir / EXIT_FILE).write_text("3\n")
+        (workdir / PID_FILE).write_text(f"{stranger.pid}@1\n")  # started long before
+        executor = make_executor()
+        native_id = executor.find_started(workdir)
+        assert native_id == f"{stranger.pid}@1"
+        status = executor.status_after_restart(native_id, workdir)
+        assert (status.phase, status.exit_code) == (Phase.ERROR, 3)
+        time.sleep(0.2)
+        assert stranger.poll() is None  # not signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 # -- 7. the shepherd killed ---------------------------------------------------------------------
 
 

@@ -366,7 +366,8 @@ class LocalExecutor:
         if code is None and zombie:
             return NativeStatus(Phase.EXECUTING, "running")  # its exit status is being written
         self._forget(native_id)
-        self._end_group(pid)
+        if start_time(pid) is None:  # else the pid, and its group, belong to a new process
+            self._end_group(pid)
         if code is not None:
             return self._remember(native_id, _finished(code))
         return NativeStatus(
@@ -395,8 +396,9 @@ class LocalExecutor:
                 self._send({"op": "drop", "key": key})
             return
         pid, start = split_native_id(native_id)
-        if start_time(pid) != start and native_id not in self._procs:
-            return
+        now = start_time(pid)
+        if now != start and (now is not None or native_id not in self._procs):
+            return  # ended, or its pid (and so its group) is another process's now
         self._signal_group(pid, signal.SIGTERM)
 
     def _end_group(self, pgid: int) -> None:
