@@ -212,15 +212,9 @@ def create_jobs(
     With an ``Idempotency-Key`` a retry of the same request answers the jobs the first one
     created, with ``Idempotent-Replayed: true``; the same key with another body is a 409."""
     requests = [_request(j) for j in body.jobs]
-    headers: dict[str, str] = {}
-    if idempotency_key is None:
-        created = jobs.create_many(user, requests)
-    else:
-        created, replayed = jobs.create_many_once(
-            user, requests, idempotency_key, body.model_dump(mode="json")
-        )
-        if replayed:
-            headers["Idempotent-Replayed"] = "true"
+    dumped = body.model_dump(mode="json") if idempotency_key is not None else None
+    created, replayed = jobs.create_many(user, requests, idempotency_key, dumped)
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
     answer = {"count": len(created), "ids": [job.id for job in created]}
     return JSONResponse(answer, status_code=201, headers=headers)
 

@@ -20,7 +20,7 @@ from jobmill.domain.users import User
 from jobmill.domain.values import INT32_MAX, check_tag, check_text, check_value
 from jobmill.service.jobs.links import JobLinks
 from jobmill.service.space import DiskSpace, disk_full
-from jobmill.storage.idempotency import IdempotencyKey, body_hash, check_key
+from jobmill.storage.idempotency import Created, IdempotencyKey, body_hash, check_key
 
 MAX_RUN_ID = 256
 MAX_TYPE_NAME = 256
@@ -212,44 +212,41 @@ class JobCreation(JobLinks):
             self.on_queued()
         return job
 
-    def create_many(self, user: User, requests: Sequence[JobRequest]) -> list[Job]:
-        """All or nothing: one bad request rejects the whole batch, naming its index."""
-        if len(requests) > self.max_batch:
-            raise ValidationError(f"at most {self.max_batch} jobs per batch", field="jobs")
-        with self.room():
-            if any(r.wait_for is not None for r in requests):
-                return self._create_waiting(user, requests, prefix="jobs[{i}].")
-            new_jobs = [
-                self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)
-            ]
-            jobs = self.store.create(new_jobs, actor=user.name, with_seq=False)
-        if any(job.phase is Phase.QUEUED for job in jobs):
-            self.on_queued()
-        return jobs
-
-    def create_many_once(
-        self, user: User, requests: Sequence[JobRequest], key: str, body: Any
+    def create_many(
+        self,
+        user: User,
+        requests: Sequence[JobRequest],
+        key: str | None = None,
+        body: Any = None,
     ) -> tuple[list[Job], bool]:
-        """``create_many`` under the caller's ``Idempotency-Key``, as ``create_once_async``:
-        a repeat with the same body answers the jobs the first request created (True:
-        replayed), in one transaction of its own. Not with ``wait_for``."""
-        check_key(key)
+        """All or nothing: one bad request rejects the whole batch, naming its index.
+
+        Under the caller's ``Idempotency-Key`` (``key``, with ``body``: the request as JSON
+        values) as in ``create_once_async``: a repeat with the same body answers the jobs the
+        first request created (True: replayed), in one transaction of its own. Not with
+        ``wait_for``."""
+        if key is not None:
+            check_key(key)
         if len(requests) > self.max_batch:
             raise ValidationError(f"at most {self.max_batch} jobs per batch", field="jobs")
-        for i, request in enumerate(requests):
-            if request.wait_for is not None:
-                raise ValidationError(
-                    f"an Idempotency-Key cannot be used with wait_for (jobs[{i}])",
-                    field="Idempotency-Key",
-                )
+        waiting = [i for i, r in enumerate(requests) if r.wait_for is not None]
+        if waiting and key is not None:
+            raise ValidationError(
+                f"an Idempotency-Key cannot be used with wait_for (jobs[{waiting[0]}])",
+                field="Idempotency-Key",
+            )
         with self.room():
+            if waiting:
+                return self._create_waiting(user, requests, prefix="jobs[{i}]."), False
             new_jobs = [
                 self.validate(user, r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)
             ]
-            write = self.store.create_once_write(
-                new_jobs, actor=user.name, key=IdempotencyKey(user.name, key, body_hash(body))
-            )
-            created = write.alone()
+            if key is None:
+                jobs = self.store.create(new_jobs, actor=user.name, with_seq=False)
+                created = Created(jobs, replayed=False)
+            else:
+                keyed = IdempotencyKey(user.name, key, body_hash(body))
+                created = self.store.create_once_write(new_jobs, actor=user.name, key=keyed).alone()
         if not created.replayed and any(job.phase is Phase.QUEUED for job in created.jobs):
             self.on_queued()
         return created.jobs, created.replayed
